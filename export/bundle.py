@@ -1,0 +1,129 @@
+"""Export a model into a *bundle*: model.onnx, weights, golden vectors and a manifest.
+
+The export also runs ONNX Runtime on the golden inputs and records its error against eager
+PyTorch, so the bundle states from the start how far its graph is from the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from forgeline.define import ForgelineModel, build_model, get_config, load_checkpoint, save_checkpoint
+from forgeline.runtime.errors import ArtifactError
+from forgeline.runtime.format import (
+    DEFAULT_TOLERANCE,
+    GOLDEN_FILE,
+    MANIFEST_FILE,
+    ORT_STAGE,
+    WEIGHTS_FILE,
+    Manifest,
+    TensorSpec,
+    Tolerance,
+)
+from forgeline.runtime.golden import GoldenCase, save_golden
+from forgeline.runtime.model import load
+
+from .eager import golden_dims, make_case, output_specs
+from .onnx_export import export_onnx
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportOptions:
+    """What to export and how; resolved values are logged once before work starts."""
+
+    preset: str = "tiny"
+    seed: int = 0  # seeds both the weight init and the golden inputs
+    weights: Path | None = None  # a safetensors checkpoint to export instead of a fresh init
+    golden_cases: int = 2  # reference inputs at distinct (batch, seq) shapes
+    tolerance: Tolerance = DEFAULT_TOLERANCE
+    overwrite: bool = False
+
+
+def export_model(name: str, out_dir: str | Path, options: ExportOptions = ExportOptions()) -> Manifest:
+    """Export model ``name`` at ``options.preset`` into the bundle folder ``out_dir``."""
+    out = _prepare_dir(Path(out_dir), options.overwrite)
+    model = _make_model(name, options)
+    log.info("export %s/%s -> %s (seed %d, %d golden cases)", name, options.preset, out, options.seed, options.golden_cases)
+    save_checkpoint(model, out / WEIGHTS_FILE)
+    limits = model.dim_limits()
+    export_onnx(model, out, limits)
+    cases = [make_case(model, golden_dims(model, i), options.seed + i, f"case{i}") for i in range(options.golden_cases)]
+    save_golden(out / GOLDEN_FILE, cases)
+    manifest = _new_manifest(model, options, cases)
+    for path in sorted(out.iterdir()):
+        if path.is_file() and path.name != MANIFEST_FILE:
+            manifest.record_file(out, path.name)
+    manifest.save(out)
+    record_ort_parity(out, manifest)
+    return manifest
+
+
+def record_ort_parity(root: Path, manifest: Manifest) -> None:
+    """Measure ONNX Runtime against the eager outputs and store the result in the manifest."""
+    manifest.stages[ORT_STAGE] = load(root, backend="ort").selfcheck()
+    manifest.save(root)
+    log.info("ONNX Runtime vs eager: %s", "pass" if manifest.stages[ORT_STAGE].passed else "FAIL")
+
+
+def _make_model(name: str, options: ExportOptions) -> ForgelineModel:
+    if options.weights is not None:
+        if not Path(options.weights).is_file():
+            raise ArtifactError(f"weights file {options.weights} does not exist.")
+        model = load_checkpoint(options.weights)
+        if model.config.name != name:
+            log.warning("checkpoint holds %s, exported under that name", model.config.name)
+        return model
+    return build_model(get_config(name, options.preset), seed=options.seed)
+
+
+def _new_manifest(model: ForgelineModel, options: ExportOptions, cases: list[GoldenCase]) -> Manifest:
+    config = model.config
+    inputs = [TensorSpec(s.name, s.dtype, tuple(s.dims), s.value_range) for s in model.input_specs()]
+    return Manifest(
+        name=config.name,
+        preset=options.preset if options.weights is None else "checkpoint",
+        family=config.family,
+        config=config.to_dict(),
+        inputs=inputs,
+        outputs=output_specs(model, cases),
+        dim_limits=model.dim_limits(),
+        tolerance=options.tolerance,
+        golden_cases=[_case_dims(model, c) for c in cases],
+        versions=_versions(),
+    )
+
+
+def _case_dims(model: ForgelineModel, case: GoldenCase) -> dict[str, int]:
+    dims: dict[str, int] = {}
+    for spec in model.input_specs():
+        for axis, dim in enumerate(spec.dims):
+            if isinstance(dim, str):
+                dims[dim] = int(case.inputs[spec.name].shape[axis])
+    return dims
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "numpy": np.__version__}
+
+
+def _prepare_dir(out: Path, overwrite: bool) -> Path:
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ArtifactError(f"{out} already exists and is not empty; choose another folder or pass --overwrite.")
+        if not (out / MANIFEST_FILE).is_file():
+            raise ArtifactError(f"{out} is not a forgeline artifact, so it will not be overwritten; choose another folder.")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out

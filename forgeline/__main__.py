@@ -1,0 +1,5 @@
+import sys
+
+from forgeline.cli import main
+
+sys.exit(main())

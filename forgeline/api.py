@@ -1,0 +1,21 @@
+"""The main job as one call: export, compile, check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from forgeline.check import CheckReport, check_artifact
+from forgeline.compile import CompileOptions, compile_artifact
+from forgeline.export import ExportOptions, export_model
+
+
+def build(
+    name: str,
+    out_dir: str | Path,
+    export_options: ExportOptions = ExportOptions(),
+    compile_options: CompileOptions = CompileOptions(),
+) -> CheckReport:
+    """Export ``name``, compile it for one target, and check every stage against eager PyTorch."""
+    export_model(name, out_dir, export_options)
+    compile_artifact(out_dir, compile_options)
+    return check_artifact(out_dir)

@@ -1,0 +1,243 @@
+"""The artifact format: file names, the manifest schema, and integrity checks.
+
+The format lives in the runtime because the runtime must read an artifact alone; `export` and
+`compile` write it through this same code. An artifact is always read through its manifest, never by
+probing file names.
+
+Layout of an artifact folder::
+
+    manifest.json          this schema
+    model.onnx (+ .data)   the exported graph
+    weights.safetensors    the eager checkpoint (lets `forgeline check` re-run eager PyTorch)
+    golden.npz             reference inputs and eager outputs, case{i}/in/<name>, case{i}/out/<name>
+    tvm/<tag>/model.so     one compiled build per target
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ArtifactError
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+ONNX_FILE = "model.onnx"
+WEIGHTS_FILE = "weights.safetensors"
+GOLDEN_FILE = "golden.npz"
+TVM_DIR = "tvm"
+
+ORT_STAGE = "onnxruntime"  # the stage name of the ONNX Runtime backend in manifests and reports
+ROUTING_PREFIX = "routing."  # outputs that say which expert took which token: compared exactly
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: its dtype and its shape in symbolic dimension names."""
+
+    name: str
+    dtype: str  # numpy dtype name, e.g. "int64", "float32"
+    dims: tuple[str | int, ...]  # symbolic names ("batch", "seq") or fixed sizes
+    value_range: tuple[int, int] | None = None  # [lo, hi) for token ids; None when unbounded
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dtype": self.dtype,
+            "dims": list(self.dims),
+            "value_range": list(self.value_range) if self.value_range else None,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TensorSpec:
+        rng = d.get("value_range")
+        return cls(d["name"], d["dtype"], tuple(d["dims"]), tuple(rng) if rng else None)
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Elementwise |actual - expected| <= atol + rtol * |expected|, as numpy.allclose."""
+
+    atol: float
+    rtol: float
+
+
+# The one default fp32 tolerance. fp32 kernels that reorder sums (tiled GEMMs, fused softmax) differ
+# from PyTorch by ~1e-6 relative per op; a few layers of that stays well inside 1e-4 absolute on
+# logits of order 1, while a real bug (a wrong mask, a swapped weight) is orders of magnitude larger.
+DEFAULT_TOLERANCE = Tolerance(atol=1e-4, rtol=1e-3)
+# Stated for reduced precisions so that a manifest can carry them; fp32 is the reference.
+REDUCED_PRECISION_TOLERANCE = {"float16": Tolerance(1e-2, 1e-2), "bfloat16": Tolerance(5e-2, 5e-2)}
+
+
+@dataclass
+class OutputParity:
+    """How one output of one backend compares with eager PyTorch on one input case."""
+
+    output: str
+    case: str
+    max_abs: float
+    max_rel: float
+    frac_over: float  # share of elements outside tolerance
+    passed: bool
+    exact: bool = False  # routing outputs must match exactly: a routing flip is a failure
+    note: str = ""  # names/shape mismatch, NaN, ...
+
+
+@dataclass
+class StageRecord:
+    """One stage (ORT, or a TVM build) measured against eager PyTorch."""
+
+    stage: str  # "onnxruntime" or "tvm/<tag>"
+    passed: bool
+    tolerance: Tolerance
+    parity: list[OutputParity] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StageRecord:
+        return cls(
+            stage=d["stage"],
+            passed=d["passed"],
+            tolerance=Tolerance(**d["tolerance"]),
+            parity=[OutputParity(**p) for p in d.get("parity", [])],
+        )
+
+
+@dataclass
+class BuildRecord:
+    """One compiled TVM build inside the artifact."""
+
+    tag: str  # folder name under tvm/, e.g. "cpu-znver4"
+    kind: str  # "llvm" | "cuda"
+    target: dict[str, Any]  # the TVM Target dict it was built for
+    requires: dict[str, Any]  # what a host must have to run it (arch, cpu features, device)
+    lib: str  # path of the library, relative to the artifact root
+    codegen_only: bool = False  # True when it holds code that cannot be loaded on any host yet
+    note: str = ""
+    build_seconds: float = 0.0
+
+
+@dataclass
+class Manifest:
+    """Everything the runtime needs to know about an artifact, and every stage's measured error."""
+
+    name: str  # model name, e.g. "gpt-moe"
+    preset: str
+    family: str
+    config: dict[str, Any]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    dim_limits: dict[str, int | None]  # max size per symbolic dim (None: unbounded)
+    tolerance: Tolerance = DEFAULT_TOLERANCE
+    files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
+    golden_cases: list[dict[str, int]] = field(default_factory=list)  # dim sizes of each case
+    stages: dict[str, StageRecord] = field(default_factory=dict)
+    builds: dict[str, BuildRecord] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def input_names(self) -> list[str]:
+        return [s.name for s in self.inputs]
+
+    def output_names(self) -> list[str]:
+        return [s.name for s in self.outputs]
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["inputs"] = [s.to_dict() for s in self.inputs]
+        d["outputs"] = [s.to_dict() for s in self.outputs]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Manifest:
+        version = d.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ArtifactError(
+                f"manifest format_version is {version!r} but this forgeline reads version "
+                f"{FORMAT_VERSION}; rebuild the artifact with this forgeline."
+            )
+        try:
+            return cls(
+                name=d["name"],
+                preset=d["preset"],
+                family=d["family"],
+                config=d["config"],
+                inputs=[TensorSpec.from_dict(s) for s in d["inputs"]],
+                outputs=[TensorSpec.from_dict(s) for s in d["outputs"]],
+                dim_limits=d["dim_limits"],
+                tolerance=Tolerance(**d["tolerance"]),
+                files=d["files"],
+                golden_cases=d.get("golden_cases", []),
+                stages={k: StageRecord.from_dict(v) for k, v in d.get("stages", {}).items()},
+                builds={k: BuildRecord(**v) for k, v in d.get("builds", {}).items()},
+                versions=d.get("versions", {}),
+            )
+        except (KeyError, TypeError) as exc:
+            raise ArtifactError(f"manifest.json is missing or has a malformed field ({exc}).") from exc
+
+    def save(self, root: Path) -> None:
+        _atomic_write_text(Path(root) / MANIFEST_FILE, json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, root: str | os.PathLike[str]) -> Manifest:
+        root = Path(root)
+        if not root.exists():
+            raise ArtifactError(f"{root} does not exist; pass the folder written by `forgeline export` or `build`.")
+        path = root / MANIFEST_FILE
+        if not path.is_file():
+            raise ArtifactError(
+                f"{root} has no {MANIFEST_FILE}, so it is not a forgeline bundle or artifact; "
+                "create one with `forgeline export` or `forgeline build`."
+            )
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ArtifactError(f"{path} is not valid JSON ({exc}); the artifact is corrupt, rebuild it.") from exc
+        if not isinstance(data, dict):
+            raise ArtifactError(f"{path} does not hold a JSON object; the artifact is corrupt, rebuild it.")
+        return cls.from_dict(data)
+
+    def record_file(self, root: Path, relpath: str) -> None:
+        """Add (or refresh) a file's sha256 in the manifest."""
+        self.files[relpath] = sha256_file(Path(root) / relpath)
+
+    def verify_files(self, root: Path, only: list[str] | None = None) -> None:
+        """Check that every listed file exists and still has its recorded sha256."""
+        for relpath, expected in self.files.items():
+            if only is not None and relpath not in only:
+                continue
+            path = Path(root) / relpath
+            if not path.is_file():
+                raise ArtifactError(f"{relpath} is listed in the manifest but missing from {root}; rebuild the artifact.")
+            actual = sha256_file(path)
+            if actual != expected:
+                raise ArtifactError(
+                    f"{relpath} in {root} has sha256 {actual[:12]}… but the manifest recorded "
+                    f"{expected[:12]}…: the file is corrupt, truncated or edited; rebuild the artifact."
+                )
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a crash never leaves half a manifest."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

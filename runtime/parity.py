@@ -1,0 +1,95 @@
+"""Compare a backend's outputs with eager PyTorch's: names, then shapes, then values.
+
+Every failure is gathered before anything is raised, so one report shows all of them. Routing
+outputs (``routing.*``) are compared exactly: a token routed to another expert is a failure, not
+noise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import ParityError
+from .format import ROUTING_PREFIX, OutputParity, StageRecord, Tolerance
+
+
+def compare_outputs(
+    expected: dict[str, np.ndarray],
+    actual: dict[str, np.ndarray],
+    tolerance: Tolerance,
+    case: str,
+) -> list[OutputParity]:
+    """One OutputParity per expected output; missing or extra names become failed rows."""
+    rows: list[OutputParity] = []
+    for name in sorted(set(actual) - set(expected)):
+        rows.append(_failed(name, case, "output not produced by eager PyTorch"))
+    for name, want in expected.items():
+        if name not in actual:
+            rows.append(_failed(name, case, "output missing from backend"))
+            continue
+        got = np.asarray(actual[name])
+        if got.shape != want.shape:
+            rows.append(_failed(name, case, f"shape {got.shape} != expected {want.shape}"))
+            continue
+        rows.append(_compare_values(name, case, want, got, tolerance))
+    return rows
+
+
+def _compare_values(name: str, case: str, want: np.ndarray, got: np.ndarray, tol: Tolerance) -> OutputParity:
+    exact = name.startswith(ROUTING_PREFIX) or not np.issubdtype(want.dtype, np.floating)
+    want64 = want.astype(np.float64)
+    got64 = got.astype(np.float64)
+    diff = np.abs(got64 - want64)
+    if want.size == 0:
+        return OutputParity(name, case, 0.0, 0.0, 0.0, True, exact)
+    if not np.all(np.isfinite(got64)) and np.all(np.isfinite(want64)):
+        return _failed(name, case, "backend produced NaN or Inf")
+    max_abs = float(np.nanmax(diff))
+    max_rel = float(np.nanmax(diff / np.maximum(np.abs(want64), 1e-12)))
+    bound = 0.0 if exact else tol.atol + tol.rtol * np.abs(want64)
+    over = diff > bound
+    frac_over = float(over.mean())
+    note = f"{int(over.sum())} routing decisions differ" if exact and over.any() else ""
+    return OutputParity(name, case, max_abs, max_rel, frac_over, not over.any(), exact, note)
+
+
+def _failed(name: str, case: str, note: str) -> OutputParity:
+    return OutputParity(name, case, float("nan"), float("nan"), 1.0, False, note=note)
+
+
+def stage_record(stage: str, rows: list[OutputParity], tolerance: Tolerance) -> StageRecord:
+    return StageRecord(stage=stage, passed=all(r.passed for r in rows), tolerance=tolerance, parity=rows)
+
+
+def raise_if_failed(record: StageRecord) -> None:
+    """Raise one ParityError that lists every failing output of a stage."""
+    if record.passed:
+        return
+    failures = [r for r in record.parity if not r.passed]
+    details = "; ".join(
+        f"{r.output} [{r.case}]: {r.note or f'max abs {r.max_abs:.3g}, max rel {r.max_rel:.3g}, {r.frac_over:.1%} over'}"
+        for r in failures
+    )
+    tol = record.tolerance
+    raise ParityError(
+        f"{record.stage} does not match eager PyTorch within atol {tol.atol:g} / rtol {tol.rtol:g}: {details}."
+    )
+
+
+def summarize(record: StageRecord) -> dict[str, tuple[float, float, bool]]:
+    """Worst max-abs / max-rel per output over all cases, and whether every case passed."""
+    worst: dict[str, tuple[float, float, bool]] = {}
+    for r in record.parity:
+        prev = worst.get(r.output, (0.0, 0.0, True))
+        worst[r.output] = (
+            _nanmax(prev[0], r.max_abs),
+            _nanmax(prev[1], r.max_rel),
+            prev[2] and r.passed,
+        )
+    return worst
+
+
+def _nanmax(a: float, b: float) -> float:
+    if np.isnan(a) or np.isnan(b):
+        return float("nan")
+    return max(a, b)

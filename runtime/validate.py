@@ -1,0 +1,102 @@
+"""Check arrays handed to a model against its declared inputs, before any backend sees them.
+
+A compiled kernel given an out-of-range id reads outside its table instead of raising, and a wrong
+dtype can crash the process, so the runtime refuses bad input here with a sentence that names the
+input, what was expected and what was given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from .errors import InputError
+from .format import TensorSpec
+
+
+def validate_inputs(
+    arrays: Mapping[str, object],
+    specs: list[TensorSpec],
+    dim_limits: Mapping[str, int | None],
+) -> list[np.ndarray]:
+    """Return the inputs as arrays in graph order, or raise InputError."""
+    _check_names(arrays, specs)
+    bound: dict[str, tuple[int, str]] = {}  # symbolic dim -> (size, input that fixed it)
+    ordered = []
+    for spec in specs:
+        array = _as_array(spec, arrays[spec.name])
+        _check_shape(spec, array, bound, dim_limits)
+        _check_range(spec, array)
+        ordered.append(array)
+    return ordered
+
+
+def _check_names(arrays: Mapping[str, object], specs: list[TensorSpec]) -> None:
+    expected = [s.name for s in specs]
+    missing = [n for n in expected if n not in arrays]
+    extra = sorted(set(arrays) - set(expected))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing input(s) {', '.join(missing)}")
+        if extra:
+            parts.append(f"unexpected input(s) {', '.join(extra)}")
+        raise InputError(f"{' and '.join(parts)}; this model takes {', '.join(expected)}.")
+
+
+def _as_array(spec: TensorSpec, value: object) -> np.ndarray:
+    array = np.asarray(value)
+    if array.dtype != np.dtype(spec.dtype):
+        raise InputError(
+            f"input {spec.name} has dtype {array.dtype} but the model expects {spec.dtype}; "
+            f"convert it, e.g. array.astype(np.{spec.dtype})."
+        )
+    return np.ascontiguousarray(array)
+
+
+def _check_shape(
+    spec: TensorSpec,
+    array: np.ndarray,
+    bound: dict[str, tuple[int, str]],
+    dim_limits: Mapping[str, int | None],
+) -> None:
+    want = "(" + ", ".join(str(d) for d in spec.dims) + ")"
+    if array.ndim != len(spec.dims):
+        raise InputError(
+            f"input {spec.name} has rank {array.ndim} (shape {array.shape}) but the model expects "
+            f"rank {len(spec.dims)} with shape {want}."
+        )
+    for axis, (dim, size) in enumerate(zip(spec.dims, array.shape)):
+        if isinstance(dim, int):
+            if size != dim:
+                raise InputError(f"input {spec.name} has size {size} on axis {axis} but the model expects {dim}.")
+            continue
+        if size < 1:
+            raise InputError(f"input {spec.name} has an empty axis {axis} ({dim}); give at least one element.")
+        limit = dim_limits.get(dim)
+        if limit is not None and size > limit:
+            raise InputError(
+                f"input {spec.name} has {dim}={size} but the model supports at most {dim}={limit} "
+                f"(its position table); shorten the input."
+            )
+        if dim in bound and bound[dim][0] != size:
+            other_size, other = bound[dim]
+            raise InputError(
+                f"input {spec.name} has {dim}={size} on axis {axis} but input {other} has {dim}={other_size}; "
+                f"inputs sharing the dimension {dim} must agree, expected shape {want}."
+            )
+        bound.setdefault(dim, (size, spec.name))
+
+
+def _check_range(spec: TensorSpec, array: np.ndarray) -> None:
+    if spec.value_range is None or array.size == 0:
+        return
+    lo, hi = spec.value_range
+    bad = (array < lo) | (array >= hi)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise InputError(
+            f"input {spec.name} holds {int(array[index])} at index {index}, outside the valid range "
+            f"[{lo}, {hi}) (the vocabulary or type table size); {int(bad.sum())} value(s) are out of range."
+        )
