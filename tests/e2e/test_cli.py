@@ -79,7 +79,8 @@ def test_missing_paths(tmp_path, capsys, tiny_artifact):
     assert "does not exist" in _error(capsys, ["check", str(tmp_path / "nowhere")])
     assert "does not exist" in _error(capsys, ["compile", str(tmp_path / "nowhere")])
     assert "does not exist" in _error(capsys, ["run", str(tiny_artifact("gpt")), "--inputs", str(tmp_path / "no.npz"), "-o", str(tmp_path / "y.npz")])
-    assert "no manifest.json" in _error(capsys, ["run", str(tmp_path), "--inputs", str(tmp_path / "no.npz"), "-o", str(tmp_path / "y.npz")])
+    np.savez(tmp_path / "x.npz", input_ids=np.ones((1, 4), np.int64))
+    assert "no manifest.json" in _error(capsys, ["run", str(tmp_path), "--inputs", str(tmp_path / "x.npz"), "-o", str(tmp_path / "y.npz")])
 
 
 @pytest.mark.parametrize(
