@@ -183,7 +183,16 @@ def _print_table(header: tuple[str, ...], rows: list[tuple]) -> None:
         print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip())
 
 
+# Modules that register further subcommands with @command (one per capability), imported when
+# the parser is built so that `forgeline --help` lists them all.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def _parser() -> argparse.ArgumentParser:
+    import importlib
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module)
     parser = argparse.ArgumentParser(
         prog="forgeline",
         description="Export PyTorch Transformers to ONNX, compile them with TVM, and check every stage.",

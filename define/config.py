@@ -1,0 +1,169 @@
+"""ModelConfig, InputSpec and the ForgelineModel base class that every family implements."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from forgeline.runtime.errors import ConfigError, InputError
+
+FAMILIES = ("transformer", "bert", "gpt")
+ROUTERS = ("none", "expert_choice", "token_choice")
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
+POSITIONS = ("sinusoidal", "learned")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "gpt"  # registry name this config came from; recorded in artifacts
+    family: str = "gpt"  # which model class builds it: transformer | bert | gpt
+    router: str = "none"  # FFN kind: none (dense) | expert_choice | token_choice
+    vocab_size: int = 264  # 256 bytes + 8 specials for the byte-level tokenizer
+    d_model: int = 32  # residual stream width
+    n_layers: int = 2  # blocks (the encoder's, for transformer)
+    n_decoder_layers: int = 0  # transformer decoder blocks; 0 = same as n_layers
+    n_heads: int = 2  # attention heads; must divide d_model
+    d_ff: int = 64  # FFN hidden width (per expert for MoE)
+    max_positions: int = 64  # longest sequence; sizes position tables and the causal mask
+    type_vocab_size: int = 2  # BERT segment ids (sentence A / B)
+    positions: str = "sinusoidal"  # transformer position encoding: sinusoidal | learned
+    activation: str = "gelu"  # FFN nonlinearity: relu | gelu | gelu_tanh (GPT-2)
+    layer_norm_eps: float = 1e-5  # BERT uses 1e-12; matters for importing HF weights
+    dropout: float = 0.0  # training only; models are built in eval mode
+    init_std: float = 0.02  # normal init std of weights (GPT-2 / BERT)
+    n_experts: int = 4  # experts per MoE layer
+    capacity_factor: float = 2.0  # expert choice: k = ceil(group*cf/E); token choice: C = ceil(group*top_k*cf/E)
+    router_top_k: int = 2  # token choice: experts per token (1 = Switch, 2 = GShard)
+    moe_every: int = 2  # MoE replaces the FFN in every moe_every-th layer (1 = all layers)
+    head_dim: int = field(init=False)  # derived: d_model // n_heads
+
+    def __post_init__(self):
+        self._check_choice("family", FAMILIES)
+        self._check_choice("router", ROUTERS)
+        self._check_choice("activation", ACTIVATIONS)
+        self._check_choice("positions", POSITIONS)
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_positions",
+                     "type_vocab_size", "n_experts", "router_top_k", "moe_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be at least 1.")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}.")
+        if self.n_decoder_layers < 0:
+            raise ConfigError(f"n_decoder_layers={self.n_decoder_layers} must be 0 (same as n_layers) or more.")
+        if self.family == "transformer" and self.n_decoder_layers == 0:
+            self.n_decoder_layers = self.n_layers
+        if self.positions == "sinusoidal" and self.d_model % 2:
+            raise ConfigError(f"d_model={self.d_model} must be even for sinusoidal positions.")
+        if self.router != "none":
+            if self.n_experts < 2:
+                raise ConfigError(f"n_experts={self.n_experts} must be at least 2 for router={self.router}.")
+            if self.capacity_factor <= 0:
+                raise ConfigError(f"capacity_factor={self.capacity_factor} must be positive.")
+            if self.router == "token_choice" and self.router_top_k > self.n_experts:
+                raise ConfigError(f"router_top_k={self.router_top_k} exceeds n_experts={self.n_experts}.")
+            if self.moe_every > self.n_layers:
+                raise ConfigError(f"moe_every={self.moe_every} exceeds n_layers={self.n_layers}: no layer would be MoE.")
+        self.head_dim = self.d_model // self.n_heads
+
+    def _check_choice(self, name: str, choices: tuple[str, ...]):
+        if getattr(self, name) not in choices:
+            raise ConfigError(f"{name}={getattr(self, name)!r} is not one of {', '.join(choices)}.")
+
+    def to_dict(self) -> dict:
+        """The init fields only (derived fields are recomputed), JSON-serialisable."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(d) - known - {"head_dim"})
+        if unknown:
+            raise ConfigError(f"unknown config fields {unknown}; valid fields are {sorted(known)}.")
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelConfig":
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str  # graph input name
+    dtype: str  # numpy dtype name, e.g. "int64"
+    dims: tuple[str, ...]  # symbolic dim names, e.g. ("batch", "seq")
+    value_range: tuple[int, int] | None = None  # [lo, hi) for ids; None = any value
+
+
+class ForgelineModel(nn.Module):
+    """Base of every family: declares its inputs/outputs and makes valid example inputs."""
+
+    config: ModelConfig
+
+    def input_specs(self) -> list[InputSpec]:
+        raise NotImplementedError
+
+    def base_output_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def dim_limits(self) -> dict[str, int | None]:
+        """Max size of each symbolic dim (None = unbounded)."""
+        limits: dict[str, int | None] = {}
+        for spec in self.input_specs():
+            for dim in spec.dims:
+                limits[dim] = None if dim == "batch" else self.config.max_positions
+        return limits
+
+    def moe_layers(self) -> list[nn.Module]:
+        """MoE modules in routing-output order (encoder before decoder)."""
+        from .moe import MoE
+
+        return [m for m in self.modules() if isinstance(m, MoE)]
+
+    def output_names(self) -> list[str]:
+        return self.base_output_names() + [f"routing.{i}" for i in range(len(self.moe_layers()))]
+
+    def aux_loss(self) -> torch.Tensor:
+        """Sum of the token-choice load-balancing losses of the last forward (0 without any)."""
+        losses = [m.aux_loss for m in self.moe_layers()]
+        return sum(losses[1:], losses[0]) if losses else torch.zeros(())
+
+    def example_inputs(self, dims: dict[str, int], generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """Valid random inputs, in input_specs order, for the given symbolic dim sizes."""
+        limits = self.dim_limits()
+        for name, limit in limits.items():
+            if name not in dims:
+                raise InputError(f"example_inputs needs a size for dim {name!r}; got dims {dims}.")
+            if dims[name] < 1 or (limit is not None and dims[name] > limit):
+                raise InputError(f"dim {name}={dims[name]} is outside 1..{limit or 'unbounded'}.")
+        tensors = []
+        for spec in self.input_specs():
+            shape = tuple(dims[d] for d in spec.dims)
+            lo, hi = spec.value_range if spec.value_range is not None else (0, 2)
+            tensors.append(torch.randint(lo, hi, shape, generator=generator, dtype=getattr(torch, spec.dtype)))
+        return tuple(tensors)
+
+    def _init_weights(self, module: nn.Module):
+        from .moe import Experts
+
+        std = self.config.init_std
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, Experts):
+            nn.init.normal_(module.w1, std=std)
+            nn.init.normal_(module.w2, std=std)
+            nn.init.zeros_(module.b1)
+            nn.init.zeros_(module.b2)

@@ -1,0 +1,115 @@
+"""Encoder-decoder Transformer (Vaswani et al.): post-LN, ReLU FFN, sinusoidal or learned positions.
+
+Inputs: src_ids (B, S), tgt_ids (B, T), int64. Outputs: logits (B, T, V), then routing.{i} per MoE
+layer, encoder layers first ((B, S, E)) then decoder layers ((B, T, E)). Source and target share
+one byte-level vocabulary, so one embedding table serves both and is tied to the output layer.
+forward(src, tgt) = decode(tgt, encode(src)); translation calls encode once and decode per step.
+Encoder MoE groups are sequences; decoder MoE groups are one position across the batch (causal).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from .config import ForgelineModel, InputSpec, ModelConfig
+from .layers import Attention, causal_bias, make_ffn, sinusoidal_table
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, layer_index: int):
+        super().__init__()
+        self.self_attn = Attention(config)
+        self.ln_1 = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.ffn = make_ffn(config, layer_index, causal=False)
+        self.ln_2 = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor):
+        x = self.ln_1(x + self.dropout(self.self_attn(x)))  # (B, S, D)
+        y, routing = self.ffn(x)
+        return self.ln_2(x + self.dropout(y)), routing
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, layer_index: int):
+        super().__init__()
+        self.self_attn = Attention(config)
+        self.ln_1 = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.cross_attn = Attention(config)
+        self.ln_2 = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.ffn = make_ffn(config, layer_index, causal=True)
+        self.ln_3 = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, bias: torch.Tensor):
+        x = self.ln_1(x + self.dropout(self.self_attn(x, bias=bias)))  # (B, T, D)
+        x = self.ln_2(x + self.dropout(self.cross_attn(x, memory=memory)))  # (B, T, D)
+        y, routing = self.ffn(x)
+        return self.ln_3(x + self.dropout(y)), routing
+
+
+class Transformer(ForgelineModel):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        if config.positions == "learned":
+            self.pos = nn.Embedding(config.max_positions, config.d_model)
+        else:
+            self.register_buffer("pos_table", sinusoidal_table(config.max_positions, config.d_model), persistent=False)
+        self.embed_scale = math.sqrt(config.d_model)
+        self.drop = nn.Dropout(config.dropout)
+        self.encoder = nn.ModuleList(EncoderLayer(config, i) for i in range(config.n_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(config, i) for i in range(config.n_decoder_layers))
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head.weight = self.embed.weight  # tied
+        self.register_buffer("causal_bias", causal_bias(config.max_positions), persistent=False)
+
+    def input_specs(self) -> list[InputSpec]:
+        V = self.config.vocab_size
+        return [InputSpec("src_ids", "int64", ("batch", "src_seq"), (0, V)),
+                InputSpec("tgt_ids", "int64", ("batch", "tgt_seq"), (0, V))]
+
+    def base_output_names(self) -> list[str]:
+        return ["logits"]
+
+    def _embed(self, ids: torch.Tensor) -> torch.Tensor:
+        T = ids.size(1)
+        pos = self.pos.weight[:T] if self.config.positions == "learned" else self.pos_table[:T]  # (T, D)
+        return self.drop(self.embed(ids) * self.embed_scale + pos)  # (B, T, D)
+
+    def _encode(self, src_ids: torch.Tensor):
+        x = self._embed(src_ids)  # (B, S, D)
+        routings = []
+        for layer in self.encoder:
+            x, routing = layer(x)
+            if routing is not None:
+                routings.append(routing)
+        return x, routings
+
+    def _decode(self, tgt_ids: torch.Tensor, memory: torch.Tensor):
+        T = tgt_ids.size(1)
+        bias = self.causal_bias[:T, :T]  # (T, T)
+        x = self._embed(tgt_ids)  # (B, T, D)
+        routings = []
+        for layer in self.decoder:
+            x, routing = layer(x, memory, bias)
+            if routing is not None:
+                routings.append(routing)
+        return self.lm_head(x), routings  # (B, T, V)
+
+    def encode(self, src_ids: torch.Tensor) -> torch.Tensor:
+        """src_ids (B, S) -> memory (B, S, D)."""
+        return self._encode(src_ids)[0]
+
+    def decode(self, tgt_ids: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """tgt_ids (B, T), memory (B, S, D) -> logits (B, T, V)."""
+        return self._decode(tgt_ids, memory)[0]
+
+    def forward(self, src_ids: torch.Tensor, tgt_ids: torch.Tensor):
+        memory, enc_routings = self._encode(src_ids)
+        logits, dec_routings = self._decode(tgt_ids, memory)
+        return (logits, *enc_routings, *dec_routings)
