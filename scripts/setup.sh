@@ -13,6 +13,6 @@ if [ "${1:-}" = "--editable" ]; then
   python -m pip install -q -e ".[test,plot]"
 else
   # A regular (non-editable) install, so the tests exercise the package as users get it.
-  python -m pip install -q --force-reinstall --no-deps . && python -m pip install -q ".[test,plot]"
+  python -m pip install -q ".[test,plot]"
 fi
 echo "forgeline installed in $(pwd)/.venv"
