@@ -176,6 +176,6 @@ def test_checkpoint_errors(tmp_path):
         load_checkpoint(bad)
 
 
-def test_routing_stats_module_needs_no_torch():
+def test_routing_stats_module_needs_no_torch(tmp_path):
     code = "import sys, forgeline.define.routing_stats; assert 'torch' not in sys.modules, 'torch imported'"
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)

@@ -12,8 +12,9 @@ from forgeline.define import build_model, get_config
 from forgeline.runtime import load
 from forgeline.runtime.format import DEFAULT_TOLERANCE
 
-# The six model names the walking-skeleton issue requires end to end.
-E2E_MODELS = ("transformer", "bert", "gpt", "gpt-moe", "bert-moe", "gpt-moe-tc")
+# Every model name: the six the walking-skeleton issue requires, plus the MoE encoder-decoder and
+# Switch (top-1) token choice.
+E2E_MODELS = ("transformer", "bert", "gpt", "gpt-moe", "bert-moe", "gpt-moe-tc", "transformer-moe", "gpt-moe-switch")
 SHAPES = ({"batch": 2, "seq": 9}, {"batch": 5, "seq": 30})
 
 
