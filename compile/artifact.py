@@ -11,13 +11,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from forgeline.runtime.errors import ArtifactError
+from forgeline.runtime.errors import ArtifactError, CompileError
 from forgeline.runtime.format import ONNX_FILE, TVM_DIR, BuildRecord, Manifest, StageRecord
 from forgeline.runtime.host import can_run, describe_host
+from forgeline.runtime.kv_check import with_generation_rows
 from forgeline.runtime.model import load
 from forgeline.runtime.parity import raise_if_failed
 
 from .targets import resolve_target
+from .tuning import TuneOptions, tune_artifact
 from .tvm_build import build_tvm
 
 log = logging.getLogger(__name__)
@@ -33,8 +35,12 @@ class CompileOptions:
     num_cores: int | None = None  # cpu: threads the schedules assume; all cores by default
 
 
-def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions()) -> Manifest:
-    """Add a TVM build for ``options.target`` to the bundle or artifact at ``path``."""
+def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(),
+                     tune: TuneOptions | None = None) -> Manifest:
+    """Add a TVM build for ``options.target`` to the bundle or artifact at ``path``.
+
+    With ``tune``, also add a tuned static-shape build per bucket (compile/tuning.py).
+    """
     root = Path(path)
     manifest = Manifest.load(root)
     manifest.verify_files(root)
@@ -54,9 +60,30 @@ def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(
     manifest.builds[spec.tag] = build
     for name in [result.lib_file, *result.extra_files]:
         manifest.record_file(root, rel(name))
+    build.graph_libs = _build_graphs(root, manifest, spec, build_dir)
     manifest.save(root)
     _check_build(root, manifest, build)
+    if tune is not None:
+        manifest = tune_artifact(root, spec.tag, tune)
     return manifest
+
+
+def _build_graphs(root: Path, manifest: Manifest, spec, build_dir: Path) -> dict[str, str]:
+    """Build each extra graph (KV-cache prefill/decode, ...) into tvm/<tag>/<graph>/; lib paths by name."""
+    libs = {}
+    for index, (name, graph) in enumerate(manifest.graphs.items(), 1):
+        log.info("building graph %s (%d/%d)", name, index, len(manifest.graphs))
+        try:
+            result = build_tvm(root / graph.onnx, spec, build_dir / name)
+        except CompileError as exc:
+            # Known: TVM 0.27's CUDA (dlight) schedules reject the KV-cache graphs. The model's own
+            # graph still builds; generation on this target then says to use backend='ort'.
+            log.warning("graph %s not built for %s, so generation cannot use this build: %s", name, spec.tag, exc)
+            continue
+        for file in [result.lib_file, *result.extra_files]:
+            manifest.record_file(root, f"{TVM_DIR}/{spec.tag}/{name}/{file}")
+        libs[name] = f"{TVM_DIR}/{spec.tag}/{name}/{result.lib_file}"
+    return libs
 
 
 def _check_build(root: Path, manifest: Manifest, build: BuildRecord) -> None:
@@ -74,8 +101,9 @@ def _check_build(root: Path, manifest: Manifest, build: BuildRecord) -> None:
 
 
 def measure_build(root: Path, tag: str) -> StageRecord:
-    """Run one build on every golden case and compare with the eager outputs."""
-    return load(root, backend="tvm", target=tag).selfcheck()
+    """Run one build on every golden case, and its KV-cache graphs, and compare with the eager outputs."""
+    model = load(root, backend="tvm", target=tag)
+    return with_generation_rows(model.selfcheck(), model)
 
 
 def _forget_build(root: Path, manifest: Manifest, tag: str, keep_stage: bool = False) -> None:
@@ -83,5 +111,7 @@ def _forget_build(root: Path, manifest: Manifest, tag: str, keep_stage: bool = F
     manifest.builds.pop(tag, None)
     if not keep_stage:
         manifest.stages.pop(f"{TVM_DIR}/{tag}", None)
+        for stage in [k for k in manifest.stages if k.startswith(prefix)]:  # its buckets' checks
+            manifest.stages.pop(stage)
     manifest.files = {k: v for k, v in manifest.files.items() if not k.startswith(prefix)}
     shutil.rmtree(root / TVM_DIR / tag, ignore_errors=True)

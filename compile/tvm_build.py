@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from forgeline.compile.cpu_defaults import cpu_pipeline
 from forgeline.compile.targets import TargetSpec
 from forgeline.runtime.errors import ArtifactError, CompileError, MissingDependencyError
 from forgeline.runtime.host import cuda_compute_capabilities
@@ -58,7 +59,8 @@ def _first_line(exc: BaseException) -> str:
     return (lines[-1] if lines else type(exc).__name__)[:500].rstrip(".")
 
 
-def _import_onnx(onnx_path: Path):
+def _import_onnx(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None):
+    """Import the ONNX graph into Relax, weights embedded; ``shape_dict`` fixes input shapes."""
     onnx, tvm, from_onnx = _import_compiler()
     started = time.perf_counter()
     try:
@@ -68,7 +70,7 @@ def _import_onnx(onnx_path: Path):
                             f"({_first_line(exc)}); export the bundle again.") from exc
     op_types = sorted({node.op_type for node in model.graph.node})
     try:
-        mod = from_onnx(model, keep_params_in_input=False)
+        mod = from_onnx(model, shape_dict=shape_dict, keep_params_in_input=False)
     except Exception as exc:  # noqa: BLE001 - the importer raises many TVM/Python error types
         ops_named = [op for op in op_types if op in str(exc)]
         where = f" in ONNX op {', '.join(ops_named)}" if ops_named else ""
@@ -81,19 +83,26 @@ def _import_onnx(onnx_path: Path):
     return tvm, mod
 
 
+def import_relax(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None):
+    """The ONNX model as a Relax IRModule (static shapes where ``shape_dict`` gives them)."""
+    return _import_onnx(Path(onnx_path), shape_dict)[1]
+
+
 def _compile(tvm, mod, spec: TargetSpec):
     from tvm.target import Target
 
     started = time.perf_counter()
     try:
-        # tvm.compile runs relax.get_default_pipeline(target): for CUDA that includes dlight's
-        # GPU schedules (without them a GPU build fails for unbound threads); for CPU it
-        # legalizes and fuses but schedules nothing.
-        executable = tvm.compile(mod, target=Target(spec.target))
+        # For CUDA, relax.get_default_pipeline(target) includes dlight's GPU schedules (without
+        # them a GPU build fails for unbound threads); for CPU it legalizes and fuses but
+        # schedules nothing, so llvm builds take forgeline's CPU defaults (compile/cpu_defaults).
+        target = Target(spec.target)
+        pipeline = cpu_pipeline(target) if spec.kind == "llvm" else "default"
+        executable = tvm.compile(mod, target=target, relax_pipeline=pipeline)
     except Exception as exc:  # noqa: BLE001
         raise CompileError(f"TVM could not compile the model for {spec.tag}: "
                            f"{_first_line(exc)}.") from exc
-    logger.info("Ran the default Relax pipeline and codegen for %s in %.2f s.", spec.tag,
+    logger.info("Ran the Relax pipeline and codegen for %s in %.2f s.", spec.tag,
                 time.perf_counter() - started)
     return executable
 
@@ -264,4 +273,4 @@ def build_tvm(onnx_path: Path, spec: TargetSpec, out_dir: Path) -> TvmBuildResul
                           seconds=seconds, extra_files=extra)
 
 
-__all__ = ["TvmBuildResult", "build_tvm"]
+__all__ = ["TvmBuildResult", "build_tvm", "import_relax"]

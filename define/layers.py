@@ -72,6 +72,21 @@ class Attention(nn.Module):
         q = self._heads(self.query(x))  # (B, nh, T, hs)
         k = self._heads(self.key(kv_input))  # (B, nh, S, hs)
         v = self._heads(self.value(kv_input))  # (B, nh, S, hs)
+        return self._attend(q, k, v, bias)
+
+    def forward_kv(self, x: torch.Tensor, bias: torch.Tensor, past_k: torch.Tensor | None = None,
+                   past_v: torch.Tensor | None = None):
+        """Self-attention with a KV cache: x (B, T, D), past k/v (B, nh, P, hs) or None, bias
+        broadcastable to (B, nh, T, P+T) -> y (B, T, D), k and v (B, nh, P+T, hs) to cache."""
+        q = self._heads(self.query(x))  # (B, nh, T, hs)
+        k = self._heads(self.key(x))  # (B, nh, T, hs)
+        v = self._heads(self.value(x))  # (B, nh, T, hs)
+        if past_k is not None:
+            k = torch.cat([past_k, k], dim=2)  # (B, nh, P+T, hs)
+            v = torch.cat([past_v, v], dim=2)  # (B, nh, P+T, hs)
+        return self._attend(q, k, v, bias), k, v
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None):
         att = (q @ k.transpose(-2, -1)) * self.scale  # (B, nh, T, S)
         if bias is not None:
             att = att + bias

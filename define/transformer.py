@@ -50,6 +50,15 @@ class DecoderLayer(nn.Module):
         y, routing = self.ffn(x)
         return self.ln_3(x + self.dropout(y)), routing
 
+    def forward_kv(self, x: torch.Tensor, memory: torch.Tensor, bias, past_k=None, past_v=None):
+        """As forward, caching self-attention k/v (B, nh, P+T, hs); cross-attention k/v are
+        recomputed from memory each step (cheap next to the FFN at these sizes)."""
+        a, k, v = self.self_attn.forward_kv(x, bias, past_k, past_v)
+        x = self.ln_1(x + self.dropout(a))  # (B, T, D)
+        x = self.ln_2(x + self.dropout(self.cross_attn(x, memory=memory)))  # (B, T, D)
+        y, _ = self.ffn(x)
+        return self.ln_3(x + self.dropout(y)), k, v
+
 
 class Transformer(ForgelineModel):
     def __init__(self, config: ModelConfig):
@@ -108,6 +117,31 @@ class Transformer(ForgelineModel):
     def decode(self, tgt_ids: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         """tgt_ids (B, T), memory (B, S, D) -> logits (B, T, V)."""
         return self._decode(tgt_ids, memory)[0]
+
+    # Incremental decoding for translation: targets are never padded (every row starts with the
+    # same BOS at the same step), so the step needs no mask; its position is the cache length,
+    # counted from the cache itself rather than by shape arithmetic.
+
+    def decoder_prefill(self, tgt_ids: torch.Tensor, memory: torch.Tensor):
+        """tgt_ids (B, T), memory (B, S, D) -> logits (B, T, V), present (Ld, 2, B, nh, T, hs)."""
+        T = tgt_ids.size(1)
+        return self._decode_kv(self._embed(tgt_ids), memory, self.causal_bias[:T, :T], None)
+
+    def decoder_step(self, tgt_ids: torch.Tensor, memory: torch.Tensor, past_kv: torch.Tensor):
+        """tgt_ids (B, 1), memory (B, S, D), past_kv (Ld, 2, B, nh, P, hs)
+        -> logits (B, 1, V), present (Ld, 2, B, nh, P+1, hs)."""
+        pos_ids = torch.ones_like(past_kv[0, 0, :, 0, :, 0]).sum(-1, keepdim=True).long()  # (B, 1) = P
+        table = self.pos.weight if self.config.positions == "learned" else self.pos_table  # (P_max, D)
+        x = self.drop(self.embed(tgt_ids) * self.embed_scale + table[pos_ids])  # (B, 1, D)
+        return self._decode_kv(x, memory, None, past_kv)
+
+    def _decode_kv(self, x, memory, bias, past_kv):
+        presents = []
+        for i, layer in enumerate(self.decoder):
+            past_k, past_v = (None, None) if past_kv is None else (past_kv[i, 0], past_kv[i, 1])
+            x, k, v = layer.forward_kv(x, memory, bias, past_k, past_v)
+            presents.append(torch.stack([k, v]))  # (2, B, nh, P+T, hs)
+        return self.lm_head(x), torch.stack(presents)  # (B, T, V), (Ld, 2, B, nh, P+T, hs)
 
     def forward(self, src_ids: torch.Tensor, tgt_ids: torch.Tensor):
         memory, enc_routings = self._encode(src_ids)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from forgeline.define import ForgelineModel, build_model, get_config, load_checkpoint, save_checkpoint
-from forgeline.runtime.errors import ArtifactError
+from forgeline.runtime.errors import ArtifactError, ConfigError
 from forgeline.runtime.format import (
     DEFAULT_TOLERANCE,
     GOLDEN_FILE,
@@ -25,12 +25,16 @@ from forgeline.runtime.format import (
     Manifest,
     TensorSpec,
     Tolerance,
+    set_shareable_mode,
 )
 from forgeline.runtime.golden import GoldenCase, save_golden
+from forgeline.runtime.kv_check import with_generation_rows
 from forgeline.runtime.model import load
 
 from .eager import golden_dims, make_case, output_specs
+from .kv_graphs import export_generation_graphs
 from .onnx_export import export_onnx
+from .tokenizer_io import TOKENIZER_FILE, write_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +49,9 @@ class ExportOptions:
     golden_cases: int = 2  # reference inputs at distinct (batch, seq) shapes
     tolerance: Tolerance = DEFAULT_TOLERANCE
     overwrite: bool = False
+    generation_graphs: bool = True  # GPT/Transformer: also export KV-cache prefill/decode graphs (kv_graphs.py)
+    tokenizer: Path | None = None  # an HF tokenizer.json to ship; None ships the byte tokenizer
+    from_hf: Path | None = None  # a Hugging Face BERT/GPT-2 folder to import (its tokenizer.json ships too)
 
 
 def export_model(name: str, out_dir: str | Path, options: ExportOptions = ExportOptions()) -> Manifest:
@@ -53,11 +60,15 @@ def export_model(name: str, out_dir: str | Path, options: ExportOptions = Export
     model = _make_model(name, options)
     log.info("export %s/%s -> %s (seed %d, %d golden cases)", name, options.preset, out, options.seed, options.golden_cases)
     save_checkpoint(model, out / WEIGHTS_FILE)
+    set_shareable_mode(out / WEIGHTS_FILE)  # safetensors writes 0600
     limits = model.dim_limits()
     export_onnx(model, out, limits)
+    graphs = export_generation_graphs(model, out) if options.generation_graphs else {}
     cases = [make_case(model, golden_dims(model, i), options.seed + i, f"case{i}") for i in range(options.golden_cases)]
     save_golden(out / GOLDEN_FILE, cases)
     manifest = _new_manifest(model, options, cases)
+    manifest.graphs = graphs
+    manifest.tokenizer = _ship_tokenizer(out, model, options)
     for path in sorted(out.iterdir()):
         if path.is_file() and path.name != MANIFEST_FILE:
             manifest.record_file(out, path.name)
@@ -68,12 +79,26 @@ def export_model(name: str, out_dir: str | Path, options: ExportOptions = Export
 
 def record_ort_parity(root: Path, manifest: Manifest) -> None:
     """Measure ONNX Runtime against the eager outputs and store the result in the manifest."""
-    manifest.stages[ORT_STAGE] = load(root, backend="ort").selfcheck()
+    model = load(root, backend="ort")
+    manifest.stages[ORT_STAGE] = with_generation_rows(model.selfcheck(), model)
     manifest.save(root)
     log.info("ONNX Runtime vs eager: %s", "pass" if manifest.stages[ORT_STAGE].passed else "FAIL")
 
 
+def _ship_tokenizer(out: Path, model: ForgelineModel, options: ExportOptions) -> str | None:
+    """The tokenizer given, else an imported checkpoint's own tokenizer.json, else the byte one."""
+    source = options.tokenizer
+    if source is None and options.from_hf is not None:
+        source = Path(options.from_hf) / TOKENIZER_FILE
+        if not source.is_file():
+            log.info("%s has no %s: the bundle takes token ids only", options.from_hf, TOKENIZER_FILE)
+            return None
+    return write_tokenizer(out, model.config.vocab_size, source)
+
+
 def _make_model(name: str, options: ExportOptions) -> ForgelineModel:
+    if options.from_hf is not None:
+        return _import_hf(name, options)
     if options.weights is not None:
         if not Path(options.weights).is_file():
             raise ArtifactError(f"weights file {options.weights} does not exist.")
@@ -84,12 +109,25 @@ def _make_model(name: str, options: ExportOptions) -> ForgelineModel:
     return build_model(get_config(name, options.preset), seed=options.seed)
 
 
+def _import_hf(name: str, options: ExportOptions) -> ForgelineModel:
+    from forgeline.define.hf_import import load_hf_checkpoint
+
+    if options.weights is not None:
+        raise ConfigError("pass either --weights or --from-hf, not both.")
+    model = load_hf_checkpoint(options.from_hf, seed=options.seed)
+    wanted = get_config(name)
+    if (wanted.family, wanted.router) != (model.config.family, "none"):
+        raise ConfigError(f"{options.from_hf} holds a dense {model.config.family} model, so export it as "
+                          f"{model.config.name!r}, not {name!r}.")
+    return model
+
+
 def _new_manifest(model: ForgelineModel, options: ExportOptions, cases: list[GoldenCase]) -> Manifest:
     config = model.config
     inputs = [TensorSpec(s.name, s.dtype, tuple(s.dims), s.value_range) for s in model.input_specs()]
     return Manifest(
         name=config.name,
-        preset=options.preset if options.weights is None else "checkpoint",
+        preset="hf" if options.from_hf is not None else options.preset if options.weights is None else "checkpoint",
         family=config.family,
         config=config.to_dict(),
         inputs=inputs,

@@ -36,7 +36,11 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, type=Path, help="folder to write the bundle into")
     p.add_argument("--seed", type=int, default=0, help="seed for the weight init and golden inputs")
     p.add_argument("--weights", type=Path, help="a forgeline safetensors checkpoint to export instead of a fresh init")
+    p.add_argument("--from-hf", type=Path, metavar="FOLDER",
+                   help="import a Hugging Face BERT or GPT-2 folder (config.json + weights; its tokenizer.json ships too)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing artifact in the output folder")
+    p.add_argument("--no-generation-graphs", action="store_true",
+                   help="gpt/transformer: skip the KV-cache prefill/decode graphs that generate/translate need")
 
 
 def _compile_args(p: argparse.ArgumentParser, with_path: bool = True) -> None:
@@ -91,11 +95,20 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("compile", "compile a bundle with TVM for a target and check it", _compile_args)
+def _compile_tune_args(p: argparse.ArgumentParser) -> None:
+    from forgeline.commands_tune import add_tuning_flags
+
+    _compile_args(p)
+    add_tuning_flags(p)
+
+
+@command("compile", "compile a bundle with TVM for a target and check it", _compile_tune_args)
 def _compile(args: argparse.Namespace) -> int:
+    from forgeline.commands_tune import print_buckets, tune_options
     from forgeline.compile import compile_artifact
 
-    manifest = compile_artifact(args.path, _compile_options(args))
+    manifest = compile_artifact(args.path, _compile_options(args), tune=tune_options(args))
+    print_buckets(manifest)
     for build in manifest.builds.values():
         print(f"build {build.tag}: {build.lib} ({build.build_seconds:.1f} s){' - ' + build.note if build.note else ''}")
     _print_stages(manifest)
@@ -107,7 +120,7 @@ def _build(args: argparse.Namespace) -> int:
     from forgeline.api import build
 
     report = build(args.model, args.output, _export_options(args), _compile_options(args))
-    print(f"built {args.model}/{args.preset} in {args.output}")
+    print(f"built {args.model}/{'hf' if args.from_hf else args.preset} in {args.output}")
     return _print_report(report)
 
 
@@ -146,7 +159,8 @@ def _check(args: argparse.Namespace) -> int:
 def _export_options(args: argparse.Namespace):
     from forgeline.export import ExportOptions
 
-    return ExportOptions(preset=args.preset, seed=args.seed, weights=args.weights, overwrite=args.overwrite)
+    return ExportOptions(preset=args.preset, seed=args.seed, weights=args.weights, overwrite=args.overwrite,
+                         from_hf=args.from_hf, generation_graphs=not args.no_generation_graphs)
 
 
 def _compile_options(args: argparse.Namespace):
@@ -185,7 +199,7 @@ def _print_table(header: tuple[str, ...], rows: list[tuple]) -> None:
 
 # Modules that register further subcommands with @command (one per capability), imported when
 # the parser is built so that `forgeline --help` lists them all.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("forgeline.commands_bert", "forgeline.commands_train", "forgeline.commands_tune", "forgeline.commands_generate", "forgeline.commands_bench")
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -119,8 +119,31 @@ class BuildRecord:
     requires: dict[str, Any]  # what a host must have to run it (arch, cpu features, device)
     lib: str  # path of the library, relative to the artifact root
     codegen_only: bool = False  # True when it holds code that cannot be loaded on any host yet
+    graph_libs: dict[str, str] = field(default_factory=dict)  # extra graph name (Manifest.graphs) -> lib path
     note: str = ""
     build_seconds: float = 0.0
+    # Tuned static-shape builds beside the dynamic lib, keyed "1x128" (sizes in input dim order):
+    # {dims, lib, trials, tasks_tuned, tasks_default, tuning_seconds, database_sha256}. The
+    # runtime serves one when every symbolic dim of a call equals its dims exactly.
+    buckets: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class GraphSpec:
+    """An extra graph beside model.onnx (e.g. the KV-cache "prefill" and "decode" of generation)."""
+
+    onnx: str  # path relative to the artifact root
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"onnx": self.onnx, "inputs": [s.to_dict() for s in self.inputs],
+                "outputs": [s.to_dict() for s in self.outputs]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GraphSpec:
+        return cls(d["onnx"], [TensorSpec.from_dict(s) for s in d["inputs"]],
+                   [TensorSpec.from_dict(s) for s in d["outputs"]])
 
 
 @dataclass
@@ -141,6 +164,8 @@ class Manifest:
     builds: dict[str, BuildRecord] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    tokenizer: str | None = None  # relative path of tokenizer.json (HF) or {"type": "bytes"}; None: no text I/O
+    graphs: dict[str, GraphSpec] = field(default_factory=dict)  # extra graphs by name, e.g. prefill/decode
 
     def input_names(self) -> list[str]:
         return [s.name for s in self.inputs]
@@ -152,6 +177,7 @@ class Manifest:
         d = dataclasses.asdict(self)
         d["inputs"] = [s.to_dict() for s in self.inputs]
         d["outputs"] = [s.to_dict() for s in self.outputs]
+        d["graphs"] = {k: g.to_dict() for k, g in self.graphs.items()}
         return d
 
     @classmethod
@@ -177,6 +203,8 @@ class Manifest:
                 stages={k: StageRecord.from_dict(v) for k, v in d.get("stages", {}).items()},
                 builds={k: BuildRecord(**v) for k, v in d.get("builds", {}).items()},
                 versions=d.get("versions", {}),
+                tokenizer=d.get("tokenizer"),
+                graphs={k: GraphSpec.from_dict(v) for k, v in d.get("graphs", {}).items()},
             )
         except (KeyError, TypeError) as exc:
             raise ArtifactError(f"manifest.json is missing or has a malformed field ({exc}).") from exc
@@ -223,6 +251,13 @@ class Manifest:
                 )
 
 
+def set_shareable_mode(path: Path) -> None:
+    """rw for the owner, readable by all, as a plain `open` would create it under this umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -237,6 +272,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
+        set_shareable_mode(Path(tmp))  # mkstemp makes 0600; artifacts are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

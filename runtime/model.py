@@ -37,6 +37,8 @@ class Model:
         self.backend = backend
         self.build = build
         self._executor = executor
+        self._graphs: dict[str, Executor] = {}  # extra graphs (manifest.graphs), opened on first use
+        self._tokenizer = None
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -45,6 +47,11 @@ class Model:
     @property
     def outputs(self) -> list[TensorSpec]:
         return list(self.manifest.outputs)
+
+    @property
+    def last_build(self) -> str | None:
+        """Which library served the last run: "dynamic", a bucket key ("1x128"), or None (ORT)."""
+        return getattr(self._executor, "last_build", "dynamic" if self.build is not None else None)
 
     @property
     def stage(self) -> str:
@@ -64,6 +71,55 @@ class Model:
         for case in cases:
             rows += compare_outputs(case.outputs, self.run(**case.inputs), self.manifest.tolerance, case.name)
         return stage_record(self.stage, rows, self.manifest.tolerance)
+
+    def fill_mask(self, text_or_ids, top_k: int = 5, mask_id: int | None = None):
+        """BERT: for each [MASK], the top_k tokens with probabilities (see tasks_bert.fill_mask)."""
+        from .tasks_bert import fill_mask
+
+        return fill_mask(self, text_or_ids, top_k=top_k, mask_id=mask_id)
+
+    def next_sentence(self, a, b) -> float:
+        """BERT: the probability that sentence b follows sentence a (texts or id lists)."""
+        from .tasks_bert import next_sentence
+
+        return next_sentence(self, a, b)
+
+    def embed(self, texts, normalize: bool = True) -> np.ndarray:
+        """BERT: (N, D) mean-pooled sentence embeddings, L2-normalised (sentence-transformers style)."""
+        from .tasks_bert import embed
+
+        return embed(self, texts, normalize=normalize)
+
+    @property
+    def tokenizer(self):
+        """The artifact's tokenizer (runtime/tokenizer.py); ArtifactError when it ships none."""
+        if self._tokenizer is None:
+            from .tokenizer import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.path, self.manifest)
+        return self._tokenizer
+
+    def run_graph(self, name: str, **arrays: np.ndarray) -> dict[str, np.ndarray]:
+        """Run an extra graph of the artifact (manifest.graphs, e.g. "prefill", "decode") on this backend."""
+        from .generate import graph_spec, open_graph
+
+        spec = graph_spec(self.manifest, name)
+        if name not in self._graphs:
+            self._graphs[name] = open_graph(self, name)
+        ordered = validate_inputs(arrays, spec.inputs, self.manifest.dim_limits)
+        return dict(zip([o.name for o in spec.outputs], self._graphs[name].run(ordered)))
+
+    def generate(self, prompt, max_new_tokens: int = 32, **options):
+        """GPT: continue prompt(s) with the KV cache; see runtime/generate.generate for the options."""
+        from .generate import generate
+
+        return generate(self, prompt, max_new_tokens, **options)
+
+    def translate(self, src, max_new_tokens: int = 32, **options):
+        """Transformer: greedy translation of source(s); see runtime/generate.translate."""
+        from .generate import translate
+
+        return translate(self, src, max_new_tokens, **options)
 
     def __repr__(self) -> str:
         return f"Model({self.manifest.name}/{self.manifest.preset}, backend={self.stage})"
@@ -89,6 +145,10 @@ def load(path: str | os.PathLike[str], backend: str = "tvm", target: str | None 
 
     device = "cuda" if build.kind == "cuda" else "cpu"
     log.info("loading TVM build %s for %s", build.tag, manifest.name)
+    if build.buckets:  # tuned static-shape builds: dispatch by shape, the dynamic lib as fallback
+        from .dispatch import BucketedExecutor
+
+        return Model(root, manifest, backend, BucketedExecutor(root, build, manifest.inputs, device), build)
     return Model(root, manifest, backend, TvmExecutor(root / build.lib, device=device), build)
 
 

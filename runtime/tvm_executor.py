@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from forgeline.runtime.cpu_kernels import register_cpu_kernels
 from forgeline.runtime.errors import ArtifactError, InputError, TargetMismatchError
 from forgeline.runtime.host import cpu_core_count, cuda_compute_capabilities
 
@@ -97,6 +98,7 @@ class TvmExecutor:
         if num_threads:
             os.environ.setdefault("TVM_NUM_THREADS", str(max(num_threads, cpu_core_count())))
         self._tvm = tvm = import_tvm_runtime()
+        register_cpu_kernels()  # CPU builds call forgeline.cpu.matmul (compile/cpu_defaults.py)
         if device == "cuda":
             _load_cuda_runtime(tvm)
         self.device = device

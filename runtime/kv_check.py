@@ -1,0 +1,50 @@
+"""Check an artifact's generation graphs (prefill, decode, encode) against its golden eager logits.
+
+Golden case 0 holds the eager logits of the plain forward pass. Run through the generation
+graphs as prefill of all but the last token followed by one cached decode step (GPT), or encode
++ prefill + one decode step (Transformer), it must give the same logits within the artifact's
+tolerance: the cache, the positions and the masks are then all in play.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .format import GOLDEN_FILE, OutputParity, StageRecord
+from .golden import load_golden
+from .parity import compare_outputs, stage_record
+
+log = logging.getLogger(__name__)
+
+
+def with_generation_rows(record: StageRecord, model) -> StageRecord:
+    """``record`` (a backend's golden selfcheck) plus the generation graphs' rows, case "<case>/generation"."""
+    rows = generation_parity(model)
+    if not rows:
+        return record
+    log.info("%s generation graphs vs eager: %s", record.stage, "pass" if all(r.passed for r in rows) else "FAIL")
+    return stage_record(record.stage, record.parity + rows, record.tolerance)
+
+
+def generation_parity(model) -> list[OutputParity]:
+    """Rows for a loaded Model's generation graphs; empty when it has none."""
+    manifest = model.manifest
+    if "decode" not in manifest.graphs or GOLDEN_FILE not in manifest.files:
+        return []
+    if model.build is not None and set(manifest.graphs) - set(model.build.graph_libs):
+        return []  # a build whose generation graphs did not compile (compile/artifact.py warned)
+    case = load_golden(model.path / GOLDEN_FILE)[0]
+    if manifest.family == "gpt":
+        ids = case.inputs["input_ids"]  # (B, T)
+        ones = np.ones_like(ids)
+        out = model.run_graph("prefill", input_ids=ids[:, :-1], attention_mask=ones[:, :-1])
+        step = model.run_graph("decode", input_ids=ids[:, -1:], past_mask=ones[:, :-1], past_kv=out["present"])
+    else:
+        memory = model.run_graph("encode", src_ids=case.inputs["src_ids"])["memory"]
+        tgt = case.inputs["tgt_ids"]  # (B, T)
+        out = model.run_graph("prefill", tgt_ids=tgt[:, :-1], memory=memory)
+        step = model.run_graph("decode", tgt_ids=tgt[:, -1:], memory=memory, past_kv=out["present"])
+    got = {"logits": np.concatenate([out["logits"], step["logits"]], axis=1)}  # (B, T, V)
+    return compare_outputs({"logits": case.outputs["logits"]}, got, manifest.tolerance, f"{case.name}/generation")

@@ -1,0 +1,80 @@
+"""Tuning gpt tiny at one bucket: dispatch by shape, parity with eager PyTorch, the manifest's
+bucket record, and a second compile that reuses the database instead of tuning again."""
+
+import hashlib
+import shutil
+
+import numpy as np
+import pytest
+
+from forgeline.cli import main
+from forgeline.compile.tuning import TuneOptions, tune_artifact
+from forgeline.define import load_checkpoint
+from forgeline.export.eager import run_eager
+from forgeline.runtime import load
+from forgeline.runtime.format import Manifest, sha256_file
+
+BUCKET, DIMS = "1x16", {"batch": 1, "seq": 16}
+TRIALS = 4  # one round of candidates: enough to measure real schedules, cheap enough for CI
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_artifact, tmp_path_factory):
+    """A private copy of gpt tiny with a tuned 1x16 build, and its tuning database folder."""
+    root = tmp_path_factory.mktemp("tune") / "gpt"
+    shutil.copytree(tiny_artifact("gpt"), root)
+    db = root.parent / "tuning-db"
+    tag = next(iter(Manifest.load(root).builds))
+    tune_artifact(root, tag, TuneOptions(buckets=BUCKET, trials=TRIALS, database=db))
+    return root, tag, db
+
+
+def _eager_logits(root, ids: np.ndarray) -> np.ndarray:
+    model = load_checkpoint(root / "weights.safetensors").eval()
+    return run_eager(model, {"input_ids": ids})["logits"]
+
+
+def test_bucket_shape_runs_the_bucket_build_others_the_dynamic_one(tuned):
+    root, tag, _ = tuned
+    model = load(root, backend="tvm", target=tag)
+    tol = model.manifest.tolerance
+    vocab = model.inputs[0].value_range[1]
+    rng = np.random.default_rng(11)
+    for shape, served_by in (((1, 16), BUCKET), ((2, 16), "dynamic"), ((1, 9), "dynamic")):
+        ids = rng.integers(0, vocab, size=shape).astype(np.int64)
+        logits = model.run(input_ids=ids)["logits"]
+        assert model.last_build == served_by
+        np.testing.assert_allclose(logits, _eager_logits(root, ids), atol=tol.atol, rtol=tol.rtol)
+
+
+def test_manifest_records_the_bucket(tuned):
+    root, tag, db = tuned
+    manifest = Manifest.load(root)
+    manifest.verify_files(root)
+    bucket = manifest.builds[tag].buckets[BUCKET]
+    assert bucket["dims"] == DIMS
+    assert bucket["lib"] == f"tvm/{tag}/bucket-{BUCKET}.so"
+    assert manifest.files[bucket["lib"]] == sha256_file(root / bucket["lib"])
+    assert 1 <= bucket["trials"] and bucket["tuning_seconds"] > 0
+    assert bucket["tasks_tuned"], "a measured round must leave at least one tuned kernel"
+    assert not set(bucket["tasks_tuned"]) & set(bucket["tasks_default"])
+    digest = hashlib.sha256()
+    for name in ("database_workload.json", "database_tuning_record.json"):
+        digest.update(name.encode() + b"\0" + (db / name).read_bytes())
+    assert bucket["database_sha256"] == digest.hexdigest()
+    stage = manifest.stages[f"tvm/{tag}/{BUCKET}"]
+    assert stage.passed and stage.parity and all(row.max_abs <= 1e-4 for row in stage.parity)
+
+
+def test_second_compile_reuses_the_database(tuned, capsys):
+    root, tag, db = tuned
+    records = db / "database_tuning_record.json"
+    measured_before = records.read_text()
+    tuned_before = Manifest.load(root).builds[tag].buckets[BUCKET]["tasks_tuned"]
+    assert main(["-q", "compile", str(root), "--tune", "--buckets", "1 x 16", "--trials", str(TRIALS),
+                 "--tuning-db", str(db)]) == 0
+    assert "bucket 1x16" in capsys.readouterr().out
+    bucket = Manifest.load(root).builds[tag].buckets[BUCKET]
+    assert bucket["trials"] == 0 and bucket["tuning_seconds"] == 0
+    assert bucket["reused_trials"] >= 1 and bucket["tasks_tuned"] == tuned_before
+    assert records.read_text() == measured_before  # not one new measurement
