@@ -6,6 +6,7 @@ from pathlib import Path
 
 from forgeline.check import CheckReport, check_artifact
 from forgeline.compile import CompileOptions, compile_artifact
+from forgeline.compile.tuning import TuneOptions
 from forgeline.export import ExportOptions, export_model
 
 
@@ -14,8 +15,9 @@ def build(
     out_dir: str | Path,
     export_options: ExportOptions = ExportOptions(),
     compile_options: CompileOptions = CompileOptions(),
+    tune: TuneOptions | None = None,
 ) -> CheckReport:
-    """Export ``name``, compile it for one target, and check every stage against eager PyTorch."""
+    """Export ``name``, compile (and optionally tune) it for one target, and check every stage."""
     export_model(name, out_dir, export_options)
-    compile_artifact(out_dir, compile_options)
+    compile_artifact(out_dir, compile_options, tune=tune)
     return check_artifact(out_dir)

@@ -49,6 +49,9 @@ def _compile_args(p: argparse.ArgumentParser, with_path: bool = True) -> None:
     p.add_argument("--target", default="cpu", help="target preset: cpu (this host's CPU) or cuda (default: cpu)")
     p.add_argument("--arch", help="CUDA architecture for --target cuda (default: sm_90)")
     p.add_argument("--mcpu", help="LLVM CPU name for --target cpu (default: detected from this host)")
+    from forgeline.commands_tune import add_tuning_flags
+
+    add_tuning_flags(p)
 
 
 def _build_args(p: argparse.ArgumentParser) -> None:
@@ -95,14 +98,7 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _compile_tune_args(p: argparse.ArgumentParser) -> None:
-    from forgeline.commands_tune import add_tuning_flags
-
-    _compile_args(p)
-    add_tuning_flags(p)
-
-
-@command("compile", "compile a bundle with TVM for a target and check it", _compile_tune_args)
+@command("compile", "compile a bundle with TVM for a target and check it", _compile_args)
 def _compile(args: argparse.Namespace) -> int:
     from forgeline.commands_tune import print_buckets, tune_options
     from forgeline.compile import compile_artifact
@@ -115,11 +111,12 @@ def _compile(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("build", "export + compile + check: the main job", _build_args)
+@command("build", "export + compile (+ tune) + check: the main job", _build_args)
 def _build(args: argparse.Namespace) -> int:
     from forgeline.api import build
+    from forgeline.commands_tune import tune_options
 
-    report = build(args.model, args.output, _export_options(args), _compile_options(args))
+    report = build(args.model, args.output, _export_options(args), _compile_options(args), tune=tune_options(args))
     print(f"built {args.model}/{'hf' if args.from_hf else args.preset} in {args.output}")
     return _print_report(report)
 
