@@ -7,7 +7,17 @@ application that embeds only the runtime must not pay for torch, onnx or the TVM
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
+
+# In a source checkout the stage folders (define/, export/, compile/, runtime/) sit beside this
+# folder, and pyproject.toml maps them onto forgeline.<stage> when installing. A process whose
+# working directory is the checkout (`python -c`, TVM's tuning workers) imports this folder
+# instead of the installed package; searching the checkout root for subpackages keeps
+# `forgeline.define` & co. importable there too. An installed copy has no pyproject.toml beside it.
+_checkout = Path(__file__).resolve().parent.parent
+if (_checkout / "pyproject.toml").is_file() and (_checkout / "runtime" / "format.py").is_file():
+    __path__.append(str(_checkout))
 
 __version__ = "0.1.0"
 
