@@ -84,7 +84,10 @@ class TuningDatabase:
         """Trials still to run so that these tasks have had ``trials`` (at most ``per_task`` each)."""
         ledger = self._ledger()
         wanted = min(trials, per_task * len(task_keys))
-        had = sum(min(ledger["tasks"].get(k, {}).get("trials", 0), per_task) for k in task_keys)
+        # Earlier trials count up to each task's fair share only: trials spent on the kernels this
+        # model shares with another must not stand in for kernels that were never tuned.
+        share = min(per_task, -(-wanted // max(len(task_keys), 1)))
+        had = sum(min(ledger["tasks"].get(k, {}).get("trials", 0), share) for k in task_keys)
         done = ledger["requests"].get(_request_key(task_keys))
         if done and done["trials"] >= trials and done["per_task"] >= per_task:
             return TuningPlan(trials=0, reused_trials=had)  # ran to the end before
