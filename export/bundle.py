@@ -31,7 +31,7 @@ from forgeline.runtime.golden import GoldenCase, save_golden
 from forgeline.runtime.kv_check import with_generation_rows
 from forgeline.runtime.model import load
 
-from .eager import golden_dims, make_case, output_specs
+from .eager import case_sizes, golden_dims, make_case, output_specs
 from .kv_graphs import export_generation_graphs
 from .onnx_export import export_onnx
 from .tokenizer_io import TOKENIZER_FILE, write_tokenizer
@@ -134,18 +134,9 @@ def _new_manifest(model: ForgelineModel, options: ExportOptions, cases: list[Gol
         outputs=output_specs(model, cases),
         dim_limits=model.dim_limits(),
         tolerance=options.tolerance,
-        golden_cases=[_case_dims(model, c) for c in cases],
+        golden_cases=[case_sizes(model, c) for c in cases],
         versions=_versions(),
     )
-
-
-def _case_dims(model: ForgelineModel, case: GoldenCase) -> dict[str, int]:
-    dims: dict[str, int] = {}
-    for spec in model.input_specs():
-        for axis, dim in enumerate(spec.dims):
-            if isinstance(dim, str):
-                dims[dim] = int(case.inputs[spec.name].shape[axis])
-    return dims
 
 
 def _versions() -> dict[str, str]:

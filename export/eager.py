@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from forgeline.define import ForgelineModel
-from forgeline.runtime.format import TensorSpec
+from forgeline.runtime.format import TensorSpec, symbolic_sizes
 from forgeline.runtime.golden import GoldenCase
 
 # Golden shapes: batch 1 (a decoder MoE group of one token) and batch 3, at sequence lengths that
@@ -49,16 +49,15 @@ def make_case(model: ForgelineModel, dims: dict[str, int], seed: int, name: str)
     return GoldenCase(name, inputs, run_eager(model, inputs))
 
 
+def case_sizes(model: ForgelineModel, case: GoldenCase) -> dict[str, int]:
+    """The size of each symbolic dim in a case's inputs."""
+    specs = model.input_specs()
+    return symbolic_sizes(specs, [case.inputs[s.name] for s in specs])
+
+
 def output_specs(model: ForgelineModel, cases: list[GoldenCase]) -> list[TensorSpec]:
     """Name each output axis by the symbolic dim whose size it tracks across the golden cases."""
-    case_dims = []
-    for case in cases:
-        sizes: dict[str, int] = {}
-        for spec in model.input_specs():
-            for axis, dim in enumerate(spec.dims):
-                if isinstance(dim, str):
-                    sizes[dim] = int(case.inputs[spec.name].shape[axis])
-        case_dims.append(sizes)
+    case_dims = [case_sizes(model, case) for case in cases]
     specs = []
     for name in model.output_names():
         shapes = [c.outputs[name].shape for c in cases]

@@ -15,6 +15,7 @@ from forgeline.export.eager import golden_dims, make_case
 from forgeline.runtime.format import GOLDEN_FILE, WEIGHTS_FILE, Manifest, StageRecord
 from forgeline.runtime.golden import GoldenCase, load_golden
 from forgeline.runtime.host import can_run, describe_host
+from forgeline.runtime.kv_check import with_generation_rows
 from forgeline.runtime.model import load
 
 log = logging.getLogger(__name__)
@@ -38,15 +39,20 @@ def check_artifact(path: str | Path, fresh_cases: int = 2) -> CheckReport:
     manifest = Manifest.load(root)
     manifest.verify_files(root)
     cases = _cases(root, manifest, fresh_cases)
-    report = CheckReport(stages=[load(root, backend="ort").selfcheck(cases)])
+    report = CheckReport(stages=[_stage(load(root, backend="ort"), cases)])
     host = describe_host()
     for tag, build in manifest.builds.items():
         runnable, why = can_run(build.requires, host)
         if build.codegen_only or not runnable:
             report.skipped[f"tvm/{tag}"] = why or build.note
             continue
-        report.stages.append(load(root, backend="tvm", target=tag).selfcheck(cases))
+        report.stages.append(_stage(load(root, backend="tvm", target=tag), cases))
     return report
+
+
+def _stage(model, cases: list[GoldenCase]) -> StageRecord:
+    """A backend on every case, plus its KV-cache graphs against the golden logits."""
+    return with_generation_rows(model.selfcheck(cases), model)
 
 
 def _cases(root: Path, manifest: Manifest, fresh_cases: int) -> list[GoldenCase]:

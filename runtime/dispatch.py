@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .format import BuildRecord, TensorSpec
+from .format import BuildRecord, TensorSpec, symbolic_sizes
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +41,7 @@ class BucketedExecutor:
 
     def choose(self, arrays: list[np.ndarray]) -> str:
         """The bucket whose dims equal the call's symbolic dims, else DYNAMIC."""
-        dims: dict[str, int] = {}
-        for spec, array in zip(self._inputs, arrays):
-            for dim, size in zip(spec.dims, np.shape(array)):
-                if isinstance(dim, str):
-                    dims[dim] = int(size)
+        dims = symbolic_sizes(self._inputs, arrays)
         return self._by_dims.get(tuple(sorted(dims.items())), DYNAMIC)
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:

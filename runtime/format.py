@@ -60,6 +60,16 @@ class TensorSpec:
         return cls(d["name"], d["dtype"], tuple(d["dims"]), tuple(rng) if rng else None)
 
 
+def symbolic_sizes(specs: list[TensorSpec], arrays: list[Any]) -> dict[str, int]:
+    """The size of each symbolic dim, read from arrays given in the specs' order."""
+    sizes: dict[str, int] = {}
+    for spec, array in zip(specs, arrays):
+        for dim, size in zip(spec.dims, array.shape):
+            if isinstance(dim, str):
+                sizes[dim] = int(size)
+    return sizes
+
+
 @dataclass(frozen=True)
 class Tolerance:
     """Elementwise |actual - expected| <= atol + rtol * |expected|, as numpy.allclose."""
@@ -126,6 +136,11 @@ class BuildRecord:
     # {dims, lib, trials, tasks_tuned, tasks_default, tuning_seconds, database_sha256}. The
     # runtime serves one when every symbolic dim of a call equals its dims exactly.
     buckets: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def device(self) -> str:
+        """The runtime device a library of this build runs on."""
+        return "cuda" if self.kind == "cuda" else "cpu"
 
 
 @dataclass

@@ -59,7 +59,7 @@ def open_graph(model, name: str):
         )
     from .tvm_executor import TvmExecutor
 
-    return TvmExecutor(model.path / lib, device="cuda" if model.build.kind == "cuda" else "cpu")
+    return TvmExecutor(model.path / lib, device=model.build.device)
 
 
 def generate(model, prompt, max_new_tokens: int = 32, *, temperature: float = 0.0, top_k: int | None = None,

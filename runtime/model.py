@@ -143,7 +143,7 @@ def load(path: str | os.PathLike[str], backend: str = "tvm", target: str | None 
     build = select_build(manifest, target)
     from .tvm_executor import TvmExecutor
 
-    device = "cuda" if build.kind == "cuda" else "cpu"
+    device = build.device
     log.info("loading TVM build %s for %s", build.tag, manifest.name)
     if build.buckets:  # tuned static-shape builds: dispatch by shape, the dynamic lib as fallback
         from .dispatch import BucketedExecutor
