@@ -37,7 +37,7 @@ def tune_buckets(root: Path, manifest: Manifest, build: BuildRecord, tuning: Res
 
     settings = SearchSettings(trials=tuning.trials, max_trials_per_task=tuning.max_trials_per_task,
                               timeout_s=tuning.timeout_s, rpc=tuning.rpc, seed=tuning.seed,
-                              offload_matmul=tuning.offload_matmul)
+                              tune_matmuls=tuning.tune_matmuls)
     db = TuningDatabase(tuning.database)
     for index, dims in enumerate(tuning.buckets, 1):
         logger.info("bucket %d/%d: %s", index, len(tuning.buckets), bucket_key(dims))

@@ -1,9 +1,11 @@
 """Tune one static-shape Relax module with MetaSchedule and compile it with the best schedules.
 
-How this composes with the untuned CPU defaults (compile/cpu_defaults.py): fp32 matmuls go to
-BLAS first (``offload_matmuls``; it runs GEMMs at about what a 200-trial tuned kernel reaches, see
-TVM-NOTES.md), so tuning spends its trials on what is left. The module is then legalized and fused
-once (``prepare``); the fused TIR functions are the tuning tasks, and the same fused module is
+How this composes with the untuned CPU defaults (compile/cpu_defaults.py): the module is
+legalized and fused once (``prepare``, with the defaults' fast exp/tanh/erf). Unless
+``tune_matmuls``, the matmul kernels then take the default register-blocked GEMM schedule with
+packed weights (compile/cpu_matmul.py; within ~1.3x of a 1,200-trial tuned kernel at none of
+the cost), so tuning spends its trials on what is left. The fused TIR functions are the tuning
+tasks, and the same fused module is
 what the database is applied to, so database keys always match. Functions the database does not
 cover get the defaults' schedules (``schedule_cpu_kernels``), which leave tuned ones alone.
 Calling ``apply_cpu_defaults`` whole before tuning would schedule every function and leave
@@ -26,7 +28,8 @@ from tvm_ffi.structural import structural_hash
 
 from forgeline.runtime.host import cpu_core_count
 
-from .cpu_defaults import offload_matmuls, schedule_cpu_kernels
+from .cpu_defaults import fold_packed_weights, schedule_cpu_kernels, schedule_matmul_kernels
+from .cpu_fast_math import fast_math
 from .ms_database import TuningDatabase
 from .ms_fast import PooledBuilder, WarmupDeferredXGB, make_runner, make_strategy
 from .ms_progress import TuningProgress, quiet_metaschedule_console, reset_metaschedule_loggers
@@ -43,7 +46,7 @@ class SearchSettings:
     timeout_s: float  # per candidate build and per measurement
     rpc: tuple[str, int, str] | None = None  # tracker host, port, key; None measures here
     seed: int = 0
-    offload_matmul: bool = True  # fp32 matmuls to BLAS; False lets MetaSchedule tune them
+    tune_matmuls: bool = False  # False: matmuls keep the default GEMM schedule, untuned
 
 
 @dataclass
@@ -71,7 +74,9 @@ def prepare(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
 def tune_module(mod: tvm.IRModule, target: Target, db: TuningDatabase,
                 settings: SearchSettings) -> TunedModule:
     """Tune what the database does not cover yet, then compile with every record it holds."""
-    fused = prepare(offload_matmuls(mod) if settings.offload_matmul else mod, target)
+    fused = prepare(fast_math(mod), target)
+    if not settings.tune_matmuls:
+        fused = schedule_matmul_kernels(fused, target)  # marked scheduled: not tasks
     tasks = [t for t in ms.relax_integration.extract_tasks(fused, target) if not _scheduled(t)]
     keys = [f"{structural_hash(t.dispatched[0]) & (2**64 - 1):016x}" for t in tasks]
     names = [t.task_name for t in tasks]
@@ -139,6 +144,7 @@ def compile_with_database(fused: tvm.IRModule, target: Target, db: TuningDatabas
     with target, db.ms, tvm.transform.PassContext(opt_level=3):
         mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(fused)
         mod = schedule_cpu_kernels(mod, target)  # skips the functions marked scheduled above
+        mod = fold_packed_weights(mod)
         # Only lowering from here: fusing again would rename the tuned functions.
         lower = tvm.transform.Sequential([*dataflow_lower_passes(target), *finalize_passes(target)])
         return tvm.compile(mod, target=target, relax_pipeline=lower)

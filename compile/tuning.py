@@ -36,7 +36,7 @@ class TuneOptions:
     rpc_key: str | None = None  # the device key registered with that tracker
     timeout_s: float = 30.0  # limit per candidate build and per measurement session
     seed: int = 0  # MetaSchedule's search seed
-    offload_matmul: bool = True  # fp32 matmuls to BLAS (cpu_defaults); False: tune them too
+    tune_matmuls: bool = False  # False: matmuls keep the default schedule (cpu_matmul.py)
 
 
 @dataclass(frozen=True)
@@ -48,14 +48,14 @@ class ResolvedTuning:
     rpc: tuple[str, int, str] | None
     timeout_s: float
     seed: int
-    offload_matmul: bool
+    tune_matmuls: bool
 
     def describe(self) -> str:
         where = f"RPC tracker {self.rpc[0]}:{self.rpc[1]} key {self.rpc[2]}" if self.rpc else "this host"
         return (f"buckets {', '.join(bucket_key(b) for b in self.buckets)}; {self.trials} trials per "
                 f"bucket, at most {self.max_trials_per_task} per task; database {self.database}; "
                 f"measured on {where}; timeout {self.timeout_s:g} s; seed {self.seed}; matmuls "
-                f"{'to BLAS' if self.offload_matmul else 'tuned'}")
+                f"{'tuned' if self.tune_matmuls else 'at the default schedule'}")
 
 
 def symbolic_dims(manifest: Manifest) -> list[str]:
@@ -132,7 +132,7 @@ def resolve_tuning(options: TuneOptions, manifest: Manifest, target_tag: str) ->
         buckets=buckets, trials=options.trials, max_trials_per_task=min(per_task, options.trials),
         database=database,
         rpc=_parse_rpc(options.rpc_tracker, options.rpc_key), timeout_s=options.timeout_s,
-        seed=options.seed, offload_matmul=options.offload_matmul)
+        seed=options.seed, tune_matmuls=options.tune_matmuls)
     logger.info("tuning %s for %s: %s", manifest.name, target_tag, resolved.describe())
     return resolved
 

@@ -26,7 +26,7 @@ def add_tuning_flags(p: argparse.ArgumentParser, *, with_switch: bool = True) ->
                        help="measure on devices behind this TVM RPC tracker")
     group.add_argument("--rpc-key", metavar="KEY", help="device key registered with --rpc-tracker")
     group.add_argument("--tune-matmuls", action="store_true",
-                       help="let MetaSchedule tune fp32 matmuls instead of handing them to BLAS")
+                       help="let MetaSchedule tune the matmuls too (default: they keep forgeline's GEMM schedule)")
 
 
 def tune_options(args: argparse.Namespace):
@@ -43,7 +43,7 @@ def tune_options(args: argparse.Namespace):
         raise ConfigError("--tune needs --buckets, e.g. --buckets 1x128,8x128 (batch x sequence).")
     return TuneOptions(buckets=args.buckets, trials=args.trials, max_trials_per_task=args.max_trials_per_task,
                        database=args.tuning_db, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
-                       offload_matmul=not args.tune_matmuls)
+                       tune_matmuls=args.tune_matmuls)
 
 
 def print_buckets(manifest) -> None:

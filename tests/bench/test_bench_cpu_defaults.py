@@ -1,4 +1,4 @@
-"""CPU defaults: BLAS-offloaded matmuls and scheduled kernels, checked against numpy."""
+"""CPU defaults: GEMM-scheduled (or BLAS-offloaded) matmuls and scheduled kernels, vs numpy."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ def test_matmul_into_folds_broadcast_batches_exactly_like_einsum():
     np.testing.assert_allclose(out2, np.einsum("nk,kf->nf", a, b), rtol=1e-5, atol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def compiled_block():
+@pytest.fixture(scope="module", params=[False, True], ids=["gemm-schedule", "blas"])
+def compiled_block(request):
     """A symbolic-shape Relax block (matmul + bias, softmax, layer norm, batched matmul)."""
     import tvm
     from tvm import relax
@@ -52,7 +52,8 @@ def compiled_block():
 
     target = tvm.target.Target({"kind": "llvm", "num-cores": 2})
     register_cpu_kernels()
-    executable = tvm.compile(Module, target=target, relax_pipeline=cpu_pipeline(target))
+    pipeline = cpu_pipeline(target, offload_matmul=request.param)
+    executable = tvm.compile(Module, target=target, relax_pipeline=pipeline)
     return relax.VirtualMachine(executable, tvm.cpu()), Module
 
 
@@ -68,7 +69,7 @@ def _reference(x, w, bias):
 
 
 @pytest.mark.parametrize("shape", [(1, 5), (3, 17)])
-def test_offloaded_symbolic_build_matches_numpy_at_two_shapes(compiled_block, shape):
+def test_symbolic_build_matches_numpy_at_two_shapes(compiled_block, shape):
     import tvm
 
     vm, module = compiled_block
@@ -81,7 +82,8 @@ def test_offloaded_symbolic_build_matches_numpy_at_two_shapes(compiled_block, sh
     np.testing.assert_allclose(got, _reference(x, w, bias), atol=1e-4, rtol=1e-3)
 
 
-def test_apply_cpu_defaults_offloads_matmuls_and_schedules_every_kernel():
+@pytest.mark.parametrize("offload", [False, True])
+def test_apply_cpu_defaults_schedules_every_kernel(offload):
     import tvm
     from tvm.script import ir as I, relax as R
 
@@ -96,9 +98,9 @@ def test_apply_cpu_defaults_offloads_matmuls_and_schedules_every_kernel():
                 R.output(y)
             return y
 
-    mod = apply_cpu_defaults(Module, tvm.target.Target({"kind": "llvm", "num-cores": 2}))
-    text = mod.script()
-    assert 'R.call_dps_packed("forgeline.cpu.matmul"' in text
+    target = tvm.target.Target({"kind": "llvm", "num-cores": 2})
+    mod = apply_cpu_defaults(Module, target, offload_matmul=offload)
+    assert ('R.call_dps_packed("forgeline.cpu.matmul"' in mod.script()) == offload
     prim_funcs = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
     assert prim_funcs and all(f.attrs and f.attrs.get("tirx.is_scheduled") for f in prim_funcs)
 

@@ -1,0 +1,184 @@
+"""A default CPU schedule for matmul kernels (and their fused epilogues), without tuning.
+
+After legalization and fusion, every Relax matmul is a PrimFunc with one reduction block
+``C[batch.., m.., n] += A[batch.., m.., k] * B[batch.., k, n]`` plus injective producers
+(transposes) and consumers (bias, GELU, residual add, scale). This rule gives it the classic
+register-blocked CPU GEMM schedule:
+
+- Spatial axes are sorted by what they index: *batch* axes index both operands (heads, experts),
+  *row* axes index only the left operand (batch, sequence, MoE groups) and are fused into one M,
+  and the last spatial axis is the column N. MoE's stacked experts ``(G, E, n, K) @ (E, K, N)``
+  thus become E GEMMs of ``(G*n, K) x (K, N)`` instead of G*E tiny ones.
+- M is tiled by ``ROWS`` and N by ``COLS`` (whole SIMD vectors); each tile's accumulators stay in
+  registers (``ROWS * COLS / lanes`` = 16 zmm registers on AVX-512) while k runs, the N part is
+  vectorized and the M part unrolled; tiles run in parallel on TVM's thread pool.
+- The epilogue is inlined into the tile's write-back, so bias/GELU/residual cost no extra pass
+  over memory and no separate kernel.
+
+Measured on the 2-core benchmark machine (emeraldrapids, AVX-512), a 128x256x1024 GEMM ran at
+~170 GFLOP/s with this schedule on 2 threads, against ~130 for numpy's OpenBLAS on one thread
+and ~225 for a 150-trial MetaSchedule kernel. Symbolic M or N (sequence lengths) are split with
+predicates that TVM's loop partitioning peels off the main body.
+"""
+
+from __future__ import annotations
+
+COLS_VECTORS = 2  # SIMD vectors per tile row
+
+
+def tile_rows(lanes: int) -> int:
+    """Output rows per register tile: ``rows * COLS_VECTORS`` accumulators plus the operands
+    must fit the register file. AVX-512 (16 fp32 lanes) has 32 vector registers: 12 rows hold
+    24 accumulators, the best of 4/6/8/12/14/16 rows measured on gpt-small's GEMMs. AVX2 and
+    NEON-class targets get 6 rows (12 accumulators of 16 registers).
+    """
+    return 12 if lanes >= 16 else 6
+
+
+def _cols_tile(col_extent, lanes: int) -> int:
+    """N tile: COLS_VECTORS vectors, shrunk to one that divides a static N (no tail)."""
+    from tvm import tirx
+
+    tile = lanes * COLS_VECTORS
+    if isinstance(col_extent, tirx.IntImm):
+        while tile > lanes and int(col_extent) % tile:
+            tile //= 2
+    return tile
+
+
+def schedule_matmul(sch, infos, lanes: int) -> bool:
+    """Schedule the one matmul among ``infos`` (after inlining); False when the shape is not one."""
+    from tvm.s_tir.dlight.gpu.matmul import get_index_map
+
+    reductions = [i for i in infos if i.is_reduction()]
+    epilogues = [i for i in infos if not i.is_reduction()]
+    if len(reductions) != 1 or len(epilogues) > 1:
+        return False
+    main = reductions[0].block_rv
+    maps = get_index_map(sch.get(main))
+    if maps is None:
+        return False  # not C[S, I, J] += A[S, I, K] * B[S, J, K]
+    block_map, a_map, b_map, c_map = maps
+    weight = _weight_read(sch, main)  # before reindexing renames the reads
+    # Re-lay the block as (S, I, J, K) with every row axis fused into I, and each operand as a
+    # copy in that layout (dlight's GPU matmul does the same): the tile's write-back region is
+    # then exactly its own rows, MoE's groups join the GEMM's M, and padding I and J to whole
+    # tiles leaves no predicate in the inner loop (a predicate there spills the accumulators).
+    lhs = sch.reindex(main, ("read", 0))
+    rhs = sch.reindex(main, ("read", 1))
+    write_back = sch.reindex(main, ("write", 0))
+    sch.transform_layout(lhs, ("write", 0), a_map)
+    sch.transform_layout(rhs, ("write", 0), b_map)
+    sch.transform_layout(write_back, ("read", 0), c_map)
+    sch.transform_block_layout(main, block_map)
+    cols = _cols_tile(sch.get(sch.get_loops(main)[2]).extent, lanes)
+    sch.pad_einsum(main, [1, tile_rows(lanes), cols, 1])
+    sch.compute_inline(lhs)  # into the zero-padded copy of A (or into the block itself)
+    if _is_padded(sch, main, 1):
+        sch.compute_inline(rhs)
+    rhs = _producer_of(sch, main, 1)
+    _pack_rhs(sch, rhs, cols, weight)
+    for epilogue in epilogues:  # bias, GELU, residual: applied as the tile is written out
+        sch.reverse_compute_inline(epilogue.block_rv)
+    sch.transform_block_layout(write_back, c_map)
+    unpad = sch.get_consumers(main)[0]
+    if not sch.get(unpad).same_as(sch.get(write_back)):
+        sch.reverse_compute_inline(write_back)
+    sch.set_scope(main, 0, "local")  # the accumulators: registers, once unrolled
+    for block in sch.get_producers(main):
+        if not sch.get(block).annotations.get("meta_schedule.layout_rewrite_preproc"):
+            _parallel_copy(sch, block)
+    _tile(sch, main, unpad, cols, lanes)
+    return True
+
+
+def _producer_of(sch, block, read_index: int):
+    source = sch.get(block).reads[read_index].source
+    return next(p for p in sch.get_producers(block)
+                if any(w.source.same_as(source) for w in sch.get(p).writes))
+
+
+def _is_padded(sch, block, read_index: int) -> bool:
+    return "_pad" in sch.get(_producer_of(sch, block, read_index)).name_hint
+
+
+def _pack_rhs(sch, rhs, cols: int, weight: bool) -> None:
+    """Store B as contiguous (S, N/cols, K, cols) panels: a tile then streams one panel.
+
+    The tile reads a (K, cols) panel of B for every k; in a (K, N) weight layout that is one
+    cache line per k at a stride of N floats, which defeats the prefetcher and the TLB for wide
+    N (gpt's 8000-word LM head ran at ~40 GFLOP/s). For a constant weight the copy is marked as
+    a layout-rewrite preprocess: ``SplitLayoutRewritePreproc`` + ``FoldConstant`` run it once
+    at build time on the embedded weights. Other operands (attention's K and V) are re-laid
+    per call, which costs one pass over them.
+    """
+    from tvm.tirx import IndexMap
+
+    sch.transform_layout(rhs, ("write", 0), IndexMap.from_func(
+        lambda s, j, k: [s, j // cols, k, j % cols]))
+    if weight:
+        sch.annotate(rhs, "meta_schedule.layout_rewrite_preproc", True)
+
+
+def _parallel_copy(sch, block) -> None:
+    """Operand copies (padding A, re-laying B) run once per call: spread rows over the threads."""
+    loops = sch.get_loops(block)
+    if len(loops) > 1:
+        sch.parallel(sch.fuse(*loops[:-1]))
+
+
+def _weight_read(sch, main) -> bool:
+    """Whether the right operand is a layout-free weight (a constant the build may re-lay)."""
+    func = sch.mod["main"]
+    free = set(int(i) for i in (func.attrs or {}).get("layout_free_buffers", []))
+    params = list(func.params)
+    rhs = sch.get(main).reads[1].source
+    return rhs in params and params.index(rhs) in free
+
+
+def _tile(sch, main, write_back, cols_tile: int, lanes: int) -> None:
+    batch, rows, cols, k = sch.get_loops(main)
+    m_outer, m_inner = sch.split(rows, factors=[None, tile_rows(lanes)])
+    n_outer, n_inner = sch.split(cols, factors=[None, cols_tile])
+    # Column panels outermost: a (K, COLS) panel of the weights stays in cache while every row
+    # tile of the (small) activations streams past it, so each weight is read from memory once.
+    sch.reorder(n_outer, m_outer, k, m_inner, n_inner)
+    tiles = sch.fuse(batch, n_outer, m_outer)
+    sch.parallel(tiles)
+    sch.reverse_compute_at(write_back, tiles)
+    _vectorize_tile(sch, m_inner, n_inner, lanes)
+    sch.decompose_reduction(main, k)
+    sch.vectorize(sch.get_loops(write_back)[-1])
+
+
+def _vectorize_tile(sch, m_inner, n_inner, lanes: int) -> None:
+    n_vectors, n_lanes = sch.split(n_inner, factors=[None, lanes])
+    sch.unroll(m_inner)
+    sch.unroll(n_vectors)
+    sch.vectorize(n_lanes)
+
+
+def matmul_rule(lanes_of):
+    """The dlight rule; ``lanes_of(target)`` gives the fp32 SIMD width."""
+    from tvm import s_tir, tirx
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+    from tvm.s_tir.dlight.base import ScheduleRule, try_inline
+
+    class CpuMatmul(ScheduleRule):
+        def apply(self, func, target, _tunable):
+            if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+                return None
+            sch = s_tir.Schedule(func)
+            infos = normalize_prim_func(sch)
+            if infos is None or sum(i.is_reduction() for i in infos) != 1:
+                return None
+            try:
+                ok = schedule_matmul(sch, try_inline(sch, infos), lanes_of(target))
+            except Exception:  # noqa: BLE001 - a shape this rule can't take: the next rule will
+                return None
+            return sch if ok else None
+
+    return CpuMatmul()
+
+
+__all__ = ["matmul_rule", "schedule_matmul"]
