@@ -28,7 +28,7 @@ log = logging.getLogger("benchmarks")
 
 MODELS = ("gpt", "bert", "gpt-moe")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SECONDS_PER_TRIAL = 1.5  # steady-state cost per trial on 2 cores with the fast builder/runner (compile/ms_fast.py)
+SECONDS_PER_TRIAL = 0.6  # steady state per trial on 2 cores with compile/ms_fast.py (measured 0.5-0.6)
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:

@@ -5,20 +5,27 @@ After legalization and fusion, every Relax matmul is a PrimFunc with one reducti
 (transposes) and consumers (bias, GELU, residual add, scale). This rule gives it the classic
 register-blocked CPU GEMM schedule:
 
-- Spatial axes are sorted by what they index: *batch* axes index both operands (heads, experts),
-  *row* axes index only the left operand (batch, sequence, MoE groups) and are fused into one M,
-  and the last spatial axis is the column N. MoE's stacked experts ``(G, E, n, K) @ (E, K, N)``
-  thus become E GEMMs of ``(G*n, K) x (K, N)`` instead of G*E tiny ones.
-- M is tiled by ``ROWS`` and N by ``COLS`` (whole SIMD vectors); each tile's accumulators stay in
-  registers (``ROWS * COLS / lanes`` = 16 zmm registers on AVX-512) while k runs, the N part is
-  vectorized and the M part unrolled; tiles run in parallel on TVM's thread pool.
+- The block is re-laid as ``C[S, I, J] += A[S, I, K] * B[S, J, K]`` (dlight's GEMM analysis):
+  *S* axes index both operands (heads, experts), *I* axes only the left one (batch, sequence,
+  MoE groups) and are fused into one M, *J* is the column N. MoE's stacked experts
+  ``(G, E, n, K) @ (E, K, N)`` thus become E GEMMs of ``(G*n, K) x (K, N)``.
+- M is padded to whole tiles of ``tile_rows`` rows (a zero-padded copy of A, one pass) and N to
+  whole tiles of ``COLS_VECTORS`` SIMD vectors, so the inner loop carries no predicate (a
+  predicate there made LLVM keep the accumulators in memory: 3-4x slower).
+- Each tile's ``rows x cols`` accumulators stay in registers while k runs (24 zmm registers on
+  AVX-512); the N part is vectorized and the M part unrolled; tiles run in parallel on TVM's
+  thread pool, column panels outermost so each weight panel is read from memory once.
+- B is re-laid as contiguous ``(N/cols, K, cols)`` panels. For constant weights this happens
+  once at build time (cpu_weights.py); other right operands (attention's K and V) are re-laid
+  per call, one pass over them.
 - The epilogue is inlined into the tile's write-back, so bias/GELU/residual cost no extra pass
   over memory and no separate kernel.
 
-Measured on the 2-core benchmark machine (emeraldrapids, AVX-512), a 128x256x1024 GEMM ran at
-~170 GFLOP/s with this schedule on 2 threads, against ~130 for numpy's OpenBLAS on one thread
-and ~225 for a 150-trial MetaSchedule kernel. Symbolic M or N (sequence lengths) are split with
-predicates that TVM's loop partitioning peels off the main body.
+Measured on the 2-core benchmark machine (emeraldrapids, AVX-512), called directly: a
+128x1024x256 GEMM with bias and residual ran at ~210-250 GFLOP/s on 2 threads, the
+128x256x8000 LM head at ~100-130 (memory-bound on its 8 MB of weights), against ~130 for
+numpy's OpenBLAS on one thread. Inside a whole model they run at ~125-150 GFLOP/s; ONNX
+Runtime's MLAS kernels reach ~160-250 on the same shapes (see the README's benchmark notes).
 """
 
 from __future__ import annotations
@@ -26,13 +33,21 @@ from __future__ import annotations
 COLS_VECTORS = 2  # SIMD vectors per tile row
 
 
-def tile_rows(lanes: int) -> int:
+def tile_rows(lanes: int, rows_extent=None) -> int:
     """Output rows per register tile: ``rows * COLS_VECTORS`` accumulators plus the operands
     must fit the register file. AVX-512 (16 fp32 lanes) has 32 vector registers: 12 rows hold
     24 accumulators, the best of 4/6/8/12/14/16 rows measured on gpt-small's GEMMs. AVX2 and
-    NEON-class targets get 6 rows (12 accumulators of 16 registers).
+    NEON-class targets get 6 rows (12 accumulators of 16 registers). A static M (a tuning
+    bucket) takes the largest of those that divides it, so A needs no zero-padded copy.
     """
-    return 12 if lanes >= 16 else 6
+    from tvm import tirx
+
+    widest = 12 if lanes >= 16 else 6
+    if isinstance(rows_extent, tirx.IntImm):
+        for rows in (widest, 8, 6, 4):
+            if rows <= widest and int(rows_extent) % rows == 0:
+                return rows
+    return widest
 
 
 def _cols_tile(col_extent, lanes: int) -> int:
@@ -72,7 +87,8 @@ def schedule_matmul(sch, infos, lanes: int) -> bool:
     sch.transform_layout(write_back, ("read", 0), c_map)
     sch.transform_block_layout(main, block_map)
     cols = _cols_tile(sch.get(sch.get_loops(main)[2]).extent, lanes)
-    sch.pad_einsum(main, [1, tile_rows(lanes), cols, 1])
+    rows = tile_rows(lanes, sch.get(sch.get_loops(main)[1]).extent)
+    sch.pad_einsum(main, [1, rows, cols, 1])
     sch.compute_inline(lhs)  # into the zero-padded copy of A (or into the block itself)
     if _is_padded(sch, main, 1):
         sch.compute_inline(rhs)
@@ -88,7 +104,7 @@ def schedule_matmul(sch, infos, lanes: int) -> bool:
     for block in sch.get_producers(main):
         if not sch.get(block).annotations.get("meta_schedule.layout_rewrite_preproc"):
             _parallel_copy(sch, block)
-    _tile(sch, main, unpad, cols, lanes)
+    _tile(sch, main, unpad, rows, cols, lanes)
     return True
 
 
@@ -136,9 +152,9 @@ def _weight_read(sch, main) -> bool:
     return rhs in params and params.index(rhs) in free
 
 
-def _tile(sch, main, write_back, cols_tile: int, lanes: int) -> None:
+def _tile(sch, main, write_back, rows_tile: int, cols_tile: int, lanes: int) -> None:
     batch, rows, cols, k = sch.get_loops(main)
-    m_outer, m_inner = sch.split(rows, factors=[None, tile_rows(lanes)])
+    m_outer, m_inner = sch.split(rows, factors=[None, rows_tile])
     n_outer, n_inner = sch.split(cols, factors=[None, cols_tile])
     # Column panels outermost: a (K, COLS) panel of the weights stays in cache while every row
     # tile of the (small) activations streams past it, so each weight is read from memory once.
@@ -148,7 +164,9 @@ def _tile(sch, main, write_back, cols_tile: int, lanes: int) -> None:
     sch.reverse_compute_at(write_back, tiles)
     _vectorize_tile(sch, m_inner, n_inner, lanes)
     sch.decompose_reduction(main, k)
-    sch.vectorize(sch.get_loops(write_back)[-1])
+    wb_rows, wb_cols = sch.get_loops(write_back)[-2:]
+    sch.unroll(wb_rows)  # constant indices into the accumulators: they can stay in registers
+    sch.vectorize(wb_cols)
 
 
 def _vectorize_tile(sch, m_inner, n_inner, lanes: int) -> None:
