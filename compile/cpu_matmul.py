@@ -50,19 +50,24 @@ def tile_rows(lanes: int, rows_extent=None) -> int:
     return widest
 
 
-def _cols_tile(col_extent, lanes: int) -> int:
-    """N tile: COLS_VECTORS vectors, shrunk to one that divides a static N (no tail)."""
+def _cols_tile(col_extent, lanes: int, vectors: int = COLS_VECTORS) -> int:
+    """N tile: ``vectors`` SIMD vectors, shrunk to one that divides a static N (no tail)."""
     from tvm import tirx
 
-    tile = lanes * COLS_VECTORS
+    tile = lanes * vectors
     if isinstance(col_extent, tirx.IntImm):
         while tile > lanes and int(col_extent) % tile:
             tile //= 2
     return tile
 
 
-def schedule_matmul(sch, infos, lanes: int) -> bool:
-    """Schedule the one matmul among ``infos`` (after inlining); False when the shape is not one."""
+def schedule_matmul(sch, infos, lanes: int, *, rows: int | None = None,
+                    cols_vectors: int = COLS_VECTORS) -> bool:
+    """Schedule the one matmul among ``infos`` (after inlining); False when the shape is not one.
+
+    ``rows`` and ``cols_vectors`` fix the register tile (the defaults suit the target's
+    register file); a tuning search may try others.
+    """
     from tvm.s_tir.dlight.gpu.matmul import get_index_map
 
     reductions = [i for i in infos if i.is_reduction()]
@@ -86,8 +91,8 @@ def schedule_matmul(sch, infos, lanes: int) -> bool:
     sch.transform_layout(rhs, ("write", 0), b_map)
     sch.transform_layout(write_back, ("read", 0), c_map)
     sch.transform_block_layout(main, block_map)
-    cols = _cols_tile(sch.get(sch.get_loops(main)[2]).extent, lanes)
-    rows = tile_rows(lanes, sch.get(sch.get_loops(main)[1]).extent)
+    cols = _cols_tile(sch.get(sch.get_loops(main)[2]).extent, lanes, cols_vectors)
+    rows = rows or tile_rows(lanes, sch.get(sch.get_loops(main)[1]).extent)
     sch.pad_einsum(main, [1, rows, cols, 1])
     sch.compute_inline(lhs)  # into the zero-padded copy of A (or into the block itself)
     if _is_padded(sch, main, 1):

@@ -60,6 +60,7 @@ def _tune_bucket(root, manifest: Manifest, build: BuildRecord, dims: dict[str, i
     build.buckets[key] = {
         "dims": dict(dims), "lib": lib, "trials": tuned.trials, "reused_trials": tuned.reused_trials,
         "tasks_tuned": tuned.tasks_tuned, "tasks_default": tuned.tasks_default,
+        "gemm_schedule": tuned.gemm_schedule,
         "tuning_seconds": round(tuned.seconds, 2), "database": str(db.folder),
         "database_sha256": database_sha,
     }

@@ -55,7 +55,8 @@ class TunedModule:
     trials: int  # measured in this run (0 when the database already covered the request)
     reused_trials: int  # earlier trials on the same tasks that this run counted as done
     tasks_tuned: list[str] = field(default_factory=list)  # have a measured schedule
-    tasks_default: list[str] = field(default_factory=list)  # left at TVM's default loops
+    tasks_default: list[str] = field(default_factory=list)  # left at the default schedules
+    gemm_schedule: list[str] = field(default_factory=list)  # matmuls on cpu_matmul's schedule
     seconds: float = 0.0  # spent searching and measuring (0 when nothing was tuned)
 
 
@@ -75,14 +76,17 @@ def tune_module(mod: tvm.IRModule, target: Target, db: TuningDatabase,
                 settings: SearchSettings) -> TunedModule:
     """Tune what the database does not cover yet, then compile with every record it holds."""
     fused = prepare(fast_math(mod), target)
+    gemm = []
     if not settings.tune_matmuls:
         fused = schedule_matmul_kernels(fused, target)  # marked scheduled: not tasks
+        gemm = _gemm_scheduled(fused)
     tasks = [t for t in ms.relax_integration.extract_tasks(fused, target) if not _scheduled(t)]
     keys = [f"{structural_hash(t.dispatched[0]) & (2**64 - 1):016x}" for t in tasks]
     names = [t.task_name for t in tasks]
     per_task = min(settings.max_trials_per_task, settings.trials)
     plan = db.plan(keys, settings.trials, per_task)
-    result = TunedModule(executable=None, trials=0, reused_trials=plan.reused_trials)
+    result = TunedModule(executable=None, trials=0, reused_trials=plan.reused_trials,
+                         gemm_schedule=gemm)
     if not tasks:
         logger.info("No tunable functions in the module; compiling with the defaults.")
     elif plan.trials == 0:
@@ -97,6 +101,13 @@ def tune_module(mod: tvm.IRModule, target: Target, db: TuningDatabase,
         (result.tasks_tuned if db.has_record(task.dispatched[0]) else result.tasks_default).append(name)
     result.executable = compile_with_database(fused, target, db)
     return result
+
+
+def _gemm_scheduled(mod) -> list[str]:
+    """Names of the kernels that ``schedule_matmul_kernels`` scheduled."""
+    return sorted(gv.name_hint for gv, f in mod.functions.items()
+                  if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None
+                  and bool(f.attrs.get("tirx.is_scheduled", False)))
 
 
 def _scheduled(task) -> bool:

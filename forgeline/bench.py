@@ -238,7 +238,7 @@ def estimate_flops(config: dict[str, Any], batch: int, seq: int) -> float | None
 
 @dataclass
 class KernelTime:
-    """Time spent in one function the VM calls (a PrimFunc, the BLAS kernel, a VM builtin)."""
+    """Time spent in one function the VM calls (a PrimFunc, a packed host kernel, a VM builtin)."""
 
     name: str
     calls: int  # per forward pass

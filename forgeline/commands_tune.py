@@ -53,7 +53,8 @@ def print_buckets(manifest) -> None:
             check = "pass" if stage and stage.passed else "not checked" if stage is None else "FAIL"
             print(f"bucket {key}: {bucket['lib']}, {bucket['trials']} trials run "
                   f"({bucket.get('reused_trials', 0)} reused), {len(bucket['tasks_tuned'])} kernels tuned, "
-                  f"{len(bucket['tasks_default'])} at defaults, {bucket['tuning_seconds']:.1f} s; "
+                  f"{len(bucket['tasks_default'])} at defaults, {len(bucket.get('gemm_schedule', []))} "
+                  f"matmuls on the GEMM schedule, {bucket['tuning_seconds']:.1f} s; "
                   f"vs ONNX Runtime: {check}")
 
 

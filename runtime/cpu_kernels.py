@@ -1,11 +1,12 @@
 """Host kernels that CPU builds call by name: fp32 matmul on numpy's bundled OpenBLAS.
 
-A CPU build made by ``forgeline.compile.cpu_defaults`` hands every fp32 matmul to the packed
-function ``MATMUL_FUNC`` instead of compiling it: TVM's default CPU pipeline gives matmuls no
-schedule at all (naive loops, ~100x slower than ONNX Runtime), and numpy's OpenBLAS runs these
-GEMMs near the machine's fp32 peak. numpy is already the runtime's one hard dependency, so the
-light runtime gains nothing to install; ``register_cpu_kernels`` must run before a build that
-uses them is loaded (``TvmExecutor`` does it).
+A CPU build made with ``cpu_defaults.apply_cpu_defaults(..., offload_matmul=True)`` hands every
+fp32 matmul to the packed function ``MATMUL_FUNC`` instead of compiling it. That was the default
+until the GEMM schedule (compile/cpu_matmul.py) beat it on whole models by using both cores and
+fusing the epilogues; it remains an option, and artifacts built that way still load.
+numpy is already the runtime's one hard dependency, so the light runtime gains nothing to
+install; ``register_cpu_kernels`` must run before a build that uses them is loaded
+(``TvmExecutor`` does it).
 
 Shapes follow numpy/Relax matmul semantics (batch dims broadcast), so symbolic batch and
 sequence sizes need nothing special: the VM allocates the output and passes it in.

@@ -58,6 +58,9 @@ def test_manifest_records_the_bucket(tuned):
     assert 1 <= bucket["trials"] and bucket["tuning_seconds"] > 0
     assert bucket["tasks_tuned"], "a measured round must leave at least one tuned kernel"
     assert not set(bucket["tasks_tuned"]) & set(bucket["tasks_default"])
+    # By default the matmuls keep the GEMM schedule and are not searched.
+    assert bucket["gemm_schedule"] and all("matmul" in name for name in bucket["gemm_schedule"])
+    assert not [t for t in bucket["tasks_tuned"] + bucket["tasks_default"] if "matmul" in t]
     digest = hashlib.sha256()
     for name in ("database_workload.json", "database_tuning_record.json"):
         digest.update(name.encode() + b"\0" + (db / name).read_bytes())
