@@ -18,6 +18,7 @@ from forgeline.runtime.kv_check import with_generation_rows
 from forgeline.runtime.model import load
 from forgeline.runtime.parity import raise_if_failed
 
+from .cpu_matmul import DECODE_ROWS
 from .targets import resolve_target
 from .tuning import TuneOptions, tune_artifact
 from .tvm_build import build_tvm
@@ -74,7 +75,8 @@ def _build_graphs(root: Path, manifest: Manifest, spec, build_dir: Path) -> dict
     for index, (name, graph) in enumerate(manifest.graphs.items(), 1):
         log.info("building graph %s (%d/%d)", name, index, len(manifest.graphs))
         try:
-            result = build_tvm(root / graph.onnx, spec, build_dir / name)
+            rows = DECODE_ROWS if name == "decode" else None  # one row per sequence per step
+            result = build_tvm(root / graph.onnx, spec, build_dir / name, gemm_rows=rows)
         except CompileError as exc:
             # Known: TVM 0.27's CUDA (dlight) schedules reject the KV-cache graphs. The model's own
             # graph still builds; generation on this target then says to use backend='ort'.

@@ -74,16 +74,20 @@ def schedule_matmul_kernels(mod, target):
         return dl.ApplyDefaultSchedule(matmul_rule(vector_lanes))(mark_weight_operands(mod))
 
 
-def schedule_cpu_kernels(mod, target, *, parallel: bool = True):
-    """Give every unscheduled PrimFunc of ``mod`` a default CPU schedule (no tuning)."""
+def schedule_cpu_kernels(mod, target, *, parallel: bool = True, gemm_rows: int | None = None):
+    """Give every unscheduled PrimFunc of ``mod`` a default CPU schedule (no tuning).
+
+    ``gemm_rows`` fixes the GEMM tile height (cpu_matmul.DECODE_ROWS for decode graphs).
+    """
     from tvm.s_tir import dlight as dl
 
-    rules = [matmul_rule(vector_lanes), row_reduction_rule(), dl.cpu.Reduction()] if parallel else []
+    rules = ([matmul_rule(vector_lanes, gemm_rows), row_reduction_rule(), dl.cpu.Reduction()]
+             if parallel else [])
     with target:  # these rules always parallelize
         return dl.ApplyDefaultSchedule(*rules, fallback_rule(parallel))(mod)
 
 
-def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False):
+def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: int | None = None):
     """Make ``mod`` fast on an llvm ``target`` without tuning; returns the transformed module.
 
     Input: a Relax IRModule as the ONNX importer gives it (high-level ops, symbolic shapes
@@ -113,17 +117,17 @@ def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False):
         mod = tvm.transform.Sequential(cpu_generic.library_dispatch_passes(target)
                                        + cpu_generic.legalize_passes(target))(mod)
         mod = mark_weight_operands(mod)
-        return fold_packed_weights(schedule_cpu_kernels(mod, target))
+        return fold_packed_weights(schedule_cpu_kernels(mod, target, gemm_rows=gemm_rows))
 
 
-def cpu_pipeline(target, *, offload_matmul: bool = False):
+def cpu_pipeline(target, *, offload_matmul: bool = False, gemm_rows: int | None = None):
     """The default Relax CPU pipeline with ``apply_cpu_defaults`` in place of its first half."""
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     @tvm.transform.module_pass(opt_level=0, name="ForgelineCpuPipeline")
     def _pipeline(mod, _ctx):
-        mod = apply_cpu_defaults(mod, target, offload_matmul=offload_matmul)
+        mod = apply_cpu_defaults(mod, target, offload_matmul=offload_matmul, gemm_rows=gemm_rows)
         with target:
             return tvm.transform.Sequential(cpu_generic.dataflow_lower_passes(target)
                                             + cpu_generic.finalize_passes(target))(mod)

@@ -31,6 +31,9 @@ Runtime's MLAS kernels reach ~160-250 on the same shapes (see the README's bench
 from __future__ import annotations
 
 COLS_VECTORS = 2  # SIMD vectors per tile row
+# A KV-cache decode step multiplies one row per sequence (M = batch): a 12-row tile would pad a
+# batch-1 step to 12x the FLOPs, so decode graphs use single-row tiles (a GEMV per row).
+DECODE_ROWS = 1
 
 
 def tile_rows(lanes: int, rows_extent=None) -> int:
@@ -169,8 +172,9 @@ def _tile(sch, main, write_back, rows_tile: int, cols_tile: int, lanes: int) -> 
     sch.reverse_compute_at(write_back, tiles)
     _vectorize_tile(sch, m_inner, n_inner, lanes)
     sch.decompose_reduction(main, k)
-    wb_rows, wb_cols = sch.get_loops(write_back)[-2:]
-    sch.unroll(wb_rows)  # constant indices into the accumulators: they can stay in registers
+    *_, wb_rows, wb_cols = sch.get_loops(write_back)
+    if rows_tile > 1:  # a one-row tile's write-back has no row loop left
+        sch.unroll(wb_rows)  # constant indices into the accumulators: they can stay in registers
     sch.vectorize(wb_cols)
 
 
@@ -181,8 +185,9 @@ def _vectorize_tile(sch, m_inner, n_inner, lanes: int) -> None:
     sch.vectorize(n_lanes)
 
 
-def matmul_rule(lanes_of):
-    """The dlight rule; ``lanes_of(target)`` gives the fp32 SIMD width."""
+def matmul_rule(lanes_of, rows: int | None = None):
+    """The dlight rule; ``lanes_of(target)`` gives the fp32 SIMD width, ``rows`` fixes the tile
+    height (``DECODE_ROWS`` for graphs whose matmuls see one row per sequence)."""
     from tvm import s_tir, tirx
     from tvm.s_tir.dlight.analysis import normalize_prim_func
     from tvm.s_tir.dlight.base import ScheduleRule, try_inline
@@ -196,7 +201,7 @@ def matmul_rule(lanes_of):
             if infos is None or sum(i.is_reduction() for i in infos) != 1:
                 return None
             try:
-                ok = schedule_matmul(sch, try_inline(sch, infos), lanes_of(target))
+                ok = schedule_matmul(sch, try_inline(sch, infos), lanes_of(target), rows=rows)
             except Exception:  # noqa: BLE001 - a shape this rule can't take: the next rule will
                 return None
             return sch if ok else None
@@ -204,4 +209,4 @@ def matmul_rule(lanes_of):
     return CpuMatmul()
 
 
-__all__ = ["matmul_rule", "schedule_matmul"]
+__all__ = ["DECODE_ROWS", "matmul_rule", "schedule_matmul"]

@@ -22,9 +22,10 @@ def _gelu(y):
     return y * 0.5 * (1 + np.vectorize(lambda v: erf(v / sqrt(2)))(y))
 
 
-@pytest.fixture(scope="module")
-def built():
-    """One symbolic-shape module: dense+bias+GELU, a tied (transposed) head, MoE experts."""
+@pytest.fixture(scope="module", params=[None, 1], ids=["default-tile", "decode-rows"])
+def built(request):
+    """One symbolic-shape module: dense+bias+GELU, a tied (transposed) head, MoE experts; with
+    the default register tile and with the one-row tile that decode graphs use."""
     import tvm
     from tvm import relax
     from tvm.script import ir as I, relax as R
@@ -49,8 +50,9 @@ def built():
     module = relax.transform.BindParams(  # weights become embedded constants, as on import
         "main", {k: tvm.runtime.tensor(v) for k, v in weights.items()})(Module)
     target = tvm.target.Target({"kind": "llvm", "num-cores": 2})
-    scheduled = apply_cpu_defaults(module, target)
-    executable = tvm.compile(module, target=target, relax_pipeline=cpu_pipeline(target))
+    scheduled = apply_cpu_defaults(module, target, gemm_rows=request.param)
+    pipeline = cpu_pipeline(target, gemm_rows=request.param)
+    executable = tvm.compile(module, target=target, relax_pipeline=pipeline)
     return relax.VirtualMachine(executable, tvm.cpu()), scheduled
 
 
