@@ -31,10 +31,11 @@ from forgeline.runtime.cpu_kernels import MATMUL_FUNC
 
 from .cpu_fast_math import fast_math
 from .cpu_matmul import matmul_rule
-from .cpu_rules import fallback_rule, row_reduction_rule, vector_lanes
+from .cpu_rules import fallback_rule, row_reduction_rule
 from .cpu_weights import fold_packed_weights, mark_weight_operands
 
 logger = logging.getLogger(__name__)
+
 
 def offload_matmuls(mod):
     """Rewrite every fp32 ``R.matmul`` in the Relax functions of ``mod`` to the BLAS kernel."""
@@ -66,25 +67,28 @@ def schedule_matmul_kernels(mod, target):
     """Give only the matmul kernels their default schedule, weights marked for packing.
 
     The tuning flow calls this on the fused module so that MetaSchedule skips the matmuls
-    (they come back marked ``tirx.is_scheduled``) and spends its trials on the rest.
+    (they come back marked ``tirx.is_scheduled``) and spends its trials on the rest. The weight
+    marks stay on the other kernels too, so MetaSchedule may re-lay their weights (layer norm's
+    gamma/beta); ``fold_packed_weights`` folds those copies as well.
     """
     from tvm.s_tir import dlight as dl
 
     with target:
-        return dl.ApplyDefaultSchedule(matmul_rule(vector_lanes))(mark_weight_operands(mod))
+        return dl.ApplyDefaultSchedule(matmul_rule())(mark_weight_operands(mod))
 
 
-def schedule_cpu_kernels(mod, target, *, parallel: bool = True, gemm_rows: int | None = None):
+def schedule_cpu_kernels(mod, target, *, gemm_rows: int | None = None):
     """Give every unscheduled PrimFunc of ``mod`` a default CPU schedule (no tuning).
 
     ``gemm_rows`` fixes the GEMM tile height (cpu_matmul.DECODE_ROWS for decode graphs).
     """
     from tvm.s_tir import dlight as dl
 
-    rules = ([matmul_rule(vector_lanes, gemm_rows), row_reduction_rule(), dl.cpu.Reduction()]
-             if parallel else [])
-    with target:  # these rules always parallelize
-        return dl.ApplyDefaultSchedule(*rules, fallback_rule(parallel))(mod)
+    # dlight's own CPU Reduction rule takes the reductions the row rule does not (layer norm's
+    # per-row mean, with one axis fewer than its other stages).
+    rules = [matmul_rule(gemm_rows), row_reduction_rule(), dl.cpu.Reduction(), fallback_rule()]
+    with target:
+        return dl.ApplyDefaultSchedule(*rules)(mod)
 
 
 def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: int | None = None):
@@ -105,7 +109,6 @@ def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: 
     its database, and then gives what is left these defaults.
     """
     import tvm
-    from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     if target.kind.name != "llvm":
@@ -135,5 +138,5 @@ def cpu_pipeline(target, *, offload_matmul: bool = False, gemm_rows: int | None 
     return _pipeline
 
 
-__all__ = ["apply_cpu_defaults", "cpu_pipeline", "fold_packed_weights", "offload_matmuls",
-           "schedule_cpu_kernels", "schedule_matmul_kernels"]
+__all__ = ["apply_cpu_defaults", "cpu_pipeline", "offload_matmuls", "schedule_cpu_kernels",
+           "schedule_matmul_kernels"]

@@ -30,6 +30,8 @@ Runtime's MLAS kernels reach ~160-250 on the same shapes (see the README's bench
 
 from __future__ import annotations
 
+from .cpu_rules import cpu_rule
+
 COLS_VECTORS = 2  # SIMD vectors per tile row
 # A KV-cache decode step multiplies one row per sequence (M = batch): a 12-row tile would pad a
 # batch-1 step to 12x the FLOPs, so decode graphs use single-row tiles (a GEMV per row).
@@ -39,7 +41,7 @@ DECODE_ROWS = 1
 def tile_rows(lanes: int, rows_extent=None) -> int:
     """Output rows per register tile: ``rows * COLS_VECTORS`` accumulators plus the operands
     must fit the register file. AVX-512 (16 fp32 lanes) has 32 vector registers: 12 rows hold
-    24 accumulators, the best of 4/6/8/12/14/16 rows measured on gpt-small's GEMMs. AVX2 and
+    24 accumulators; 4-16 row tiles measured on gpt-small's GEMMs were no better. AVX2 and
     NEON-class targets get 6 rows (12 accumulators of 16 registers). A static M (a tuning
     bucket) takes the largest of those that divides it, so A needs no zero-padded copy.
     """
@@ -53,23 +55,21 @@ def tile_rows(lanes: int, rows_extent=None) -> int:
     return widest
 
 
-def _cols_tile(col_extent, lanes: int, vectors: int = COLS_VECTORS) -> int:
-    """N tile: ``vectors`` SIMD vectors, shrunk to one that divides a static N (no tail)."""
+def _cols_tile(col_extent, lanes: int) -> int:
+    """N tile: ``COLS_VECTORS`` SIMD vectors, shrunk to one that divides a static N (no tail)."""
     from tvm import tirx
 
-    tile = lanes * vectors
+    tile = lanes * COLS_VECTORS
     if isinstance(col_extent, tirx.IntImm):
         while tile > lanes and int(col_extent) % tile:
             tile //= 2
     return tile
 
 
-def schedule_matmul(sch, infos, lanes: int, *, rows: int | None = None,
-                    cols_vectors: int = COLS_VECTORS) -> bool:
+def schedule_matmul(sch, infos, lanes: int, *, rows: int | None = None) -> bool:
     """Schedule the one matmul among ``infos`` (after inlining); False when the shape is not one.
 
-    ``rows`` and ``cols_vectors`` fix the register tile (the defaults suit the target's
-    register file); a tuning search may try others.
+    ``rows`` fixes the register tile's height; by default ``tile_rows`` picks it.
     """
     from tvm.s_tir.dlight.gpu.matmul import get_index_map
 
@@ -94,13 +94,14 @@ def schedule_matmul(sch, infos, lanes: int, *, rows: int | None = None,
     sch.transform_layout(rhs, ("write", 0), b_map)
     sch.transform_layout(write_back, ("read", 0), c_map)
     sch.transform_block_layout(main, block_map)
-    cols = _cols_tile(sch.get(sch.get_loops(main)[2]).extent, lanes, cols_vectors)
+    cols = _cols_tile(sch.get(sch.get_loops(main)[2]).extent, lanes)
     rows = rows or tile_rows(lanes, sch.get(sch.get_loops(main)[1]).extent)
     sch.pad_einsum(main, [1, rows, cols, 1])
     sch.compute_inline(lhs)  # into the zero-padded copy of A (or into the block itself)
-    if _is_padded(sch, main, 1):
+    padded_rhs = _producer_of(sch, main, 1)
+    if not sch.get(padded_rhs).same_as(sch.get(rhs)):  # N was padded: B has a padded copy too
         sch.compute_inline(rhs)
-    rhs = _producer_of(sch, main, 1)
+        rhs = padded_rhs
     _pack_rhs(sch, rhs, cols, weight)
     for epilogue in epilogues:  # bias, GELU, residual: applied as the tile is written out
         sch.reverse_compute_inline(epilogue.block_rv)
@@ -120,10 +121,6 @@ def _producer_of(sch, block, read_index: int):
     source = sch.get(block).reads[read_index].source
     return next(p for p in sch.get_producers(block)
                 if any(w.source.same_as(source) for w in sch.get(p).writes))
-
-
-def _is_padded(sch, block, read_index: int) -> bool:
-    return "_pad" in sch.get(_producer_of(sch, block, read_index)).name_hint
 
 
 def _pack_rhs(sch, rhs, cols: int, weight: bool) -> None:
@@ -185,28 +182,17 @@ def _vectorize_tile(sch, m_inner, n_inner, lanes: int) -> None:
     sch.vectorize(n_lanes)
 
 
-def matmul_rule(lanes_of, rows: int | None = None):
-    """The dlight rule; ``lanes_of(target)`` gives the fp32 SIMD width, ``rows`` fixes the tile
-    height (``DECODE_ROWS`` for graphs whose matmuls see one row per sequence)."""
-    from tvm import s_tir, tirx
-    from tvm.s_tir.dlight.analysis import normalize_prim_func
-    from tvm.s_tir.dlight.base import ScheduleRule, try_inline
+def matmul_rule(rows: int | None = None):
+    """The dlight rule; ``rows`` fixes the tile height (``DECODE_ROWS`` for graphs whose matmuls
+    see one row per sequence)."""
+    from tvm.s_tir.dlight.base import try_inline
 
-    class CpuMatmul(ScheduleRule):
-        def apply(self, func, target, _tunable):
-            if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
-                return None
-            sch = s_tir.Schedule(func)
-            infos = normalize_prim_func(sch)
-            if infos is None or sum(i.is_reduction() for i in infos) != 1:
-                return None
-            try:
-                ok = schedule_matmul(sch, try_inline(sch, infos), lanes_of(target), rows=rows)
-            except Exception:  # noqa: BLE001 - a shape this rule can't take: the next rule will
-                return None
-            return sch if ok else None
+    def schedule(sch, infos, lanes: int) -> bool:
+        if sum(i.is_reduction() for i in infos) != 1:
+            return False
+        return schedule_matmul(sch, try_inline(sch, infos), lanes, rows=rows)
 
-    return CpuMatmul()
+    return cpu_rule("CpuMatmul", schedule)
 
 
 __all__ = ["DECODE_ROWS", "matmul_rule", "schedule_matmul"]

@@ -8,6 +8,10 @@ the innermost axis vectorized when its extent is whole SIMD vectors.
 
 from __future__ import annotations
 
+import logging
+
+logger = logging.getLogger(__name__)
+
 _FALLBACK_VECTOR_BITS = 128  # SSE width: what every x86-64 and aarch64 target has
 
 
@@ -22,13 +26,18 @@ def vector_lanes(target) -> int:
     return max(1, (bits if bits > 0 else _FALLBACK_VECTOR_BITS) // 32)
 
 
-def fallback_rule(parallel: bool):
-    """A dlight rule for CPU kernels no other rule takes: parallel outer, vector inner."""
+def cpu_rule(name: str, schedule):
+    """A dlight rule from ``schedule(sch, infos, lanes) -> bool`` (False: not this rule's kernel).
+
+    The rule takes llvm targets only, normalizes the PrimFunc into dlight's block infos, and
+    treats a schedule error as "not mine", so the next rule in ``ApplyDefaultSchedule`` (or, past
+    the last one, TVM's unscheduled loops) takes the kernel.
+    """
     from tvm import s_tir, tirx
     from tvm.s_tir.dlight.analysis import normalize_prim_func
-    from tvm.s_tir.dlight.base import ScheduleRule, try_inline
+    from tvm.s_tir.dlight.base import ScheduleRule
 
-    class ParallelFallback(ScheduleRule):
+    class _CpuRule(ScheduleRule):
         def apply(self, func, target, _tunable):
             if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
                 return None
@@ -36,15 +45,31 @@ def fallback_rule(parallel: bool):
             infos = normalize_prim_func(sch)
             if infos is None:
                 return None
-            lanes = vector_lanes(target)
-            for info in try_inline(sch, infos):
-                _schedule_block(sch, info, lanes, parallel)
-            return sch
+            try:
+                taken = schedule(sch, infos, vector_lanes(target))
+            except Exception as exc:  # noqa: BLE001 - a shape this rule can't take
+                logger.debug("%s did not take a kernel: %s", name, exc)
+                return None
+            return sch if taken else None
 
-    return ParallelFallback()
+    _CpuRule.__name__ = name
+    return _CpuRule()
 
 
-def _schedule_block(sch, info, lanes: int, parallel: bool) -> None:
+def fallback_rule():
+    """A dlight rule for CPU kernels no other rule takes: parallel outer, vector inner."""
+
+    def schedule(sch, infos, lanes: int) -> bool:
+        from tvm.s_tir.dlight.base import try_inline
+
+        for info in try_inline(sch, infos):
+            _schedule_block(sch, info, lanes)
+        return True
+
+    return cpu_rule("ParallelFallback", schedule)
+
+
+def _schedule_block(sch, info, lanes: int) -> None:
     block = info.block_rv
     loops = sch.get_loops(block)
     if not loops:
@@ -57,13 +82,12 @@ def _schedule_block(sch, info, lanes: int, parallel: bool) -> None:
         return  # a full reduction to a scalar: nothing to split safely across threads
     sch.reorder(*spatial, *reduce)
     if reduce:
-        if parallel:
-            sch.parallel(sch.fuse(*spatial))  # rows in parallel; each reduction stays sequential
+        sch.parallel(sch.fuse(*spatial))  # rows in parallel; each reduction stays sequential
         return
-    _parallel_vectorized(sch, spatial, lanes, parallel)
+    _parallel_vectorized(sch, spatial, lanes)
 
 
-def _parallel_vectorized(sch, spatial, lanes: int, parallel: bool) -> None:
+def _parallel_vectorized(sch, spatial, lanes: int) -> None:
     """Vectorize the innermost axis alone when its extent is static and whole vectors.
 
     Fusing it with symbolic outer axes first (batch, seq) would make every lane's index a
@@ -77,15 +101,14 @@ def _parallel_vectorized(sch, spatial, lanes: int, parallel: bool) -> None:
     whole_vectors = isinstance(extent, tirx.IntImm) and int(extent) % lanes == 0
     if not whole_vectors and not outer:
         outer_loop, inner = sch.split(last, factors=[None, lanes])
-        if parallel:
-            sch.parallel(outer_loop)
+        sch.parallel(outer_loop)
         sch.vectorize(inner)
         return
     if whole_vectors:
         last, inner = sch.split(last, factors=[None, lanes])
         outer = [*outer, last]
         sch.vectorize(inner)
-    if parallel and outer:
+    if outer:
         sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
 
 
@@ -99,25 +122,14 @@ def row_reduction_rule():
     (1, 4, 128, 128) took 0.38 ms that way. Here a symbolic last axis stays a plain loop, and a
     static one is vectorized only in elementwise stages and only in whole vectors.
     """
-    from tvm import s_tir, tirx
-    from tvm.s_tir.dlight.analysis import normalize_prim_func
-    from tvm.s_tir.dlight.base import ScheduleRule
 
-    class RowReduction(ScheduleRule):
-        def apply(self, func, target, _tunable):
-            if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
-                return None
-            sch = s_tir.Schedule(func)
-            infos = normalize_prim_func(sch)
-            if not _rows_then_last(infos):
-                return None
-            try:
-                _schedule_rows(sch, infos, vector_lanes(target))
-            except Exception:  # noqa: BLE001 - a shape this rule can't take: the next rule will
-                return None
-            return sch
+    def schedule(sch, infos, lanes: int) -> bool:
+        if not _rows_then_last(infos):
+            return False
+        _schedule_rows(sch, infos, lanes)
+        return True
 
-    return RowReduction()
+    return cpu_rule("RowReduction", schedule)
 
 
 def _rows_then_last(infos) -> bool:
