@@ -18,7 +18,7 @@ from forgeline.runtime.kv_check import with_generation_rows
 from forgeline.runtime.model import load
 from forgeline.runtime.parity import raise_if_failed
 
-from .cpu_matmul import DECODE_ROWS
+from .cpu.matmul import DECODE_ROWS
 from .targets import resolve_target
 from .tuning import TuneOptions, tune_artifact
 from .tvm_build import build_tvm
@@ -40,7 +40,7 @@ def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(
                      tune: TuneOptions | None = None) -> Manifest:
     """Add a TVM build for ``options.target`` to the bundle or artifact at ``path``.
 
-    With ``tune``, also add a tuned static-shape build per bucket (compile/tuning.py).
+    With ``tune``, also add a tuned static-shape build per bucket (compile/tuning/).
     """
     root = Path(path)
     manifest = Manifest.load(root)

@@ -45,7 +45,7 @@ def tiny_onnx(tmp_path_factory):
 
 
 def test_cpu_build_runs_two_shapes_from_one_library(tiny_onnx, tmp_path):
-    from forgeline.runtime.tvm_executor import TvmExecutor
+    from forgeline.runtime.backends.tvm import TvmExecutor
 
     model, onnx_path = tiny_onnx
     result = build_tvm(onnx_path, resolve_target("cpu"), tmp_path)
