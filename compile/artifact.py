@@ -57,6 +57,7 @@ def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(
     build = BuildRecord(
         tag=spec.tag, kind=spec.kind, target=spec.target, requires=spec.requires, lib=rel(result.lib_file),
         codegen_only=result.codegen_only, note=result.note, build_seconds=round(result.seconds, 2),
+        unscheduled=result.unscheduled,
     )
     manifest.builds[spec.tag] = build
     for name in [result.lib_file, *result.extra_files]:

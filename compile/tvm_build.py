@@ -38,6 +38,7 @@ class TvmBuildResult:
     note: str  # one honest sentence on what was produced
     seconds: float  # wall time of the whole build
     extra_files: list[str] = field(default_factory=list)  # relative to out_dir
+    unscheduled: list[str] = field(default_factory=list)  # CPU kernels no schedule rule took
 
 
 def _import_compiler():
@@ -82,7 +83,7 @@ def import_relax(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None
     return _import_onnx(Path(onnx_path), shape_dict)[1]
 
 
-def _compile(tvm, mod, spec: TargetSpec, gemm_rows: int | None = None):
+def _compile(tvm, mod, spec: TargetSpec, gemm_rows: int | None = None, unscheduled: list[str] | None = None):
     from tvm.target import Target
 
     started = time.perf_counter()
@@ -91,7 +92,8 @@ def _compile(tvm, mod, spec: TargetSpec, gemm_rows: int | None = None):
         # them a GPU build fails for unbound threads); for CPU it legalizes and fuses but
         # schedules nothing, so llvm builds take forgeline's CPU defaults (compile/cpu/pipeline.py).
         target = Target(spec.target)
-        pipeline = cpu_pipeline(target, gemm_rows=gemm_rows) if spec.kind == "llvm" else "default"
+        pipeline = (cpu_pipeline(target, gemm_rows=gemm_rows, unscheduled=unscheduled)
+                    if spec.kind == "llvm" else "default")
         executable = tvm.compile(mod, target=target, relax_pipeline=pipeline)
     except Exception as exc:  # noqa: BLE001
         raise CompileError(f"TVM could not compile the model for {spec.tag}: "
@@ -249,7 +251,8 @@ def build_tvm(onnx_path: Path, spec: TargetSpec, out_dir: Path, *,
     started = time.perf_counter()
     logger.info("Building %s for %s: %s", onnx_path, spec.tag, spec.target)
     tvm, mod = _import_onnx(onnx_path)
-    executable = _compile(tvm, mod, spec, gemm_rows)
+    unscheduled: list[str] = []
+    executable = _compile(tvm, mod, spec, gemm_rows, unscheduled)
     export_started = time.perf_counter()
     try:
         if spec.kind == "cuda":
@@ -268,7 +271,7 @@ def build_tvm(onnx_path: Path, spec: TargetSpec, out_dir: Path, *,
     seconds = time.perf_counter() - started
     logger.info("Built %s in %.2f s: %s", spec.tag, seconds, note)
     return TvmBuildResult(lib_file=LIB_NAME, codegen_only=codegen_only, note=note,
-                          seconds=seconds, extra_files=extra)
+                          seconds=seconds, extra_files=extra, unscheduled=unscheduled)
 
 
 __all__ = ["TvmBuildResult", "build_tvm", "import_relax"]

@@ -130,9 +130,9 @@ def bench_artifact(path: str | Path, options: BenchOptions = BenchOptions()) -> 
             results[backend] = BackendResult(backend, False, note=str(exc))
     samples = _interleaved_samples(runners, options)
     for backend, times in samples.items():
-        results[backend] = _summarize(backend, times, options, flops)
+        results[backend] = summarize_samples(backend, times, options, flops)
     results = [results[b] for b in options.backends]
-    _add_ratios(results)
+    add_ratios(results)
     return BenchReport(artifact=str(root), model=manifest.name, preset=manifest.preset,
                        batch=options.batch, seq=options.seq, flops=flops, host=host_info(),
                        date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -167,7 +167,7 @@ def _interleaved_samples(runners: dict[str, Callable[[], Any]],
     return samples
 
 
-def _summarize(backend: str, samples: list[float], options: BenchOptions,
+def summarize_samples(backend: str, samples: list[float], options: BenchOptions,
                flops: float | None) -> BackendResult:
     p50, p90 = (float(np.percentile(samples, q)) for q in (50, 90))
     tokens = options.batch * options.seq
@@ -178,7 +178,7 @@ def _summarize(backend: str, samples: list[float], options: BenchOptions,
                          samples_ms=[round(s, 4) for s in samples])
 
 
-def _add_ratios(results: list[BackendResult]) -> None:
+def add_ratios(results: list[BackendResult]) -> None:
     ref = next((r for r in results if r.backend == REFERENCE_BACKEND and r.available), None)
     for r in results:
         if ref is not None and r.available:
