@@ -33,20 +33,24 @@ class CheckReport:
         return all(s.passed for s in self.stages)
 
 
-def check_artifact(path: str | Path, fresh_cases: int = 2) -> CheckReport:
-    """Compare ONNX Runtime and every TVM build this host can run with eager PyTorch."""
+def check_artifact(path: str | Path, fresh_cases: int = 2, verify_key=None) -> CheckReport:
+    """Compare ONNX Runtime and every TVM build this host can run with eager PyTorch.
+
+    ``verify_key`` (a PEM public key or its path): the artifact must carry a valid signature by it.
+    """
     root = Path(path)
-    manifest = Manifest.load(root)
-    manifest.verify_files(root)
-    cases = _cases(root, manifest, fresh_cases)
-    report = CheckReport(stages=[_stage(load(root, backend="ort"), cases)])
+    with load(root, backend="ort", verify_key=verify_key) as ort_model:  # signature, paths, hashes first
+        manifest = ort_model.manifest
+        cases = _cases(root, manifest, fresh_cases)
+        report = CheckReport(stages=[_stage(ort_model, cases)])
     host = describe_host()
     for tag, build in manifest.builds.items():
         runnable, why = can_run(build.requires, host)
         if build.codegen_only or not runnable:
             report.skipped[f"tvm/{tag}"] = why or build.note
             continue
-        report.stages.append(_stage(load(root, backend="tvm", target=tag), cases))
+        with load(root, backend="tvm", target=tag, verify_key=verify_key) as model:
+            report.stages.append(_stage(model, cases))
     return report
 
 

@@ -4,7 +4,7 @@ Every writer (export, compile, tune, build --overwrite) follows one pattern, so 
 killed or interrupted run leaves the previous artifact exactly as it was:
 
 1. build the new part in a temporary folder *next to* its target (same filesystem, so a rename
-   moves it), named ``.tmp-<what>-<pid>-<random>`` so that a later run can tell whose it was;
+   moves it), named ``.forgeline-tmp-<what>-<pid>-<random>`` so that a later run can tell whose it was;
 2. check it;
 3. move it into place with ``os.replace`` while holding the artifact's lock
    (``fcntl.flock`` on ``<artifact>/.forgeline.lock``), re-reading the manifest inside the lock,
@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 
 LOCK_FILE = ".forgeline.lock"
 SIGNATURE_FILE = "manifest.sig"  # runtime/signing.py; a writer that changes the manifest drops it
-STAGING_PREFIX = ".tmp-"
-ASIDE_PREFIX = ".old-"
+STAGING_PREFIX = ".forgeline-tmp-"
+ASIDE_PREFIX = ".forgeline-old-"
 FORMAT_MARKER = "forgeline-artifact"  # manifest["format"]; older manifests are recognised by their keys
 LEGACY_KEYS = ("name", "preset", "family", "inputs", "outputs", "files", "format_version")
 MAX_MANIFEST_BYTES = 64 << 20  # a manifest is kilobytes; refuse to parse a giant file
@@ -104,24 +104,30 @@ def artifact_lock(root: Path, shared: bool = False) -> Iterator[None]:
         os.close(fd)  # closing releases the flock
 
 
-def update_manifest(root: Path, change: Callable, *, moves: list[tuple[Path, Path]] = ()):
-    """Under the lock: re-read the manifest, move staged paths into place, apply ``change``, save.
+def update_manifest(root: Path, add: Callable, *, drop: Callable | None = None,
+                    moves: list[tuple[Path, Path]] = ()):
+    """Under the lock: re-read the manifest, ``drop`` what is replaced, move staged paths in, ``add``, save.
 
-    ``change(manifest)`` merges this run's result into the manifest as it is on disk *now*, so a
-    concurrent writer's builds are kept. Before a move replaces a path the manifest already
-    references, the manifest is saved once without it (``change`` is expected to drop it first),
-    so a crash in the middle leaves a loadable artifact. Returns the saved manifest.
+    ``add(manifest)`` merges this run's result into the manifest as it is on disk *now*, so a
+    concurrent writer's builds are kept. Before a move replaces a path, the manifest is saved once
+    without what ``drop`` removed, so a crash in the middle of the moves leaves a loadable
+    artifact (without the replaced part), never a manifest that lists missing or changed files.
+    Returns the saved manifest.
     """
     from .format import Manifest
 
     root = Path(root)
     with artifact_lock(root):
+        remove_stale_staging(root)
         manifest = Manifest.load(root)
-        change(manifest)
+        if drop is not None:
+            drop(manifest)
         if any(Path(final).exists() for _, final in moves):
-            manifest.save(root)  # the manifest no longer points at what is about to be replaced
+            drop_signature(root)
+            manifest.save(root)  # no longer points at what is about to be replaced
         for staged, final in moves:
             replace_path(Path(staged), Path(final))
+        add(manifest)
         drop_signature(root)
         manifest.save(root)
     return manifest

@@ -17,7 +17,7 @@ BUILD_KINDS = frozenset({"llvm", "cuda"})
 
 
 def _fail(where: str, what: str) -> ArtifactError:
-    return ArtifactError(f"manifest.json field {where} {what}; the artifact is corrupt or edited, rebuild it.")
+    return ArtifactError(f"manifest.json has a malformed field: {where} {what}; the artifact is corrupt or edited, rebuild it.")
 
 
 def _kind(value: Any) -> str:

@@ -45,6 +45,8 @@ def load_library(tvm, path: Path):
     st = os.stat(resolved)
     version = (st.st_ino, st.st_size, st.st_mtime_ns)
     with _MODULES_LOCK:
+        for gone in [p for p in _MODULES if not os.path.exists(p)]:  # e.g. a compile's staging folder
+            _MODULES.pop(gone)
         cached = _MODULES.get(resolved)
         if cached is not None and cached[0] == version:
             return cached[1]
