@@ -85,3 +85,15 @@ def test_internal_error_is_one_line_and_its_chain_under_verbose(monkeypatch, cap
     assert main(["-v", "models"]) == 1
     err = capsys.readouterr().err
     assert "Traceback" in err and "inner cause" in err and "direct cause" in err
+
+
+def test_module_help_lists_every_command():
+    import subprocess
+    import sys
+
+    from forgeline.cli.registry import COMMANDS
+
+    out = subprocess.run([sys.executable, "-m", "forgeline.cli", "--help"], capture_output=True, text=True,
+                         timeout=120).stdout
+    missing = [name for name, *_ in COMMANDS if f"\n    {name}" not in out]
+    assert len(COMMANDS) >= 14 and missing == []

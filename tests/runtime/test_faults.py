@@ -98,9 +98,15 @@ def test_compile_without_a_c_compiler_fails_and_keeps_the_build(artifact_copy, t
     env = {**os.environ, "PATH": str(bare)}
     result = subprocess.run(CLI + ["compile", str(art)], capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 1, result.stderr
-    assert "error:" in result.stderr and "Traceback" not in result.stderr
+    assert "C compiler" in result.stderr and "Traceback" not in result.stderr
     assert snapshot(art) == before
     assert_works(art)
+    # build --overwrite whose compile fails: the good artifact is not replaced by one without a build
+    args = ["build", "gpt", "-o", str(art), "--overwrite", "--no-generation-graphs"]
+    result = subprocess.run(CLI + args, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 1 and "C compiler" in result.stderr, result.stderr
+    assert snapshot(art) == before
+    assert not [p for p in art.parent.iterdir() if p.name.startswith(STAGING_PREFIX)]
 
 
 def test_sigkill_during_build_overwrite_keeps_the_old_artifact(artifact_copy):
