@@ -121,6 +121,18 @@ def test_sigkill_during_build_overwrite_keeps_the_old_artifact(artifact_copy):
     assert_works(art)
 
 
+def test_sigkill_during_tune_leaves_the_artifact_as_it_was(artifact_copy, tmp_path):
+    art = artifact_copy("gpt")
+    before = snapshot(art)
+    args = ["tune", str(art), "--buckets", "1x16", "--trials", "4", "--tuning-db", str(tmp_path / "db")]
+    proc = start_and_wait(args, tmp_path, "db")  # the tuning database is opened: tuning has begun
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert snapshot(art) == before
+    assert_works(art)
+
+
 def test_concurrent_compiles_both_land(artifact_copy):
     art = artifact_copy("gpt")
     procs = [subprocess.Popen(CLI + ["compile", str(art), "--mcpu", mcpu], stdout=subprocess.PIPE,
