@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from forgeline.compile.cpu.pipeline import cpu_pipeline
+from forgeline.compile.guards import native_log_to, require_full_tvm, reraise_if_interrupted, watch_interrupts
 from forgeline.compile.targets import TargetSpec
 from forgeline.runtime.errors import ArtifactError, CompileError, MissingDependencyError, error_summary
 from forgeline.runtime.host import cuda_compute_capabilities
@@ -42,6 +43,7 @@ class TvmBuildResult:
 
 
 def _import_compiler():
+    require_full_tvm()
     try:
         import onnx
         import tvm
@@ -67,6 +69,7 @@ def _import_onnx(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None
     try:
         mod = from_onnx(model, shape_dict=shape_dict, keep_params_in_input=False)
     except Exception as exc:  # noqa: BLE001 - the importer raises many TVM/Python error types
+        reraise_if_interrupted(exc)
         ops_named = [op for op in op_types if op in str(exc)]
         where = f" in ONNX op {', '.join(ops_named)}" if ops_named else ""
         raise CompileError(
@@ -96,6 +99,7 @@ def _compile(tvm, mod, spec: TargetSpec, gemm_rows: int | None = None, unschedul
                     if spec.kind == "llvm" else "default")
         executable = tvm.compile(mod, target=target, relax_pipeline=pipeline)
     except Exception as exc:  # noqa: BLE001
+        reraise_if_interrupted(exc)
         raise CompileError(f"TVM could not compile the model for {spec.tag}: "
                            f"{error_summary(exc, last=True)}.") from exc
     logger.info("Ran the Relax pipeline and codegen for %s in %.2f s.", spec.tag,
@@ -250,6 +254,11 @@ def build_tvm(onnx_path: Path, spec: TargetSpec, out_dir: Path, *,
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     logger.info("Building %s for %s: %s", onnx_path, spec.tag, spec.target)
+    with watch_interrupts(), native_log_to(logger):
+        return _build(onnx_path, spec, out_dir, gemm_rows, started)
+
+
+def _build(onnx_path: Path, spec: TargetSpec, out_dir: Path, gemm_rows: int | None, started: float) -> TvmBuildResult:
     tvm, mod = _import_onnx(onnx_path)
     unscheduled: list[str] = []
     executable = _compile(tvm, mod, spec, gemm_rows, unscheduled)
@@ -265,6 +274,7 @@ def build_tvm(onnx_path: Path, spec: TargetSpec, out_dir: Path, *,
     except CompileError:
         raise
     except Exception as exc:  # noqa: BLE001
+        reraise_if_interrupted(exc)
         raise CompileError(f"Exporting the {spec.tag} library failed: {error_summary(exc, last=True)}. Check "
                            "that a C compiler (gcc) is on PATH.") from exc
     logger.info("Exported %s in %.2f s.", out_dir / LIB_NAME, time.perf_counter() - export_started)

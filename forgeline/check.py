@@ -16,7 +16,7 @@ from pathlib import Path
 from forgeline.define import ForgelineModel, load_checkpoint
 from forgeline.export.eager import golden_dims, make_case, run_eager
 from forgeline.runtime.errors import ArtifactError
-from forgeline.runtime.format import GOLDEN_FILE, TVM_DIR, WEIGHTS_FILE, Manifest, StageRecord
+from forgeline.runtime.format import GOLDEN_FILE, TVM_DIR, WEIGHTS_FILE, StageRecord
 from forgeline.runtime.golden import GoldenCase, load_golden
 from forgeline.runtime.host import can_run, describe_host
 from forgeline.runtime.kv_check import with_generation_rows
@@ -40,30 +40,34 @@ class CheckReport:
         return all(s.passed for s in self.stages)
 
 
-def check_artifact(path: str | Path, fresh_cases: int = 2) -> CheckReport:
-    """Compare ONNX Runtime, every TVM build this host can run and their buckets with eager PyTorch."""
+def check_artifact(path: str | Path, fresh_cases: int = 2, verify_key=None) -> CheckReport:
+    """Compare the golden outputs, ONNX Runtime, every TVM build this host can run and their buckets
+    with eager PyTorch run now.
+
+    ``verify_key`` (a PEM public key or its path): the artifact must carry a valid signature by it.
+    """
     root = Path(path)
-    manifest = Manifest.load(root)
-    manifest.verify_files(root)
-    eager = load_checkpoint(root / WEIGHTS_FILE).eval()
-    golden = load_golden(root / GOLDEN_FILE)
-    cases = _cases(golden, eager, fresh_cases)
-    # The stored golden outputs are what `selfcheck` compares with where there is no torch: they
-    # must still be what eager computes.
-    stored = [row for kept, now in zip(golden, cases)
-              for row in compare_outputs(now.outputs, kept.outputs, manifest.tolerance, kept.name)]
-    report = CheckReport(stages=[stage_record(GOLDEN_FILE, stored, manifest.tolerance),
-                                 _stage(load(root, backend="ort"), cases)])
+    with load(root, backend="ort", verify_key=verify_key) as ort_model:  # signature, paths, hashes first
+        manifest = ort_model.manifest
+        eager = load_checkpoint(root / WEIGHTS_FILE).eval()
+        golden = load_golden(root / GOLDEN_FILE)
+        cases = _cases(golden, eager, fresh_cases)
+        # The stored golden outputs are what `selfcheck` compares with where there is no torch:
+        # they must still be what eager computes.
+        stored = [row for kept, now in zip(golden, cases)
+                  for row in compare_outputs(now.outputs, kept.outputs, manifest.tolerance, kept.name)]
+        report = CheckReport(stages=[stage_record(GOLDEN_FILE, stored, manifest.tolerance),
+                                     _stage(ort_model, cases)])
     host = describe_host()
     for tag, build in manifest.builds.items():
         runnable, why = can_run(build.requires, host)
         if build.codegen_only or not runnable:
             report.skipped[f"{TVM_DIR}/{tag}"] = why or build.note
             continue
-        model = load(root, backend="tvm", target=tag)
-        report.stages.append(_stage(model, cases))
-        for key, bucket in build.buckets.items():
-            report.stages.append(_bucket_stage(model, key, bucket["dims"], eager))
+        with load(root, backend="tvm", target=tag, verify_key=verify_key) as model:
+            report.stages.append(_stage(model, cases))
+            for key, bucket in build.buckets.items():
+                report.stages.append(_bucket_stage(model, key, bucket["dims"], eager))
     return report
 
 

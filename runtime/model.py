@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from .artifact_io import artifact_lock
+from .confine import check_confinement, confined
 from .errors import ArtifactError, ConfigError, TargetMismatchError
 from .format import GOLDEN_FILE, ONNX_FILE, ORT_STAGE, BuildRecord, Manifest, StageRecord, TensorSpec
 from .golden import GoldenCase, load_golden
 from .parity import compare_outputs, stage_record
-from .validate import validate_inputs
+from .validate import complete_dim_limits, validate_inputs
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +32,11 @@ class Executor(Protocol):
 
 
 class Model:
-    """A loaded artifact bound to one backend (and, for TVM, one build)."""
+    """A loaded artifact bound to one backend (and, for TVM, one build).
+
+    Safe to use from several threads at once (each backend serialises or separates what must be).
+    ``close()``, or ``with load(...) as model:``, releases the libraries and their memory.
+    """
 
     def __init__(self, path: Path, manifest: Manifest, backend: str, executor: Executor, build: BuildRecord | None):
         self.path = path
@@ -39,6 +46,27 @@ class Model:
         self._executor = executor
         self._graphs: dict[str, Executor] = {}  # extra graphs (manifest.graphs), opened on first use
         self._tokenizer = None
+        self._open_lock = threading.Lock()  # two threads' first run_graph must not open a graph twice
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release every executor (TVM libraries and VMs, ORT sessions); the model cannot run after."""
+        with self._open_lock:
+            for executor in [self._executor, *self._graphs.values()]:
+                close = getattr(executor, "close", None)
+                if close is not None:
+                    close()
+            self._executor, self._graphs, self._tokenizer = None, {}, None
+
+    def _live(self) -> Executor:
+        if self._executor is None:
+            raise ArtifactError(f"{self!r} was closed; load the artifact again to run it.")
+        return self._executor
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -60,7 +88,7 @@ class Model:
     def run(self, **arrays: np.ndarray) -> dict[str, np.ndarray]:
         """Validate the inputs, run the backend, and name the outputs."""
         ordered = validate_inputs(arrays, self.manifest.inputs, self.manifest.dim_limits)
-        results = self._executor.run(ordered)
+        results = self._live().run(ordered)
         return dict(zip(self.manifest.output_names(), results))
 
     def selfcheck(self, cases: list[GoldenCase] | None = None) -> StageRecord:
@@ -104,10 +132,13 @@ class Model:
         from .tasks.graphs import graph_spec, open_graph
 
         spec = graph_spec(self.manifest, name)
-        if name not in self._graphs:
-            self._graphs[name] = open_graph(self, name)
         ordered = validate_inputs(arrays, spec.inputs, self.manifest.dim_limits)
-        return dict(zip([o.name for o in spec.outputs], self._graphs[name].run(ordered)))
+        with self._open_lock:
+            self._live()
+            if name not in self._graphs:
+                self._graphs[name] = open_graph(self, name)
+            executor = self._graphs[name]
+        return dict(zip([o.name for o in spec.outputs], executor.run(ordered)))
 
     def generate(self, prompt, max_new_tokens: int = 32, **options):
         """GPT: continue prompt(s) with the KV cache; see runtime/tasks/generate.py for the options."""
@@ -125,17 +156,38 @@ class Model:
         return f"Model({self.manifest.name}/{self.manifest.preset}, backend={self.stage})"
 
 
-def load(path: str | os.PathLike[str], backend: str = "tvm", target: str | None = None) -> Model:
-    """Open an artifact folder, verify every file's sha256, and bind it to a backend.
+def load(path: str | os.PathLike[str], backend: str = "tvm", target: str | None = None, *,
+         verify_key: str | os.PathLike[str] | bytes | None = None) -> Model:
+    """Open an artifact folder, check it, and bind it to a backend.
+
+    Before any library is loaded: the manifest's signature is verified when there is one (and must
+    exist, by that key, when ``verify_key``, a PEM public key or its path, is given); every path is
+    checked to lie inside the folder and to be listed; every file's sha256 is checked. A TVM build
+    is native code: load only artifacts you trust.
 
     ``target`` picks a TVM build by tag ("cpu-znver4") or kind ("cpu", "cuda"); by default the
     first build this host can run is used, a CUDA one first when a GPU is present.
     """
+    from .format import read_manifest_bytes
+    from .signing import verify_manifest_signature
+
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
     root = Path(path)
-    manifest = Manifest.load(root)
-    manifest.verify_files(root)
+    Manifest.load(root)  # a sentence for a missing folder or manifest
+    with artifact_lock(root, shared=True):  # a concurrent compile commits whole, before or after
+        data = read_manifest_bytes(root)
+        verify_manifest_signature(root, data, verify_key)
+        manifest = Manifest.from_bytes(data, root)
+        check_confinement(root, manifest)
+        manifest.verify_files(root)
+        return open_model(root, manifest, backend, target)
+
+
+def open_model(root: Path, manifest: Manifest, backend: str = "tvm", target: str | None = None) -> Model:
+    """Bind an already checked manifest to a backend (``load`` without the checks; compile uses it
+    to measure a build that is not yet in the artifact's manifest)."""
+    complete_dim_limits(manifest)
     if backend == "ort":
         from .backends.ort import OrtExecutor
 
@@ -149,7 +201,8 @@ def load(path: str | os.PathLike[str], backend: str = "tvm", target: str | None 
         from .backends.buckets import BucketedExecutor
 
         return Model(root, manifest, backend, BucketedExecutor(root, build, manifest.inputs, device), build)
-    return Model(root, manifest, backend, TvmExecutor(root / build.lib, device=device), build)
+    return Model(root, manifest, backend, TvmExecutor(confined(root, build.lib, "the build library"),
+                                                      device=device), build)
 
 
 def select_build(manifest: Manifest, target: str | None) -> BuildRecord:
@@ -185,7 +238,7 @@ def _kind_name(build: BuildRecord) -> str:
 def _onnx_path(root: Path, manifest: Manifest) -> Path:
     if ONNX_FILE not in manifest.files:
         raise ArtifactError(f"the manifest of {root} lists no {ONNX_FILE}; rebuild the artifact.")
-    return root / ONNX_FILE
+    return confined(root, ONNX_FILE, "the ONNX graph")
 
 
 def _golden_file(manifest: Manifest) -> str:

@@ -39,17 +39,25 @@ def _compare_values(name: str, case: str, want: np.ndarray, got: np.ndarray, tol
     exact = name.startswith(ROUTING_PREFIX) or not np.issubdtype(want.dtype, np.floating)
     want64 = want.astype(np.float64)
     got64 = got.astype(np.float64)
-    diff = np.abs(got64 - want64)
+    with np.errstate(invalid="ignore"):  # inf - inf; such elements are judged apart below
+        diff = np.abs(got64 - want64)
     if want.size == 0:
         return OutputParity(name, case, 0.0, 0.0, 0.0, True, exact)
-    if not np.all(np.isfinite(got64)) and np.all(np.isfinite(want64)):
-        return _failed(name, case, "backend produced NaN or Inf")
-    max_abs = float(np.nanmax(diff))
+    # Fail closed: NaN compares false with everything, so a NaN difference would never be "over"
+    # the bound. A non-finite value must match exactly where eager has one, and is a failure
+    # where eager is finite.
+    finite = np.isfinite(want64)
+    if not np.all(np.isfinite(got64[finite])):
+        return _failed(name, case, "backend produced NaN or Inf where eager PyTorch is finite")
+    if not np.array_equal(got64[~finite], want64[~finite], equal_nan=True):
+        return _failed(name, case, "backend's NaN/Inf elements differ from eager PyTorch's")
+    diff = np.where(finite, diff, 0.0)
+    max_abs = float(np.max(diff))
     # Relative error is reported where it means something: on elements larger than atol. Below
     # that, atol governs, and a 1e-7 difference on a 1e-8 value would read as a huge ratio.
     big = np.abs(want64) > tol.atol
     max_rel = float(np.max(diff[big] / np.abs(want64[big]))) if big.any() else 0.0
-    bound = 0.0 if exact else tol.atol + tol.rtol * np.abs(want64)
+    bound = 0.0 if exact else tol.atol + tol.rtol * np.where(finite, np.abs(want64), 0.0)
     over = diff > bound
     frac_over = float(over.mean())
     note = f"{int(over.sum())} routing decisions differ" if exact and over.any() else ""
@@ -61,6 +69,9 @@ def _failed(name: str, case: str, note: str) -> OutputParity:
 
 
 def stage_record(stage: str, rows: list[OutputParity], tolerance: Tolerance) -> StageRecord:
+    """A stage passes only when it compared something and every row passed: zero cases fail closed."""
+    if not rows:
+        rows = [_failed("(none)", "(none)", "no output was compared: the golden file holds no cases")]
     return StageRecord(stage=stage, passed=all(r.passed for r in rows), tolerance=tolerance, parity=rows)
 
 

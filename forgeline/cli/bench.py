@@ -29,6 +29,11 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from forgeline.bench import BenchOptions, bench_artifact
 
+    from .files import check_output_file
+
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is not None:  # before the benchmark runs, not after
+            check_output_file(path, flag, inside=args.path)
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
     options = BenchOptions(backends=backends, batch=args.batch, seq=args.seq,
                            warmup=args.warmup, iters=args.iters)

@@ -38,6 +38,12 @@ def build_args(p: argparse.ArgumentParser) -> None:
 def backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="tvm", choices=["tvm", "ort"], help="runtime backend (default: tvm)")
     p.add_argument("--target", help="TVM build tag or kind (cpu, cuda); default: the best one this host can run")
+    verify_key_arg(p)
+
+
+def verify_key_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verify-key", type=Path, metavar="PUBKEY",
+                   help="refuse the artifact unless it carries a valid signature by this ed25519 public key (PEM)")
 
 
 def export_options(args: argparse.Namespace):
