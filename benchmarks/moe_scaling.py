@@ -68,6 +68,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=3, help="timed runs per case per round")
     p.add_argument("--no-extras", action="store_true", help="skip the eager gpt-moe and training-step extras")
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/moe_scaling"), help="artifacts (reused when present)")
+    p.add_argument("--build-only", action="store_true", help="export and compile the artifacts, time nothing")
     p.add_argument("--label", default="", help="a note stored with the results (e.g. 'before: dense MoE')")
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     return p.parse_args(argv)
@@ -223,7 +224,7 @@ def collect_cases(args, experts, shapes, backends) -> list[Case]:
         for e in (experts if name in DENSE else [0]):
             root = build_artifact(name, e, args.capacity_factor, args.work_dir)
             cases += artifact_cases(root, name, e, shapes, backends)
-    if not args.no_extras:
+    if not (args.no_extras or args.build_only):
         cases += [eager_forward_case(name, shape) for name in ("gpt", "gpt-moe") for shape in shapes]
         train_shape = (8, 128)
         cases += [train_step_case("bert-moe", e, args.capacity_factor, train_shape) for e in (4, 32)]
@@ -237,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     experts = [int(e) for e in args.experts.split(",")]
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     backends = [b for b in args.backends.split(",") if b]
-    cases = collect_cases(args, experts, shapes, backends)
+    cases = collect_cases(args, experts, shapes, [] if args.build_only else backends)
+    if args.build_only:
+        return 0
     time_interleaved(cases, args.rounds, args.iters)
     from forgeline.bench import host_info
 

@@ -80,6 +80,21 @@ def _slot_ratio(value: float) -> Fraction:
     return ratio if ratio >= value * _CEIL_SHRINK else Fraction(math.ceil(value * 1000), 1000)
 
 
+def trace_shift(model: nn.Module) -> int:
+    """How much to enlarge every symbolic trace size so that each MoE slot list has >= 2 slots.
+
+    torch.export specialises a dim that is 1 at trace time: a slot list of one slot (a group of
+    2 tokens at k = ceil(2 * 2 / 32) = 1, say) would freeze the graph to groups of that size.
+    The exporters trace batch at 2 and sequences above it; shifting all of them by this amount
+    keeps them distinct and puts every group at the smallest size with two slots or more.
+    """
+    need = 2
+    for layer in model.modules():
+        if isinstance(layer, MoE) and layer.slot_ratio < 1:
+            need = max(need, math.floor(1 / layer.slot_ratio) + 1)  # n * ratio > 1
+    return need - 2
+
+
 def _slot_positions(like: torch.Tensor, ratio: Fraction) -> torch.Tensor:
     """Slots 0..s-1 (float), s = min(n, ceil(n * ratio)) for n = len(like): the length carries s.
 
