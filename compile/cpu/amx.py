@@ -1,0 +1,134 @@
+"""A bf16 GEMM on Intel AMX tiles, written in TIR: ``C = A @ W (+ bias)``, fp32 in and out.
+
+The kernel computes ``C[m, N] = bf16(A)[m, K] . bf16(W)[K, N]`` with fp32 accumulation, for a
+symbolic row count ``m`` (batch x sequence) and a constant weight packed once at build time:
+
+- **Tiles.** AMX has 8 tile registers of 16 rows x 64 bytes. One block of 32x32 outputs keeps
+  four fp32 C tiles (0-3) while k runs, and loads two A tiles (4-5: 16 rows x 32 bf16) and two B
+  tiles (6-7: 16 k-pairs x 16 columns x 2) per 32-deep k step: each tile load feeds two
+  ``tdpbf16ps`` (16x16x32 multiply-adds each).
+- **Weights** (``pack_weight``) are bf16 bits in VNNI pair panels ``(N/16, K/2, 16, 2)``: the B
+  tile of one k step is 1 KB of contiguous memory. K is zero-padded to whole 32-deep steps and N
+  to whole 32-column blocks, so padding adds nothing to the sums.
+- **Activations** are rounded to bf16 (round to nearest even) in a parallel pre-pass into a
+  zero-padded ``(m rounded up to 32, K padded)`` copy; the rows past ``m`` are zeros.
+- **Edges and epilogue.** Each block's C tiles are stored to a 4 KB scratch, and the write-back
+  to C adds the bias and drops the padded rows and columns, so any m, K and N work.
+- **Configuration.** ``ldtilecfg`` runs once per parallel task (a 32-column panel pair) and
+  ``tilerelease`` at its end: the tile state is per thread.
+
+``emulate=True`` builds the same kernel with the six tile instructions replaced by TIR loops over
+local "tile registers" with AMX's semantics (pairs of bf16 products summed in fp32). It shares
+every address, stride and loop of the AMX kernel, so it checks the kernel's indexing, packing and
+edge handling on hosts without AMX; it is slow and for tests only.
+
+The process must hold the OS's permission for the tile state before the first AMX instruction
+(runtime/amx.py); without it the kernel dies with SIGILL.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+TILE_ROWS = 16  # rows of every tile
+TILE_K = 32  # bf16 values in one 64-byte tile row of A: the depth of one tdpbf16ps
+TILE_COLS = 16  # fp32 columns of one C tile (64 bytes)
+BLOCK_ROWS = 2 * TILE_ROWS  # a 2x2 block of C tiles
+BLOCK_COLS = 2 * TILE_COLS
+TILE_BYTES = 64  # colsb of every tile
+AMX_CPU_FEATURES = ("amx_bf16", "amx_tile")  # /proc/cpuinfo spelling
+AMX_LLVM_ATTRS = ("+amx-tile", "+amx-bf16")
+
+
+def padded(size: int, multiple: int) -> int:
+    return -(-size // multiple) * multiple
+
+
+def bf16_bits(values: np.ndarray) -> np.ndarray:
+    """fp32 -> bf16 bit patterns (uint16), rounding to nearest even as the kernel's pre-pass does."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    return rounded.astype(np.uint16)
+
+
+def bf16_round(values: np.ndarray) -> np.ndarray:
+    """fp32 values rounded to the nearest bf16, as fp32 (the kernel's inputs, for references)."""
+    return (bf16_bits(values).astype(np.uint32) << 16).view(np.float32)
+
+
+def pack_weight(weight: np.ndarray) -> np.ndarray:
+    """A (K, N) fp32 weight as the kernel's bf16 VNNI panels ``(N/16, K/2, 16, 2)`` (uint16).
+
+    ``packed[p, kk, j, e] = bf16(weight[2 kk + e, 16 p + j])``, zero past K and N.
+    """
+    k, n = weight.shape
+    k_pad, n_pad = padded(k, TILE_K), padded(n, BLOCK_COLS)
+    full = np.zeros((k_pad, n_pad), np.uint16)
+    full[:k, :n] = bf16_bits(weight)
+    # (K/2, 2, N/16, 16) -> (N/16, K/2, 16, 2)
+    return np.ascontiguousarray(full.reshape(k_pad // 2, 2, n_pad // 16, 16).transpose(2, 0, 3, 1))
+
+
+def packed_shape(k: int, n: int) -> tuple[int, int, int, int]:
+    return (padded(n, BLOCK_COLS) // TILE_COLS, padded(k, TILE_K) // 2, TILE_COLS, 2)
+
+
+def _blocks(rows):
+    """Blocks of 32 rows that cover ``rows`` (a PrimExpr)."""
+    return (rows + BLOCK_ROWS - 1) // BLOCK_ROWS
+
+
+def amx_dense(k: int, n: int, *, emulate: bool = False):
+    """The PrimFunc ``(A (m, k) f32, W packed, bias (n,) f32, C (m, n) f32)``, m symbolic.
+
+    A matmul without a bias passes zeros: 4 bytes a column, and one kernel shape.
+    """
+    from tvm.script import tirx as T
+
+    from .amx_tiles import tile_ops, to_bf16
+
+    k_pad, n_pad = padded(k, TILE_K), padded(n, BLOCK_COLS)
+    ops = tile_ops(emulate)
+    w_shape = packed_shape(k, n)
+
+    @T.prim_func(private=True)
+    def dense(a: T.handle, w: T.handle, b: T.handle, c: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        m = T.int64()
+        A = T.match_buffer(a, (m, k), "float32")
+        W = T.match_buffer(w, w_shape, "uint16")
+        Bias = T.match_buffer(b, (n,), "float32")
+        C = T.match_buffer(c, (m, n), "float32")
+        # (m rounded up to 32, K padded) bf16 bits; not a let-bound size: FlattenBuffer wants the
+        # allocation's shape in terms of the parameters
+        Abf = T.decl_buffer((_blocks(m) * BLOCK_ROWS, k_pad), "uint16")
+        for i in T.parallel(_blocks(m) * BLOCK_ROWS):  # A rounded to bf16, zero-padded
+            for kc in range(k_pad // 16):
+                for kv in T.vectorized(16):
+                    Abf[i, kc * 16 + kv] = T.if_then_else(
+                        i < m and kc * 16 + kv < k,
+                        to_bf16(A[T.min(i, m - 1), T.min(kc * 16 + kv, k - 1)]), T.uint16(0))
+        for pair in T.parallel(n_pad // BLOCK_COLS):  # one task per 32-column panel pair
+            cfg = T.decl_buffer((64,), "uint8", scope="local")
+            scratch = T.decl_buffer((4, TILE_ROWS, TILE_COLS), "float32", scope="local")
+            ops.configure(cfg)
+            for block in range(_blocks(m)):
+                ops.block(Abf, W, scratch, block * BLOCK_ROWS, pair * 2, k_pad)
+                for t, r in T.grid(4, TILE_ROWS):  # write-back: bias, and only the real rows/cols
+                    row = block * BLOCK_ROWS + t // 2 * TILE_ROWS + r
+                    col = pair * BLOCK_COLS + t % 2 * TILE_COLS
+                    if row < m:
+                        if col + TILE_COLS <= n:
+                            for j in T.vectorized(TILE_COLS):
+                                C[row, col + j] = scratch[t, r, j] + Bias[col + j]
+                        else:
+                            for j in range(TILE_COLS):
+                                if col + j < n:
+                                    C[row, col + j] = scratch[t, r, j] + Bias[col + j]
+            ops.release()
+
+    return dense
+
+
+__all__ = ["AMX_CPU_FEATURES", "AMX_LLVM_ATTRS", "amx_dense", "bf16_bits", "bf16_round",
+           "pack_weight", "packed_shape", "padded"]
