@@ -29,6 +29,7 @@ import logging
 
 from forgeline.runtime.cpu_kernels import MATMUL_FUNC
 
+from .cpu.bf16 import bf16_dense_matmuls
 from .cpu_fast_math import fast_math
 from .cpu_matmul import matmul_rule
 from .cpu_rules import fallback_rule, row_reduction_rule
@@ -91,7 +92,8 @@ def schedule_cpu_kernels(mod, target, *, gemm_rows: int | None = None):
         return dl.ApplyDefaultSchedule(*rules)(mod)
 
 
-def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: int | None = None):
+def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: int | None = None,
+                       precision: str = "fp32"):
     """Make ``mod`` fast on an llvm ``target`` without tuning; returns the transformed module.
 
     Input: a Relax IRModule as the ONNX importer gives it (high-level ops, symbolic shapes
@@ -115,6 +117,8 @@ def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: 
         raise ValueError(f"apply_cpu_defaults is for llvm targets, not {target.kind.name}.")
     if offload_matmul:
         mod = offload_matmuls(mod)
+    if precision != "fp32":
+        mod = bf16_dense_matmuls(mod, emulate=precision == "bf16-emulated")
     mod = fast_math(mod)
     with target:
         mod = tvm.transform.Sequential(cpu_generic.library_dispatch_passes(target)
@@ -123,14 +127,16 @@ def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: 
         return fold_packed_weights(schedule_cpu_kernels(mod, target, gemm_rows=gemm_rows))
 
 
-def cpu_pipeline(target, *, offload_matmul: bool = False, gemm_rows: int | None = None):
+def cpu_pipeline(target, *, offload_matmul: bool = False, gemm_rows: int | None = None,
+                 precision: str = "fp32"):
     """The default Relax CPU pipeline with ``apply_cpu_defaults`` in place of its first half."""
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     @tvm.transform.module_pass(opt_level=0, name="ForgelineCpuPipeline")
     def _pipeline(mod, _ctx):
-        mod = apply_cpu_defaults(mod, target, offload_matmul=offload_matmul, gemm_rows=gemm_rows)
+        mod = apply_cpu_defaults(mod, target, offload_matmul=offload_matmul, gemm_rows=gemm_rows,
+                                 precision=precision)
         with target:
             return tvm.transform.Sequential(cpu_generic.dataflow_lower_passes(target)
                                             + cpu_generic.finalize_passes(target))(mod)
