@@ -6,18 +6,21 @@ build that looks good but is not. The failed measurement stays in the manifest f
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from forgeline.runtime.errors import ArtifactError, CompileError
-from forgeline.runtime.format import ONNX_FILE, TVM_DIR, BuildRecord, Manifest, StageRecord
-from forgeline.runtime.host import can_run, describe_host
+from forgeline.runtime.errors import ArtifactError, CompileError, ConfigError
+from forgeline.runtime.format import (ONNX_FILE, TVM_DIR, BuildRecord, Manifest, StageRecord,
+                                     precision_tolerance)
+from forgeline.runtime.host import can_run, describe_host, read_cpu_features
 from forgeline.runtime.kv_check import with_generation_rows
 from forgeline.runtime.model import load
 from forgeline.runtime.parity import raise_if_failed
 
+from .cpu.precision import kernel_precision, precision_target
 from .cpu_matmul import DECODE_ROWS
 from .targets import resolve_target
 from .tuning import TuneOptions, tune_artifact
@@ -34,6 +37,8 @@ class CompileOptions:
     arch: str | None = None  # cuda: "sm_90" by default
     mcpu: str | None = None  # cpu: LLVM CPU name; detected from the host by default
     num_cores: int | None = None  # cpu: threads the schedules assume; all cores by default
+    precision: str = "fp32"  # of the dense matmuls: "fp32" or "bf16" (AMX; cpu/precision.py)
+    emulate_amx: bool = False  # bf16 tile steps as TIR loops: same numerics, slow (for tests)
 
 
 def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(),
@@ -47,21 +52,29 @@ def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(
     manifest.verify_files(root)
     if ONNX_FILE not in manifest.files:
         raise ArtifactError(f"{root} holds no {ONNX_FILE}; export the model first with `forgeline export`.")
+    if tune is not None and options.precision != "fp32":
+        raise ConfigError(f"Tuning searches fp32 schedules only; build --precision "
+                          f"{options.precision} without the tuning flags.")
     spec = resolve_target(options.target, arch=options.arch, mcpu=options.mcpu, num_cores=options.num_cores)
+    host_features = None if options.mcpu else read_cpu_features()  # an explicit mcpu: a cross build
+    spec = precision_target(spec, options.precision, host_features=host_features,
+                            emulate_amx=options.emulate_amx)
+    precision = kernel_precision(options.precision, options.emulate_amx)
     log.info("compile %s for %s (target %s)", root, spec.tag, spec.target)
     build_dir = root / TVM_DIR / spec.tag
     _forget_build(root, manifest, spec.tag)
     build_dir.mkdir(parents=True)
-    result = build_tvm(root / ONNX_FILE, spec, build_dir)
+    result = build_tvm(root / ONNX_FILE, spec, build_dir, precision=precision)
     rel = lambda name: f"{TVM_DIR}/{spec.tag}/{name}"  # noqa: E731 - paths inside the artifact
     build = BuildRecord(
         tag=spec.tag, kind=spec.kind, target=spec.target, requires=spec.requires, lib=rel(result.lib_file),
         codegen_only=result.codegen_only, note=result.note, build_seconds=round(result.seconds, 2),
+        precision=options.precision, tolerance=_tolerance_record(options.precision),
     )
     manifest.builds[spec.tag] = build
     for name in [result.lib_file, *result.extra_files]:
         manifest.record_file(root, rel(name))
-    build.graph_libs = _build_graphs(root, manifest, spec, build_dir)
+    build.graph_libs = _build_graphs(root, manifest, spec, build_dir, precision)
     manifest.save(root)
     _check_build(root, manifest, build)
     if tune is not None:
@@ -69,14 +82,23 @@ def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(
     return manifest
 
 
-def _build_graphs(root: Path, manifest: Manifest, spec, build_dir: Path) -> dict[str, str]:
+def _tolerance_record(precision: str) -> dict[str, float]:
+    """A reduced-precision build carries its tolerance; fp32 builds use the manifest's."""
+    if precision == "fp32":
+        return {}
+    return dataclasses.asdict(precision_tolerance(precision))
+
+
+def _build_graphs(root: Path, manifest: Manifest, spec, build_dir: Path,
+                  precision: str = "fp32") -> dict[str, str]:
     """Build each extra graph (KV-cache prefill/decode, ...) into tvm/<tag>/<graph>/; lib paths by name."""
     libs = {}
     for index, (name, graph) in enumerate(manifest.graphs.items(), 1):
         log.info("building graph %s (%d/%d)", name, index, len(manifest.graphs))
         try:
             rows = DECODE_ROWS if name == "decode" else None  # one row per sequence per step
-            result = build_tvm(root / graph.onnx, spec, build_dir / name, gemm_rows=rows)
+            result = build_tvm(root / graph.onnx, spec, build_dir / name, gemm_rows=rows,
+                               precision=precision)
         except CompileError as exc:
             # Known: TVM 0.27's CUDA (dlight) schedules reject the KV-cache graphs. The model's own
             # graph still builds; generation on this target then says to use backend='ort'.

@@ -88,7 +88,7 @@ def import_relax(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None
     return _import_onnx(Path(onnx_path), shape_dict)[1]
 
 
-def _compile(tvm, mod, spec: TargetSpec, gemm_rows: int | None = None):
+def _compile(tvm, mod, spec: TargetSpec, gemm_rows: int | None = None, precision: str = "fp32"):
     from tvm.target import Target
 
     started = time.perf_counter()
@@ -97,7 +97,8 @@ def _compile(tvm, mod, spec: TargetSpec, gemm_rows: int | None = None):
         # them a GPU build fails for unbound threads); for CPU it legalizes and fuses but
         # schedules nothing, so llvm builds take forgeline's CPU defaults (compile/cpu_defaults).
         target = Target(spec.target)
-        pipeline = cpu_pipeline(target, gemm_rows=gemm_rows) if spec.kind == "llvm" else "default"
+        pipeline = (cpu_pipeline(target, gemm_rows=gemm_rows, precision=precision)
+                    if spec.kind == "llvm" else "default")
         executable = tvm.compile(mod, target=target, relax_pipeline=pipeline)
     except Exception as exc:  # noqa: BLE001
         raise CompileError(f"TVM could not compile the model for {spec.tag}: "
@@ -243,10 +244,11 @@ def _export_cuda(executable, spec: TargetSpec, out_dir: Path) -> tuple[bool, str
 
 
 def build_tvm(onnx_path: Path, spec: TargetSpec, out_dir: Path, *,
-              gemm_rows: int | None = None) -> TvmBuildResult:
+              gemm_rows: int | None = None, precision: str = "fp32") -> TvmBuildResult:
     """Compile ``onnx_path`` for ``spec`` into ``out_dir/model.so`` (weights embedded).
 
-    ``gemm_rows`` fixes the CPU GEMM tile height (cpu_matmul.DECODE_ROWS for a decode graph).
+    ``gemm_rows`` fixes the CPU GEMM tile height (cpu_matmul.DECODE_ROWS for a decode graph);
+    ``precision`` is cpu_defaults.apply_cpu_defaults's ("bf16": dense layers on AMX).
     """
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     if not onnx_path.is_file():
@@ -255,7 +257,7 @@ def build_tvm(onnx_path: Path, spec: TargetSpec, out_dir: Path, *,
     started = time.perf_counter()
     logger.info("Building %s for %s: %s", onnx_path, spec.tag, spec.target)
     tvm, mod = _import_onnx(onnx_path)
-    executable = _compile(tvm, mod, spec, gemm_rows)
+    executable = _compile(tvm, mod, spec, gemm_rows, precision)
     export_started = time.perf_counter()
     try:
         if spec.kind == "cuda":
