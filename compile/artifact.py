@@ -66,9 +66,11 @@ def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(
     build_dir.mkdir(parents=True)
     result = build_tvm(root / ONNX_FILE, spec, build_dir, precision=precision)
     rel = lambda name: f"{TVM_DIR}/{spec.tag}/{name}"  # noqa: E731 - paths inside the artifact
+    note = result.note + (" Its bf16 tile steps are emulated in TIR loops: same numerics as AMX, "
+                          "slow, for checking only." if precision.endswith("emulated") else "")
     build = BuildRecord(
         tag=spec.tag, kind=spec.kind, target=spec.target, requires=spec.requires, lib=rel(result.lib_file),
-        codegen_only=result.codegen_only, note=result.note, build_seconds=round(result.seconds, 2),
+        codegen_only=result.codegen_only, note=note, build_seconds=round(result.seconds, 2),
         precision=options.precision, tolerance=_tolerance_record(options.precision),
     )
     manifest.builds[spec.tag] = build

@@ -9,7 +9,10 @@ Backends:
 - ``ort``: ONNX Runtime's CPU provider on model.onnx, through ``forgeline.runtime.load``;
 - ``tvm``: the artifact's dynamic-shape TVM build for this host (untuned);
 - ``tvm-tuned``: the tuned shape-bucket build for exactly (batch, seq), when the artifact has one
-  (``BuildRecord.buckets["BxT"]["lib"]``); otherwise reported as not available.
+  (``BuildRecord.buckets["BxT"]["lib"]``); otherwise reported as not available;
+- ``tvm-bf16``: the artifact's ``--precision bf16`` build (AMX), where this host can run it;
+- ``openvino`` / ``openvino-f32``: OpenVINO's CPU plugin at its default precision (bf16 on AMX
+  CPUs) and at fp32, on model.onnx (bench_peers.py; ``pip install forgeline[peers]``).
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ import numpy as np
 from forgeline.runtime.errors import ConfigError, ForgelineError
 from forgeline.runtime.format import Manifest, TensorSpec
 
+from .bench_peers import PEER_RUNNERS
+
 log = logging.getLogger(__name__)
 
-BACKENDS = ("eager", "ort", "tvm", "tvm-tuned")
+BACKENDS = ("eager", "ort", "tvm", "tvm-tuned", "tvm-bf16", "openvino", "openvino-f32")
 REFERENCE_BACKEND = "ort"  # every ratio is latency / ONNX Runtime's latency
 
 
@@ -347,7 +352,8 @@ def _run_eager(root: Path, manifest: Manifest, inputs, options) -> Callable[[], 
     return lambda: run_eager(model, inputs)
 
 
-_RUNNERS = {"eager": _run_eager, "ort": _run_ort, "tvm": _run_tvm, "tvm-tuned": _run_tvm_tuned}
+_RUNNERS = {"eager": _run_eager, "ort": _run_ort, "tvm": _run_tvm, "tvm-tuned": _run_tvm_tuned,
+            **PEER_RUNNERS}  # tvm-bf16, openvino, openvino-f32 (bench_peers.py)
 
 
 __all__ = ["BACKENDS", "BackendResult", "BenchOptions", "BenchReport", "KernelTime",

@@ -84,6 +84,9 @@ def raise_if_failed(record: StageRecord) -> None:
         f"{r.output} [{r.case}]: {r.note or f'max abs {r.max_abs:.3g}, max rel {r.max_rel:.3g}, {r.frac_over:.1%} over'}"
         for r in failures
     )
+    recorded = [f"{r.output} [{r.case}]: {r.note}" for r in record.parity if r.passed and r.note]
+    if recorded:  # a token routed to another expert carries other outputs: say so beside them
+        details += "; also " + "; ".join(recorded)
     tol = record.tolerance
     raise ParityError(
         f"{record.stage} does not match eager PyTorch within atol {tol.atol:g} / rtol {tol.rtol:g}: {details}."
