@@ -14,8 +14,9 @@ symbolic row count ``m`` (batch x sequence) and a constant weight packed once at
   zero-padded ``(m rounded up to 32, K padded)`` copy; the rows past ``m`` are zeros.
 - **Edges and epilogue.** Each block's C tiles are stored to a 4 KB scratch, and the write-back
   to C adds the bias and drops the padded rows and columns, so any m, K and N work.
-- **Configuration.** ``ldtilecfg`` runs once per parallel task (a 32-column panel pair) and
-  ``tilerelease`` at its end: the tile state is per thread.
+- **Tasks and configuration.** A parallel task is up to 128 rows (4 blocks) of one 32-column
+  panel pair, pairs inner so that a thread keeps its rows of A in L2. ``ldtilecfg`` runs once per
+  task and ``tilerelease`` at its end: the tile state is per thread.
 
 ``emulate=True`` builds the same kernel with the six tile instructions replaced by TIR loops over
 local "tile registers" with AMX's semantics (pairs of bf16 products summed in fp32). It shares
@@ -35,7 +36,9 @@ TILE_K = 32  # bf16 values in one 64-byte tile row of A: the depth of one tdpbf1
 TILE_COLS = 16  # fp32 columns of one C tile (64 bytes)
 BLOCK_ROWS = 2 * TILE_ROWS  # a 2x2 block of C tiles
 BLOCK_COLS = 2 * TILE_COLS
-TILE_BYTES = 64  # colsb of every tile
+# Row blocks per parallel task: 128 rows of bf16 A, 256 KB at K=1024, stay in L2 while the task's
+# thread walks the column panels (at M=128 every task sees all of A, as with no chunking).
+CHUNK_BLOCKS = 4
 AMX_CPU_FEATURES = ("amx_bf16", "amx_tile")  # /proc/cpuinfo spelling
 AMX_LLVM_ATTRS = ("+amx-tile", "+amx-bf16")
 
@@ -78,6 +81,11 @@ def _blocks(rows):
     return (rows + BLOCK_ROWS - 1) // BLOCK_ROWS
 
 
+def _chunks(rows):
+    """Chunks of CHUNK_BLOCKS row blocks that cover ``rows``."""
+    return (_blocks(rows) + CHUNK_BLOCKS - 1) // CHUNK_BLOCKS
+
+
 def amx_dense(k: int, n: int, *, emulate: bool = False):
     """The PrimFunc ``(A (m, k) f32, W packed, bias (n,) f32, C (m, n) f32)``, m symbolic.
 
@@ -88,7 +96,23 @@ def amx_dense(k: int, n: int, *, emulate: bool = False):
     from .amx_tiles import tile_ops, to_bf16
 
     k_pad, n_pad = padded(k, TILE_K), padded(n, BLOCK_COLS)
+    pairs = n_pad // BLOCK_COLS
     ops = tile_ops(emulate)
+
+    @T.macro
+    def _write_back(C, Bias, scratch, block, pair, m, n):
+        for t, r in T.grid(4, TILE_ROWS):  # the bias, and only the real rows and columns
+            row = block * BLOCK_ROWS + t // 2 * TILE_ROWS + r
+            col = pair * BLOCK_COLS + t % 2 * TILE_COLS
+            if row < m:
+                if col + TILE_COLS <= n:
+                    for j in T.vectorized(TILE_COLS):
+                        C[row, col + j] = scratch[t, r, j] + Bias[col + j]
+                else:
+                    for j in range(TILE_COLS):
+                        if col + j < n:
+                            C[row, col + j] = scratch[t, r, j] + Bias[col + j]
+
     w_shape = packed_shape(k, n)
 
     @T.prim_func(private=True)
@@ -108,23 +132,17 @@ def amx_dense(k: int, n: int, *, emulate: bool = False):
                     Abf[i, kc * 16 + kv] = T.if_then_else(
                         i < m and kc * 16 + kv < k,
                         to_bf16(A[T.min(i, m - 1), T.min(kc * 16 + kv, k - 1)]), T.uint16(0))
-        for pair in T.parallel(n_pad // BLOCK_COLS):  # one task per 32-column panel pair
+        # One task per (chunk of CHUNK_BLOCKS row blocks, 32-column panel pair), pairs inner: a
+        # thread's consecutive tasks reuse one chunk of A from L2 while B's panels stream past.
+        for task in T.parallel(_chunks(m) * pairs):
             cfg = T.decl_buffer((64,), "uint8", scope="local")
             scratch = T.decl_buffer((4, TILE_ROWS, TILE_COLS), "float32", scope="local")
             ops.configure(cfg)
-            for block in range(_blocks(m)):
-                ops.block(Abf, W, scratch, block * BLOCK_ROWS, pair * 2, k_pad)
-                for t, r in T.grid(4, TILE_ROWS):  # write-back: bias, and only the real rows/cols
-                    row = block * BLOCK_ROWS + t // 2 * TILE_ROWS + r
-                    col = pair * BLOCK_COLS + t % 2 * TILE_COLS
-                    if row < m:
-                        if col + TILE_COLS <= n:
-                            for j in T.vectorized(TILE_COLS):
-                                C[row, col + j] = scratch[t, r, j] + Bias[col + j]
-                        else:
-                            for j in range(TILE_COLS):
-                                if col + j < n:
-                                    C[row, col + j] = scratch[t, r, j] + Bias[col + j]
+            for inner in range(CHUNK_BLOCKS):
+                block = task // pairs * CHUNK_BLOCKS + inner
+                if block < _blocks(m):
+                    ops.block(Abf, W, scratch, block * BLOCK_ROWS, task % pairs * 2, k_pad)
+                    _write_back(C, Bias, scratch, block, task % pairs, m, n)
             ops.release()
 
     return dense
