@@ -6,6 +6,11 @@ top-1 agreement of every ``*logits`` output over its last axis, and routing agre
 can run is measured, so an fp32 build beside the bf16 one shows the fp32 baseline.
 
     python benchmarks/bf16_accuracy.py ART [ART ...] [--sizes 1x128 8x128] [--seeds 2]
+                                       [--generate 32]
+
+``--generate N``: for gpt artifacts with KV-cache graphs, greedy-generate N tokens from a few
+held-out prompts on ONNX Runtime (fp32, within 1e-6 of eager) and on each build, and report how
+many leading tokens every prompt keeps identical, and the share of identical tokens.
 """
 
 from __future__ import annotations
@@ -61,11 +66,33 @@ def measure(root: Path, sizes: list[tuple[int, int]], seeds: int) -> dict:
     return result
 
 
+def generation_agreement(root: Path, new_tokens: int, prompts: int = 4, prompt_len: int = 16) -> dict:
+    """Greedy continuations of each build against ONNX Runtime's (fp32)."""
+    manifest = Manifest.load(root)
+    if manifest.family != "gpt" or "decode" not in manifest.graphs:
+        return {}
+    vocab = manifest.config["vocab_size"]
+    rng = np.random.default_rng(HELD_OUT_SEED)
+    ids = [rng.integers(0, vocab, prompt_len).tolist() for _ in range(prompts)]
+    want = load(root, backend="ort").generate(ids, new_tokens).ids  # (P, N)
+    host, result = describe_host(), {}
+    for tag, build in manifest.builds.items():
+        if build.codegen_only or not can_run(build.requires, host)[0] or not build.graph_libs:
+            continue
+        got = load(root, target=tag).generate(ids, new_tokens).ids
+        same = np.asarray(got) == np.asarray(want)  # (P, N)
+        leading = [int(np.argmin(row)) if not row.all() else new_tokens for row in same]
+        result[f"{tag} ({build.precision})"] = {"min_identical_prefix": min(leading),
+                                               "identical_tokens": float(same.mean())}
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("artifacts", nargs="+", type=Path)
     parser.add_argument("--sizes", nargs="+", default=["1x128", "8x128"])
     parser.add_argument("--seeds", type=int, default=2, help="fresh cases per size")
+    parser.add_argument("--generate", type=int, default=0, help="greedy tokens to compare (gpt)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes]
@@ -76,6 +103,10 @@ def main() -> None:
             for name, row in outputs.items():
                 cells = " ".join(f"{k}={v:.3g}" for k, v in row.items())
                 print(f"{root.name:14s} {build:32s} {name:14s} {cells}")
+        if args.generate:
+            report[root.name]["generation"] = generation_agreement(root, args.generate)
+            for build, row in report[root.name]["generation"].items():
+                print(f"{root.name:14s} {build:32s} greedy {args.generate} tokens: {row}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
 
