@@ -86,10 +86,12 @@ def _chunks(rows):
     return (_blocks(rows) + CHUNK_BLOCKS - 1) // CHUNK_BLOCKS
 
 
-def amx_dense(k: int, n: int, *, emulate: bool = False):
-    """The PrimFunc ``(A (m, k) f32, W packed, bias (n,) f32, C (m, n) f32)``, m symbolic.
+def amx_dense(k: int, n: int, *, residual: bool = False, emulate: bool = False):
+    """The PrimFunc ``(A (m, k) f32, W packed, bias (n,) f32, [R (m, n) f32,] C (m, n) f32)``.
 
-    A matmul without a bias passes zeros: 4 bytes a column, and one kernel shape.
+    ``m`` is symbolic. ``C = A @ W + bias (+ R)``: with ``residual`` the write-back also adds R
+    (a transformer block's skip connection), saving a separate pass over the output. A matmul
+    without a bias passes zeros: 4 bytes a column, and one kernel shape.
     """
     from tvm.script import tirx as T
 
@@ -98,31 +100,28 @@ def amx_dense(k: int, n: int, *, emulate: bool = False):
     k_pad, n_pad = padded(k, TILE_K), padded(n, BLOCK_COLS)
     pairs = n_pad // BLOCK_COLS
     ops = tile_ops(emulate)
+    w_shape = packed_shape(k, n)
+
+    def _out(scratch, bias, res, t, r, j, row, col):
+        value = scratch[t, r, j] + bias[col + j]
+        return value + res[row, col + j] if residual else value  # resolved as the kernel is built
 
     @T.macro
-    def _write_back(C, Bias, scratch, block, pair, m, n):
+    def _write_back(C, Bias, R, scratch, block, pair, m):
         for t, r in T.grid(4, TILE_ROWS):  # the bias, and only the real rows and columns
             row = block * BLOCK_ROWS + t // 2 * TILE_ROWS + r
             col = pair * BLOCK_COLS + t % 2 * TILE_COLS
             if row < m:
                 if col + TILE_COLS <= n:
                     for j in T.vectorized(TILE_COLS):
-                        C[row, col + j] = scratch[t, r, j] + Bias[col + j]
+                        C[row, col + j] = _out(scratch, Bias, R, t, r, j, row, col)
                 else:
                     for j in range(TILE_COLS):
                         if col + j < n:
-                            C[row, col + j] = scratch[t, r, j] + Bias[col + j]
+                            C[row, col + j] = _out(scratch, Bias, R, t, r, j, row, col)
 
-    w_shape = packed_shape(k, n)
-
-    @T.prim_func(private=True)
-    def dense(a: T.handle, w: T.handle, b: T.handle, c: T.handle):
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        m = T.int64()
-        A = T.match_buffer(a, (m, k), "float32")
-        W = T.match_buffer(w, w_shape, "uint16")
-        Bias = T.match_buffer(b, (n,), "float32")
-        C = T.match_buffer(c, (m, n), "float32")
+    @T.macro
+    def _body(A, W, Bias, R, C, m):
         # (m rounded up to 32, K padded) bf16 bits; not a let-bound size: FlattenBuffer wants the
         # allocation's shape in terms of the parameters
         Abf = T.decl_buffer((_blocks(m) * BLOCK_ROWS, k_pad), "uint16")
@@ -142,10 +141,31 @@ def amx_dense(k: int, n: int, *, emulate: bool = False):
                 block = task // pairs * CHUNK_BLOCKS + inner
                 if block < _blocks(m):
                     ops.block(Abf, W, scratch, block * BLOCK_ROWS, task % pairs * 2, k_pad)
-                    _write_back(C, Bias, scratch, block, task % pairs, m, n)
+                    _write_back(C, Bias, R, scratch, block, task % pairs, m)
             ops.release()
 
-    return dense
+    @T.prim_func(private=True)
+    def dense(a: T.handle, w: T.handle, b: T.handle, c: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        m = T.int64()
+        A = T.match_buffer(a, (m, k), "float32")
+        W = T.match_buffer(w, w_shape, "uint16")
+        Bias = T.match_buffer(b, (n,), "float32")
+        C = T.match_buffer(c, (m, n), "float32")
+        _body(A, W, Bias, C, C, m)  # R unused without a residual
+
+    @T.prim_func(private=True)
+    def dense_residual(a: T.handle, w: T.handle, b: T.handle, r: T.handle, c: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        m = T.int64()
+        A = T.match_buffer(a, (m, k), "float32")
+        W = T.match_buffer(w, w_shape, "uint16")
+        Bias = T.match_buffer(b, (n,), "float32")
+        R = T.match_buffer(r, (m, n), "float32")
+        C = T.match_buffer(c, (m, n), "float32")
+        _body(A, W, Bias, R, C, m)
+
+    return dense_residual if residual else dense
 
 
 __all__ = ["AMX_CPU_FEATURES", "AMX_LLVM_ATTRS", "amx_dense", "bf16_bits", "bf16_round",

@@ -2,7 +2,8 @@
 
 Runs on the imported Relax module, before legalization. Every ``matmul(x, W)`` whose weight is a
 constant ``(K, N)`` fp32 matrix, with the ``+ bias`` that follows it when the bias is a constant
-``(N,)`` vector, becomes ``reshape(call_tir(amx_dense_KxN, [reshape(x, (m, K)), W_packed, bias]))``:
+``(N,)`` vector, becomes ``reshape(call_tir(amx_dense_KxN, [reshape(x, (m, K)), W_packed, bias]))``, and a residual
+``r + (x @ W + bias)`` of the same shape joins the kernel's write-back (``amx_dense_KxN_residual``):
 
 - ``W_packed`` is the weight rounded to bf16 and packed into the kernel's VNNI panels here, at
   build time, so the library embeds half the bytes of the fp32 weight.
@@ -73,17 +74,19 @@ class _Rewriter:
 
         self.builder = relax.BlockBuilder(mod)  # add_func gives GlobalVars typed as PrimFuncs
         self.emulate = emulate
-        self.kernels: dict = {}  # (K, N) -> GlobalVar of its kernel
+        self.kernels: dict = {}  # (K, N, residual) -> GlobalVar of its kernel
         self.count = 0
 
-    def kernel(self, k: int, n: int):
-        if (k, n) not in self.kernels:
-            self.kernels[(k, n)] = self.builder.add_func(amx_dense(k, n, emulate=self.emulate),
-                                                         f"amx_dense_{k}x{n}")
-        return self.kernels[(k, n)]
+    def kernel(self, k: int, n: int, residual: bool):
+        key = (k, n, residual)
+        if key not in self.kernels:
+            func = amx_dense(k, n, residual=residual, emulate=self.emulate)
+            name = f"amx_dense_{k}x{n}" + ("_residual" if residual else "")
+            self.kernels[key] = self.builder.add_func(func, name)
+        return self.kernels[key]
 
-    def dense(self, x, weight, bias):
-        """The bf16 replacement of ``x @ weight + bias`` (bias a constant or None)."""
+    def dense(self, x, weight, bias, residual=None):
+        """The bf16 replacement of ``x @ weight + bias (+ residual)`` (bias a constant or None)."""
         import numpy as np
         from tvm import relax, tirx
 
@@ -95,7 +98,10 @@ class _Rewriter:
         bias_const = bias if bias is not None else relax.const(np.zeros(n, np.float32))
         packed = relax.const(pack_weight(weight.value.numpy()))
         flat = relax.op.reshape(x, relax.ShapeExpr([rows, tirx.IntImm("int64", k)]))
-        out = relax.call_tir(self.kernel(k, n), [flat, packed, bias_const],
+        args = [flat, packed, bias_const]
+        if residual is not None:
+            args.append(relax.op.reshape(residual, relax.ShapeExpr([rows, tirx.IntImm("int64", n)])))
+        out = relax.call_tir(self.kernel(k, n, residual is not None), args,
                              relax.TensorType([rows, n], "float32"))
         self.count += 1
         return relax.op.reshape(out, relax.ShapeExpr([*lead, tirx.IntImm("int64", n)]))
@@ -105,6 +111,15 @@ def _bias_of(weight, bias) -> bool:
     info = bias.ty
     return (info.dtype == "float32" and info.ndim == 1
             and int(bias.value.numpy().shape[0]) == int(weight.value.numpy().shape[1]))
+
+
+def _is_skip(call, other) -> bool:
+    """Whether ``other`` is a same-shaped fp32 addend of ``call`` (no broadcast): a residual."""
+    import tvm_ffi
+
+    info = other.ty
+    return (getattr(info, "dtype", None) == "float32" and info.shape is not None
+            and call.ty.shape is not None and tvm_ffi.structural_equal(info.shape, call.ty.shape))
 
 
 def bf16_dense_matmuls(mod, *, emulate: bool = False):
@@ -117,6 +132,8 @@ def bf16_dense_matmuls(mod, *, emulate: bool = False):
     x, weight, bias = wildcard(), is_const(), is_const()
     matmul = is_op("relax.matmul")(x, weight)
     with_bias = is_op("relax.add")(matmul, bias)
+    skip = wildcard()
+    residuals = [is_op("relax.add")(skip, with_bias), is_op("relax.add")(with_bias, skip)]
     for gvar, func in list(mod.functions.items()):
         if not isinstance(func, relax.Function):
             continue
@@ -135,6 +152,14 @@ def bf16_dense_matmuls(mod, *, emulate: bool = False):
         def plain(call, matches):
             return rewriter.dense(matches[x], matches[weight], None) if eligible(matches) else call
 
+        def fuse_residual(call, matches):
+            if not (_is_skip(call, matches[skip]) and eligible(matches)
+                    and _bias_of(matches[weight], matches[bias])):
+                return call
+            return rewriter.dense(matches[x], matches[weight], matches[bias], matches[skip])
+
+        for pattern in residuals:
+            func = rewrite_call(pattern, fuse_residual, func)
         func = rewrite_call(with_bias, fuse_bias, func)
         func = rewrite_call(matmul, plain, func)
         rewritten[gvar] = func

@@ -18,19 +18,20 @@ HAS_AMX = {"amx_bf16", "amx_tile"} <= read_cpu_features()
 AMX_TARGET = {"kind": "llvm", "mcpu": "sapphirerapids", "num-cores": 2}
 
 
-def _build(k: int, n: int, *, emulate: bool, target: dict):
+def _build(k: int, n: int, *, emulate: bool, target: dict, residual: bool = False):
     import tvm
 
-    func = amx_dense(k, n, emulate=emulate).with_attr("global_symbol", "main")
+    func = amx_dense(k, n, residual=residual, emulate=emulate).with_attr("global_symbol", "main")
     return tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(target))
 
 
-def _run(lib, a, w, bias):
+def _run(lib, a, w, bias, residual=None):
     import tvm
 
     out = tvm.runtime.tensor(np.full((a.shape[0], w.shape[1]), np.nan, np.float32))
+    extra = [] if residual is None else [tvm.runtime.tensor(residual)]
     lib["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(pack_weight(w)),
-                tvm.runtime.tensor(bias), out)
+                tvm.runtime.tensor(bias), *extra, out)
     return out.numpy()
 
 
@@ -39,13 +40,15 @@ def _reference(a, w, bias):
     return bf16_round(a).astype(np.float64) @ bf16_round(w).astype(np.float64) + bias
 
 
-def _check_shapes(lib, k: int, n: int, rows: list[int]) -> None:
+def _check_shapes(lib, k: int, n: int, rows: list[int], residual: bool = False) -> None:
     rng = np.random.default_rng(k * 1000 + n)
     w = rng.standard_normal((k, n)).astype(np.float32)
     bias = rng.standard_normal(n).astype(np.float32)
     for m in rows:  # one build serves every row count: m is symbolic
         a = rng.standard_normal((m, k)).astype(np.float32)
-        got, want = _run(lib, a, w, bias), _reference(a, w, bias)
+        skip = rng.standard_normal((m, n)).astype(np.float32) if residual else None
+        got = _run(lib, a, w, bias, skip)
+        want = _reference(a, w, bias) + (0 if skip is None else skip)
         # fp32 accumulation of k exact bf16 products: error ~ k * 2^-24 * sum|a w|
         scale = np.abs(bf16_round(a)).astype(np.float64) @ np.abs(bf16_round(w)) + 1
         assert np.all(np.abs(got - want) <= 4 * k * 2.0 ** -24 * scale), (m, k, n)
@@ -72,6 +75,11 @@ def test_pack_weight_layout():
 def test_emulated_kernel_matches_numpy(k, n):
     lib = _build(k, n, emulate=True, target={"kind": "llvm", "num-cores": 2})
     _check_shapes(lib, k, n, rows=[1, 16, 31, 32, 37, 70, 200])  # 200: two row chunks
+
+
+def test_emulated_kernel_adds_the_residual():
+    lib = _build(40, 48, emulate=True, target={"kind": "llvm", "num-cores": 2}, residual=True)
+    _check_shapes(lib, 40, 48, rows=[5, 33], residual=True)
 
 
 def test_amx_kernel_uses_tile_instructions():
