@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 
 from forgeline.bench import BenchOptions, bench_artifact, profile_tvm_kernels
-from forgeline.bench_peers import bf16_build, openvino_precision
+from forgeline.bench.peers import bf16_build, openvino_precision
 from forgeline.runtime.errors import ForgelineError
 from forgeline.runtime.format import Manifest
 from forgeline.runtime.host import read_cpu_features

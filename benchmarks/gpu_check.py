@@ -61,7 +61,7 @@ def check_model(name: str, arch: str, args: argparse.Namespace, work: Path) -> d
     import numpy as np
     import torch
 
-    from forgeline.bench import BenchOptions, make_inputs
+    from forgeline.bench import BenchOptions, bench_inputs
     from forgeline.compile import CompileOptions, compile_artifact
     from forgeline.define import load_checkpoint
     from forgeline.export import ExportOptions, export_model
@@ -74,8 +74,7 @@ def check_model(name: str, arch: str, args: argparse.Namespace, work: Path) -> d
     compile_artifact(out, CompileOptions(target="cuda", arch=arch))  # checks golden on the GPU
     build_s = time.perf_counter() - started
     manifest = Manifest.load(out)
-    inputs = make_inputs(manifest.inputs, manifest.dim_limits,
-                         BenchOptions(batch=args.batch, seq=args.seq))
+    inputs = bench_inputs(manifest, BenchOptions(batch=args.batch, seq=args.seq))
     tvm_model = load(out, backend="tvm", target="cuda")
     eager = load_checkpoint(out / WEIGHTS_FILE).eval().cuda()
     torch_in = [torch.from_numpy(inputs[s.name]).cuda() for s in manifest.inputs]

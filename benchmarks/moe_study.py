@@ -44,8 +44,8 @@ import numpy as np
 import torch
 
 from forgeline.define import build_model, routing_stats
-from forgeline.define.data import load_corpus
-from forgeline.define.train import Trainer, TrainOptions, training_config
+from forgeline.train.data import load_corpus
+from forgeline.train.trainer import Trainer, TrainOptions, training_config
 
 log = logging.getLogger("moe_study")
 ROOT = Path(__file__).resolve().parents[1]

@@ -28,7 +28,7 @@ log = logging.getLogger("benchmarks")
 
 MODELS = ("gpt", "bert", "gpt-moe")
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SECONDS_PER_TRIAL = 0.6  # steady state per trial on 2 cores with compile/ms_fast.py (measured 0.5-0.6)
+SECONDS_PER_TRIAL = 0.6  # steady state per trial on 2 cores with compile/tuning/builder.py (measured 0.5-0.6)
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -80,11 +80,11 @@ def stock_tvm_ms(out: Path, batch: int, seq: int, iters: int = 3) -> float:
     import tvm
     from tvm.target import Target
 
-    from forgeline.bench import BenchOptions, make_inputs
+    from forgeline.bench import BenchOptions, bench_inputs
     from forgeline.compile.tvm_build import import_relax
     from forgeline.runtime.format import ONNX_FILE, Manifest
     from forgeline.runtime.model import select_build
-    from forgeline.runtime.tvm_executor import TvmExecutor
+    from forgeline.runtime.backends.tvm import TvmExecutor
 
     manifest = Manifest.load(out)
     target = Target(select_build(manifest, "cpu").target)
@@ -93,8 +93,7 @@ def stock_tvm_ms(out: Path, batch: int, seq: int, iters: int = 3) -> float:
         lib = Path(tmp) / "stock.so"
         executable.export_library(str(lib))
         executor = TvmExecutor(lib)
-        inputs = make_inputs(manifest.inputs, manifest.dim_limits,
-                             BenchOptions(batch=batch, seq=seq))
+        inputs = bench_inputs(manifest, BenchOptions(batch=batch, seq=seq))
         ordered = [inputs[n] for n in manifest.input_names()]
         executor.run(ordered)
         samples = []

@@ -20,8 +20,8 @@ from forgeline.runtime.kv_check import with_generation_rows
 from forgeline.runtime.model import load
 from forgeline.runtime.parity import raise_if_failed
 
+from .cpu.matmul import DECODE_ROWS
 from .cpu.precision import kernel_precision, precision_target
-from .cpu_matmul import DECODE_ROWS
 from .targets import resolve_target
 from .tuning import TuneOptions, tune_artifact
 from .tvm_build import build_tvm
@@ -45,7 +45,7 @@ def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(
                      tune: TuneOptions | None = None) -> Manifest:
     """Add a TVM build for ``options.target`` to the bundle or artifact at ``path``.
 
-    With ``tune``, also add a tuned static-shape build per bucket (compile/tuning.py).
+    With ``tune``, also add a tuned static-shape build per bucket (compile/tuning/).
     """
     root = Path(path)
     manifest = Manifest.load(root)
@@ -71,7 +71,8 @@ def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(
     build = BuildRecord(
         tag=spec.tag, kind=spec.kind, target=spec.target, requires=spec.requires, lib=rel(result.lib_file),
         codegen_only=result.codegen_only, note=note, build_seconds=round(result.seconds, 2),
-        precision=options.precision, tolerance=_tolerance_record(options.precision),
+        unscheduled=result.unscheduled, precision=options.precision,
+        tolerance=_tolerance_record(options.precision),
     )
     manifest.builds[spec.tag] = build
     for name in [result.lib_file, *result.extra_files]:

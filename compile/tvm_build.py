@@ -20,9 +20,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from forgeline.compile.cpu_defaults import cpu_pipeline
+from forgeline.compile.cpu.pipeline import cpu_pipeline
 from forgeline.compile.targets import TargetSpec
-from forgeline.runtime.errors import ArtifactError, CompileError, MissingDependencyError
+from forgeline.runtime.errors import ArtifactError, CompileError, MissingDependencyError, error_summary
 from forgeline.runtime.host import cuda_compute_capabilities
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ class TvmBuildResult:
     note: str  # one honest sentence on what was produced
     seconds: float  # wall time of the whole build
     extra_files: list[str] = field(default_factory=list)  # relative to out_dir
+    unscheduled: list[str] = field(default_factory=list)  # CPU kernels no schedule rule took
 
 
 def _import_compiler():
@@ -53,12 +54,6 @@ def _import_compiler():
     return onnx, tvm, from_onnx
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    # TVM errors end with the useful line; Python errors start with it.
-    return (lines[-1] if lines else type(exc).__name__)[:500].rstrip(".")
-
-
 def _import_onnx(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None):
     """Import the ONNX graph into Relax, weights embedded; ``shape_dict`` fixes input shapes."""
     onnx, tvm, from_onnx = _import_compiler()
@@ -67,7 +62,7 @@ def _import_onnx(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None
         model = onnx.load(str(onnx_path), load_external_data=True)
     except Exception as exc:  # noqa: BLE001 - onnx raises assorted errors for bad files
         raise ArtifactError(f"{onnx_path} is not a readable ONNX model with its external data "
-                            f"({_first_line(exc)}); export the bundle again.") from exc
+                            f"({error_summary(exc, last=True)}); export the bundle again.") from exc
     op_types = sorted({node.op_type for node in model.graph.node})
     try:
         mod = from_onnx(model, shape_dict=shape_dict, keep_params_in_input=False)
@@ -75,8 +70,8 @@ def _import_onnx(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None
         ops_named = [op for op in op_types if op in str(exc)]
         where = f" in ONNX op {', '.join(ops_named)}" if ops_named else ""
         raise CompileError(
-            f"TVM's ONNX importer failed{where}: {_first_line(exc)}. Rewrite that part of the "
-            "model (TVM-NOTES.md lists known importer limits) or report the op."
+            f"TVM's ONNX importer failed{where}: {error_summary(exc, last=True)}. Rewrite that part of the "
+            "model (docs/tvm-notes.md in the forgeline repository lists known importer limits) or report the op."
         ) from exc
     logger.info("Imported %s into Relax (%d op types) in %.2f s.", onnx_path.name,
                 len(op_types), time.perf_counter() - started)
@@ -88,21 +83,23 @@ def import_relax(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None
     return _import_onnx(Path(onnx_path), shape_dict)[1]
 
 
-def _compile(tvm, mod, spec: TargetSpec, gemm_rows: int | None = None, precision: str = "fp32"):
+def _compile(tvm, mod, spec: TargetSpec, gemm_rows: int | None = None,
+             unscheduled: list[str] | None = None, precision: str = "fp32"):
     from tvm.target import Target
 
     started = time.perf_counter()
     try:
         # For CUDA, relax.get_default_pipeline(target) includes dlight's GPU schedules (without
         # them a GPU build fails for unbound threads); for CPU it legalizes and fuses but
-        # schedules nothing, so llvm builds take forgeline's CPU defaults (compile/cpu_defaults).
+        # schedules nothing, so llvm builds take forgeline's CPU defaults (compile/cpu/pipeline.py).
         target = Target(spec.target)
-        pipeline = (cpu_pipeline(target, gemm_rows=gemm_rows, precision=precision)
+        pipeline = (cpu_pipeline(target, gemm_rows=gemm_rows, unscheduled=unscheduled,
+                                 precision=precision)
                     if spec.kind == "llvm" else "default")
         executable = tvm.compile(mod, target=target, relax_pipeline=pipeline)
     except Exception as exc:  # noqa: BLE001
         raise CompileError(f"TVM could not compile the model for {spec.tag}: "
-                           f"{_first_line(exc)}.") from exc
+                           f"{error_summary(exc, last=True)}.") from exc
     logger.info("Ran the Relax pipeline and codegen for %s in %.2f s.", spec.tag,
                 time.perf_counter() - started)
     return executable
@@ -231,7 +228,7 @@ def _export_cuda(executable, spec: TargetSpec, out_dir: Path) -> tuple[bool, str
                                              compiler="nvcc"))
     except Exception as exc:  # noqa: BLE001
         raise CompileError(f"nvcc could not compile the generated CUDA source for {arch}: "
-                           f"{_first_line(exc)}. The source is in {out_dir / CUDA_SOURCE_NAME}."
+                           f"{error_summary(exc, last=True)}. The source is in {out_dir / CUDA_SOURCE_NAME}."
                            ) from exc
     logger.info("nvcc compiled %d KiB of CUDA source to a %d KiB fatbin in %.2f s.",
                 len(source) // 1024, len(fatbin) // 1024, time.perf_counter() - started)
@@ -247,8 +244,8 @@ def build_tvm(onnx_path: Path, spec: TargetSpec, out_dir: Path, *,
               gemm_rows: int | None = None, precision: str = "fp32") -> TvmBuildResult:
     """Compile ``onnx_path`` for ``spec`` into ``out_dir/model.so`` (weights embedded).
 
-    ``gemm_rows`` fixes the CPU GEMM tile height (cpu_matmul.DECODE_ROWS for a decode graph);
-    ``precision`` is cpu_defaults.apply_cpu_defaults's ("bf16": dense layers on AMX).
+    ``gemm_rows`` fixes the CPU GEMM tile height (cpu.matmul.DECODE_ROWS for a decode graph);
+    ``precision`` is cpu.pipeline.apply_cpu_defaults's ("bf16": dense layers on AMX).
     """
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     if not onnx_path.is_file():
@@ -257,7 +254,8 @@ def build_tvm(onnx_path: Path, spec: TargetSpec, out_dir: Path, *,
     started = time.perf_counter()
     logger.info("Building %s for %s: %s", onnx_path, spec.tag, spec.target)
     tvm, mod = _import_onnx(onnx_path)
-    executable = _compile(tvm, mod, spec, gemm_rows, precision)
+    unscheduled: list[str] = []
+    executable = _compile(tvm, mod, spec, gemm_rows, unscheduled, precision)
     export_started = time.perf_counter()
     try:
         if spec.kind == "cuda":
@@ -270,13 +268,13 @@ def build_tvm(onnx_path: Path, spec: TargetSpec, out_dir: Path, *,
     except CompileError:
         raise
     except Exception as exc:  # noqa: BLE001
-        raise CompileError(f"Exporting the {spec.tag} library failed: {_first_line(exc)}. Check "
+        raise CompileError(f"Exporting the {spec.tag} library failed: {error_summary(exc, last=True)}. Check "
                            "that a C compiler (gcc) is on PATH.") from exc
     logger.info("Exported %s in %.2f s.", out_dir / LIB_NAME, time.perf_counter() - export_started)
     seconds = time.perf_counter() - started
     logger.info("Built %s in %.2f s: %s", spec.tag, seconds, note)
     return TvmBuildResult(lib_file=LIB_NAME, codegen_only=codegen_only, note=note,
-                          seconds=seconds, extra_files=extra)
+                          seconds=seconds, extra_files=extra, unscheduled=unscheduled)
 
 
 __all__ = ["TvmBuildResult", "build_tvm", "import_relax"]

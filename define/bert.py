@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 
 from .config import ForgelineModel, InputSpec, ModelConfig
-from .layers import Attention, activation_fn, make_ffn, padding_bias
+from .activations import activation_fn
+from .layers import Attention, make_ffn, padding_bias
 
 
 class Embeddings(nn.Module):
@@ -25,7 +26,7 @@ class Embeddings(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor):
-        pos = self.position_embeddings.weight[: input_ids.size(1)]  # (T, D), no arange (TVM-NOTES.md)
+        pos = self.position_embeddings.weight[: input_ids.size(1)]  # (T, D), no arange (docs/tvm-notes.md)
         x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids) + pos  # (B, T, D)
         return self.dropout(self.LayerNorm(x))
 

@@ -13,13 +13,14 @@ from pathlib import Path
 from forgeline.runtime.errors import ArtifactError, ConfigError
 
 from .config import ForgelineModel, ModelConfig
+from .registry import build_model
 
 log = logging.getLogger(__name__)
 
 CONFIG_KEY = "forgeline.config"
 
 
-def _unique_state(model: ForgelineModel) -> tuple[dict, dict[str, str]]:
+def unique_state(model: ForgelineModel) -> tuple[dict, dict[str, str]]:
     """state_dict without aliases; returns (tensors, {alias: kept_name})."""
     tensors, aliases, seen = {}, {}, {}
     for name, tensor in model.state_dict().items():
@@ -35,7 +36,7 @@ def _unique_state(model: ForgelineModel) -> tuple[dict, dict[str, str]]:
 def save_checkpoint(model: ForgelineModel, path) -> None:
     from safetensors.torch import save_file
 
-    tensors, aliases = _unique_state(model)
+    tensors, aliases = unique_state(model)
     metadata = {CONFIG_KEY: model.config.to_json(), "forgeline.tied": json.dumps(aliases)}
     save_file(tensors, str(path), metadata=metadata)
     log.info("saved %s checkpoint to %s (%d tensors, %d tied)", model.config.name, path, len(tensors), len(aliases))
@@ -44,8 +45,6 @@ def save_checkpoint(model: ForgelineModel, path) -> None:
 def load_checkpoint(path) -> ForgelineModel:
     from safetensors import safe_open
     from safetensors.torch import load_file
-
-    from .registry import build_model
 
     path = Path(path)
     if not path.is_file():
@@ -63,7 +62,7 @@ def load_checkpoint(path) -> ForgelineModel:
     except (ConfigError, ValueError, TypeError) as exc:
         raise ArtifactError(f"checkpoint {path} holds an invalid config: {exc}") from exc
     model = build_model(config)
-    _, aliases = _unique_state(model)  # names the fresh model ties; they need no tensor in the file
+    _, aliases = unique_state(model)  # names the fresh model ties; they need no tensor in the file
     expected = set(model.state_dict()) - set(aliases)
     missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
     if missing or unexpected:

@@ -9,7 +9,11 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from forgeline.runtime.errors import ConfigError, InputError
+from forgeline.runtime.errors import ConfigError
+from forgeline.runtime.format import TensorSpec
+from forgeline.runtime.inputs import random_inputs
+
+from .moe import Experts, MoE
 
 FAMILIES = ("transformer", "bert", "gpt")
 ROUTERS = ("none", "expert_choice", "token_choice")
@@ -122,8 +126,6 @@ class ForgelineModel(nn.Module):
 
     def moe_layers(self) -> list[nn.Module]:
         """MoE modules in routing-output order (encoder before decoder)."""
-        from .moe import MoE
-
         return [m for m in self.modules() if isinstance(m, MoE)]
 
     def output_names(self) -> list[str]:
@@ -136,22 +138,12 @@ class ForgelineModel(nn.Module):
 
     def example_inputs(self, dims: dict[str, int], generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         """Valid random inputs, in input_specs order, for the given symbolic dim sizes."""
-        limits = self.dim_limits()
-        for name, limit in limits.items():
-            if name not in dims:
-                raise InputError(f"example_inputs needs a size for dim {name!r}; got dims {dims}.")
-            if dims[name] < 1 or (limit is not None and dims[name] > limit):
-                raise InputError(f"dim {name}={dims[name]} is outside 1..{limit or 'unbounded'}.")
-        tensors = []
-        for spec in self.input_specs():
-            shape = tuple(dims[d] for d in spec.dims)
-            lo, hi = spec.value_range if spec.value_range is not None else (0, 2)
-            tensors.append(torch.randint(lo, hi, shape, generator=generator, dtype=getattr(torch, spec.dtype)))
-        return tuple(tensors)
+        specs = [TensorSpec(s.name, s.dtype, s.dims, s.value_range) for s in self.input_specs()]
+        seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))  # one draw: the generator moves on
+        arrays = random_inputs(specs, dims, seed, limits=self.dim_limits())
+        return tuple(torch.from_numpy(arrays[s.name]) for s in specs)
 
     def _init_weights(self, module: nn.Module):
-        from .moe import Experts
-
         std = self.config.init_std
         if isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=std)

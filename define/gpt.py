@@ -58,7 +58,7 @@ class GPT(ForgelineModel):
 
     def forward(self, input_ids: torch.Tensor):
         T = input_ids.size(1)
-        # Slicing tables (not arange) keeps one symbolic seq length in the graph (TVM-NOTES.md).
+        # Slicing tables (not arange) keeps one symbolic seq length in the graph (docs/tvm-notes.md).
         # A KV cache would slice [past:past+T] here and concatenate past k/v in Attention.
         pos = self.wpe.weight[:T]  # (T, D)
         bias = self.causal_bias[:T, :T]  # (T, T)

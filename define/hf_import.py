@@ -21,6 +21,7 @@ import torch
 
 from forgeline.runtime.errors import ArtifactError, ConfigError
 
+from .checkpoint import unique_state
 from .config import ForgelineModel, ModelConfig
 from .registry import build_model
 
@@ -147,8 +148,6 @@ def import_state(layout: Layout, hf_state: dict[str, torch.Tensor], model: Forge
 
     Raises ArtifactError naming every missing and unexpected key, and every shape that differs.
     """
-    from .checkpoint import _unique_state
-
     n_layers = model.config.n_layers
     state = _normalise_keys(layout, hf_state)
     table = mapping_table(layout, n_layers)
@@ -171,7 +170,7 @@ def import_state(layout: Layout, hf_state: dict[str, torch.Tensor], model: Forge
     converted = _convert(layout, state, table, n_layers)
     _check_shapes(converted, model.state_dict(), source)
     _check_tied(tied, state, converted, source)
-    _, aliases = _unique_state(model)
+    _, aliases = unique_state(model)
     buffers = {name for name, _ in model.named_buffers()}
     unloaded = sorted(set(model.state_dict()) - set(converted) - set(aliases) - buffers)
     unloaded = [n for n in unloaded if not fresh(n)]

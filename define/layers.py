@@ -13,16 +13,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .activations import activation_fn
+from .moe import MoE
+
 NEG_INF = -1e9  # additive mask value: exp() of it underflows to exactly 0 in fp32, and never NaNs
-
-
-def activation_fn(name: str):
-    """The FFN nonlinearity by config name."""
-    if name == "relu":
-        return F.relu
-    if name == "gelu_tanh":  # GPT-2's "gelu_new"
-        return lambda x: F.gelu(x, approximate="tanh")
-    return F.gelu
 
 
 def causal_bias(max_positions: int) -> torch.Tensor:
@@ -112,7 +106,5 @@ class FeedForward(nn.Module):
 def make_ffn(config, layer_index: int, causal: bool) -> nn.Module:
     """MoE in layers (moe_every-1, 2*moe_every-1, ...) when the config has a router, else dense."""
     if config.router != "none" and (layer_index + 1) % config.moe_every == 0:
-        from .moe import MoE
-
         return MoE(config, causal=causal)
     return FeedForward(config)

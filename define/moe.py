@@ -2,7 +2,7 @@
 
 Both routers are written so that the ONNX graph has no TopK, no arange and no shape arithmetic,
 which is what TVM's ONNX importer needs to compile them with a dynamic batch and sequence
-(see TVM-NOTES.md):
+(see docs/tvm-notes.md):
 
 - selection is a *rank formulation*: an item is selected when fewer than ``k`` items beat it,
   counted by pairwise comparison with ties broken by index, so ``k`` may be a tensor;
@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .layers import activation_fn
+from .activations import activation_fn
 
 _PAD_SCORE = -1.0  # softmax scores lie in [0, 1], so a padding token ranks below every real token
 

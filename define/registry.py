@@ -13,7 +13,10 @@ import torch
 
 from forgeline.runtime.errors import ConfigError, UnknownModelError
 
+from .bert import BERT
 from .config import ForgelineModel, ModelConfig
+from .gpt import GPT
+from .transformer import Transformer
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +95,6 @@ def get_config(name: str, preset: str = "tiny", **overrides) -> ModelConfig:
 
 
 def _model_class(family: str):
-    from .bert import BERT
-    from .gpt import GPT
-    from .transformer import Transformer
-
     return {"transformer": Transformer, "bert": BERT, "gpt": GPT}[family]
 
 

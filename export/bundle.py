@@ -29,6 +29,7 @@ from forgeline.runtime.format import (
 )
 from forgeline.runtime.golden import GoldenCase, save_golden
 from forgeline.runtime.kv_check import with_generation_rows
+from forgeline.runtime.parity import raise_if_failed
 from forgeline.runtime.model import load
 
 from .eager import case_sizes, golden_dims, make_case, output_specs
@@ -83,6 +84,7 @@ def record_ort_parity(root: Path, manifest: Manifest) -> None:
     manifest.stages[ORT_STAGE] = with_generation_rows(model.selfcheck(), model)
     manifest.save(root)
     log.info("ONNX Runtime vs eager: %s", "pass" if manifest.stages[ORT_STAGE].passed else "FAIL")
+    raise_if_failed(manifest.stages[ORT_STAGE])  # the failed measurement stays in the manifest
 
 
 def _ship_tokenizer(out: Path, model: ForgelineModel, options: ExportOptions) -> str | None:

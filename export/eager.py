@@ -10,6 +10,7 @@ import torch
 from forgeline.define import ForgelineModel
 from forgeline.runtime.format import TensorSpec, symbolic_sizes
 from forgeline.runtime.golden import GoldenCase
+from forgeline.runtime.inputs import symbolic_dims
 
 # Golden shapes: batch 1 (a decoder MoE group of one token) and batch 3, at sequence lengths that
 # differ from the trace sizes and from each other, so one dynamic build is proven at two shapes.
@@ -20,7 +21,7 @@ GOLDEN_SEQ = (11, 24, 5, 17)
 def golden_dims(model: ForgelineModel, index: int) -> dict[str, int]:
     dims: dict[str, int] = {}
     limits = model.dim_limits()
-    names = dict.fromkeys(d for s in model.input_specs() for d in s.dims if isinstance(d, str))
+    names = symbolic_dims(model.input_specs())
     for offset, name in enumerate(names):
         if name == "batch":
             dims[name] = GOLDEN_BATCH[index % len(GOLDEN_BATCH)]

@@ -12,7 +12,7 @@ Transformer (encoder-decoder):
 ``present`` stacks every layer's k and v, (L, 2, batch, nh, length, hs), so a cache is one array.
 The decode graph never computes a length from shapes: past+1 comes from a concatenation and the
 new position from the mask (GPT) or the cache (Transformer), which keeps one symbolic ``past``
-that TVM can tie (TVM-NOTES.md). BERT has no generation graphs.
+that TVM can tie (docs/tvm-notes.md). BERT has no generation graphs.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 
 from forgeline.define import ForgelineModel
-from forgeline.runtime.errors import ExportError
+from forgeline.runtime.errors import ExportError, error_summary
 from forgeline.runtime.format import GraphSpec, TensorSpec
 
-from .onnx_export import _first_line, check_onnx
+from .onnx_export import check_onnx
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,6 @@ def _export(model: ForgelineModel, graph: _Graph, path: Path) -> None:
                 dynamic_shapes={"args": dynamic_shapes}, external_data=True, verbose=False,
             )
     except Exception as exc:  # the exporter raises many internal types; the user needs one sentence
-        raise ExportError(f"exporting the {graph.name} graph of {model.config.name} failed: {_first_line(exc)}") from exc
+        raise ExportError(f"exporting the {graph.name} graph of {model.config.name} failed: {error_summary(exc)}") from exc
     log.info("exported the %s graph in %.1f s", graph.name, time.perf_counter() - start)
     check_onnx(path)

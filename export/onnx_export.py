@@ -2,7 +2,7 @@
 
 The dynamo exporter is required, not a preference: the legacy TorchScript exporter writes
 ``index_add`` as ScatterElements without reduction, which is silently wrong when two experts pick
-the same token (TVM-NOTES.md).
+the same token (docs/tvm-notes.md).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from forgeline.runtime.errors import ExportError
+from forgeline.runtime.errors import ExportError, error_summary
 from forgeline.runtime.format import ONNX_FILE
+from forgeline.runtime.inputs import symbolic_dims
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def trace_dims(dim_names: list[str], dim_limits: dict[str, int | None]) -> dict[
 def export_onnx(model: torch.nn.Module, out_dir: Path, dim_limits: dict[str, int | None]) -> Path:
     """Export ``model`` (a forgeline.define model) to ``out_dir/model.onnx`` with dynamic dims."""
     specs = model.input_specs()
-    dim_names = list(dict.fromkeys(d for s in specs for d in s.dims if isinstance(d, str)))
+    dim_names = symbolic_dims(specs)
     torch_dims = {n: torch.export.Dim(n, min=1, max=dim_limits.get(n) or 1 << 20) for n in dim_names}
     dynamic_shapes = tuple(
         {axis: torch_dims[d] for axis, d in enumerate(s.dims) if isinstance(d, str)} for s in specs
@@ -62,7 +63,7 @@ def export_onnx(model: torch.nn.Module, out_dir: Path, dim_limits: dict[str, int
                 verbose=False,
             )
     except Exception as exc:  # the exporter raises many internal types; the user needs one sentence
-        raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {_first_line(exc)}") from exc
+        raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {error_summary(exc)}") from exc
     log.info("exported in %.1f s", time.perf_counter() - start)
     check_onnx(path)
     return path
@@ -75,10 +76,5 @@ def check_onnx(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
-        raise ExportError(f"the exported graph fails the ONNX checker: {_first_line(exc)}") from exc
+        raise ExportError(f"the exported graph fails the ONNX checker: {error_summary(exc)}") from exc
     log.info("ONNX checker and shape inference passed")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

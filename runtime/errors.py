@@ -50,3 +50,15 @@ class ParityError(ForgelineError):
 
 class MissingDependencyError(ForgelineError, ImportError):
     """An optional dependency that this path needs is not installed."""
+
+
+def error_summary(exc: BaseException, *, last: bool = False, limit: int = 500) -> str:
+    """One line of another library's exception, to quote inside a sentence of ours.
+
+    Python errors put the useful line first; TVM's C++ errors put a backtrace first and the
+    message last, so ``last=True`` takes the final non-empty line.
+    """
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return (lines[-1] if last else lines[0])[:limit].rstrip(".")

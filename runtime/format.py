@@ -150,6 +150,7 @@ class BuildRecord:
     # {dims, lib, trials, tasks_tuned, tasks_default, tuning_seconds, database_sha256}. The
     # runtime serves one when every symbolic dim of a call equals its dims exactly.
     buckets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unscheduled: list[str] = field(default_factory=list)  # kernels no CPU schedule took (naive loops)
     precision: str = "fp32"  # of the matmuls: "fp32" or "bf16" (routers, norms, softmax stay fp32)
     tolerance: dict[str, float] = field(default_factory=dict)  # {atol, rtol} this build is held to
 

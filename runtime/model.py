@@ -86,20 +86,20 @@ class Model:
         return stage_record(self.stage, rows, self.tolerance)
 
     def fill_mask(self, text_or_ids, top_k: int = 5, mask_id: int | None = None):
-        """BERT: for each [MASK], the top_k tokens with probabilities (see tasks_bert.fill_mask)."""
-        from .tasks_bert import fill_mask
+        """BERT: for each [MASK], the top_k tokens with probabilities (see runtime/tasks/bert.py)."""
+        from .tasks.bert import fill_mask
 
         return fill_mask(self, text_or_ids, top_k=top_k, mask_id=mask_id)
 
     def next_sentence(self, a, b) -> float:
         """BERT: the probability that sentence b follows sentence a (texts or id lists)."""
-        from .tasks_bert import next_sentence
+        from .tasks.bert import next_sentence
 
         return next_sentence(self, a, b)
 
     def embed(self, texts, normalize: bool = True) -> np.ndarray:
         """BERT: (N, D) mean-pooled sentence embeddings, L2-normalised (sentence-transformers style)."""
-        from .tasks_bert import embed
+        from .tasks.bert import embed
 
         return embed(self, texts, normalize=normalize)
 
@@ -114,7 +114,7 @@ class Model:
 
     def run_graph(self, name: str, **arrays: np.ndarray) -> dict[str, np.ndarray]:
         """Run an extra graph of the artifact (manifest.graphs, e.g. "prefill", "decode") on this backend."""
-        from .generate import graph_spec, open_graph
+        from .tasks.graphs import graph_spec, open_graph
 
         spec = graph_spec(self.manifest, name)
         if name not in self._graphs:
@@ -123,14 +123,14 @@ class Model:
         return dict(zip([o.name for o in spec.outputs], self._graphs[name].run(ordered)))
 
     def generate(self, prompt, max_new_tokens: int = 32, **options):
-        """GPT: continue prompt(s) with the KV cache; see runtime/generate.generate for the options."""
-        from .generate import generate
+        """GPT: continue prompt(s) with the KV cache; see runtime/tasks/generate.py for the options."""
+        from .tasks.generate import generate
 
         return generate(self, prompt, max_new_tokens, **options)
 
     def translate(self, src, max_new_tokens: int = 32, **options):
-        """Transformer: greedy translation of source(s); see runtime/generate.translate."""
-        from .generate import translate
+        """Transformer: greedy translation of source(s); see runtime/tasks/translate.py."""
+        from .tasks.translate import translate
 
         return translate(self, src, max_new_tokens, **options)
 
@@ -150,18 +150,18 @@ def load(path: str | os.PathLike[str], backend: str = "tvm", target: str | None 
     manifest = Manifest.load(root)
     manifest.verify_files(root)
     if backend == "ort":
-        from .ort_executor import OrtExecutor
+        from .backends.ort import OrtExecutor
 
         return Model(root, manifest, backend, OrtExecutor(_onnx_path(root, manifest)), None)
     build = select_build(manifest, target)
-    from .tvm_executor import TvmExecutor
+    from .backends.tvm import TvmExecutor
 
     device = build.device
     log.info("loading TVM build %s for %s", build.tag, manifest.name)
     if needs_amx(build.requires):
         request_amx_permission()  # before the first tile instruction, or the process gets SIGILL
     if build.buckets:  # tuned static-shape builds: dispatch by shape, the dynamic lib as fallback
-        from .dispatch import BucketedExecutor
+        from .backends.buckets import BucketedExecutor
 
         return Model(root, manifest, backend, BucketedExecutor(root, build, manifest.inputs, device), build)
     return Model(root, manifest, backend, TvmExecutor(root / build.lib, device=device), build)

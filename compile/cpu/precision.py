@@ -56,7 +56,7 @@ def precision_target(spec: TargetSpec, precision: str, *, host_features: frozens
 
 
 def kernel_precision(precision: str, emulate_amx: bool) -> str:
-    """The pipeline's precision switch (cpu_defaults.apply_cpu_defaults)."""
+    """The pipeline's precision switch (cpu.pipeline.apply_cpu_defaults)."""
     return f"{precision}-emulated" if precision != "fp32" and emulate_amx else precision
 
 

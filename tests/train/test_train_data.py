@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from forgeline.define.data import clm_batch, default_corpus_path, load_corpus, mlm_batch, seq2seq_batch, step_generator
-from forgeline.define.objectives import IGNORE
+from forgeline.train.data import clm_batch, default_corpus_path, load_corpus, mlm_batch, seq2seq_batch, step_generator
+from forgeline.train.objectives import IGNORE
 from forgeline.runtime.tokenizer import BYTE_SPECIALS
 
 

@@ -7,8 +7,8 @@ import torch
 
 from forgeline.cli import main
 from forgeline.define import build_model, load_checkpoint
-from forgeline.define.data import load_corpus
-from forgeline.define.train import Trainer, TrainOptions, fit, state_path, training_config
+from forgeline.train.data import load_corpus
+from forgeline.train.trainer import Trainer, TrainOptions, fit, state_path, training_config
 from forgeline.runtime.errors import ConfigError
 
 

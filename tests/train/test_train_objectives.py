@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from forgeline.define.objectives import (IGNORE, MaskingOptions, causal_lm_loss, mask_tokens, mlm_loss, nsp_loss,
+from forgeline.train.objectives import (IGNORE, MaskingOptions, causal_lm_loss, mask_tokens, mlm_loss, nsp_loss,
                                          nsp_pairs, seq2seq_loss, teacher_forcing_inputs)
-from forgeline.define.train import TrainOptions, lr_at
+from forgeline.train.trainer import TrainOptions, lr_at
 
 SIGMAS = 5.0  # tolerance of a rate test in binomial standard deviations
 

@@ -1,0 +1,165 @@
+"""Fast-without-tuning CPU builds: default schedules for every kernel TVM leaves unscheduled.
+
+TVM 0.27's default Relax pipeline for ``llvm`` legalizes and fuses but schedules nothing, so every
+kernel is a naive single-threaded loop nest (gpt-small: ~840 ms against ONNX Runtime's ~8 ms).
+Measured on the project's 2-core benchmark machine, three things close most of that gap:
+
+1. **Matmuls get a register-blocked GEMM schedule** (matmul.py) with their bias/GELU/
+   residual epilogue fused in and their constant weights packed into column panels at build
+   time (weights.py). It covers dense projections, attention's batched QK^T and PV, and the
+   MoE experts' stacked matmuls, at symbolic batch and sequence sizes.
+2. **exp/tanh/erf are vectorizable polynomials** (fast_math.py): LLVM otherwise calls libm
+   once per lane in GELU and softmax.
+3. **The rest gets dlight-style CPU rules.** Reductions (softmax, layer norm) take dlight's CPU
+   ``Reduction`` rule (rows in parallel, vectorized injective parts) and every other kernel
+   takes ``ParallelFallback`` below (inline injective producers, fuse the spatial loops,
+   parallelize the outer part and vectorize the inner part at the target's SIMD width).
+
+``offload_matmul=True`` keeps the earlier design, where every fp32 matmul became a call to
+``forgeline.cpu.matmul`` on numpy's OpenBLAS (runtime/backends/cpu_kernels.py): one BLAS thread, because
+OpenBLAS's spinning workers fight TVM's thread pool on a small machine. The GEMM schedule beat it
+on the whole model (gpt-small 29 -> 18 ms) by using both cores, fusing the epilogue and saving a
+Python call per matmul. The pipeline is the default CPU one with these steps inserted; see
+``cpu_pipeline``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from forgeline.runtime.backends.cpu_kernels import MATMUL_FUNC
+
+from .bf16 import bf16_dense_matmuls
+from .fast_math import fast_math
+from .matmul import matmul_rule
+from .rules import fallback_rule, row_reduction_rule
+from .weights import fold_packed_weights, mark_weight_operands
+
+logger = logging.getLogger(__name__)
+
+
+def offload_matmuls(mod):
+    """Rewrite every fp32 ``R.matmul`` in the Relax functions of ``mod`` to the BLAS kernel."""
+    from tvm import relax
+    from tvm.relax.dpl import is_op, rewrite_call, wildcard
+
+    mod = mod.clone()  # the rewrite replaces functions in place; leave the caller's module be
+    lhs, rhs = wildcard(), wildcard()
+    pattern = is_op("relax.matmul")(lhs, rhs)
+    count = 0
+
+    def rewrite(call, matches):
+        nonlocal count
+        out_ty = call.ty
+        if getattr(out_ty, "dtype", None) != "float32" or any(
+                getattr(matches[x].ty, "dtype", None) != "float32" for x in (lhs, rhs)):
+            return call  # OpenBLAS sgemm is fp32 only; other dtypes keep TVM's kernel
+        count += 1
+        return relax.call_dps_packed(MATMUL_FUNC, [matches[lhs], matches[rhs]], out_ty=out_ty)
+
+    for gvar, func in list(mod.functions.items()):
+        if isinstance(func, relax.Function):
+            mod[gvar] = rewrite_call(pattern, rewrite, func)
+    logger.info("Handed %d fp32 matmuls to %s (OpenBLAS).", count, MATMUL_FUNC)
+    return mod
+
+
+def schedule_matmul_kernels(mod, target):
+    """Give only the matmul kernels their default schedule, weights marked for packing.
+
+    The tuning flow calls this on the fused module so that MetaSchedule skips the matmuls
+    (they come back marked ``tirx.is_scheduled``) and spends its trials on the rest. The weight
+    marks stay on the other kernels too, so MetaSchedule may re-lay their weights (layer norm's
+    gamma/beta); ``fold_packed_weights`` folds those copies as well.
+    """
+    from tvm.s_tir import dlight as dl
+
+    with target:
+        return dl.ApplyDefaultSchedule(matmul_rule())(mark_weight_operands(mod))
+
+
+def schedule_cpu_kernels(mod, target, *, gemm_rows: int | None = None):
+    """Give every unscheduled PrimFunc of ``mod`` a default CPU schedule (no tuning).
+
+    ``gemm_rows`` fixes the GEMM tile height (cpu.matmul.DECODE_ROWS for decode graphs).
+    """
+    from tvm.s_tir import dlight as dl
+
+    # dlight's own CPU Reduction rule takes the reductions the row rule does not (layer norm's
+    # per-row mean, with one axis fewer than its other stages).
+    rules = [matmul_rule(gemm_rows), row_reduction_rule(), dl.cpu.Reduction(), fallback_rule()]
+    with target:
+        return dl.ApplyDefaultSchedule(*rules)(mod)
+
+
+def unscheduled_kernels(mod) -> list[str]:
+    """Names of the PrimFuncs no rule scheduled: they run as naive loops, about 100x slower."""
+    import tvm
+
+    return sorted(gvar.name_hint for gvar, func in mod.functions.items()
+                  if isinstance(func, tvm.tirx.PrimFunc) and not (func.attrs and func.attrs.get("tirx.is_scheduled")))
+
+
+def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: int | None = None,
+                       precision: str = "fp32"):
+    """Make ``mod`` fast on an llvm ``target`` without tuning; returns the transformed module.
+
+    Input: a Relax IRModule as the ONNX importer gives it (high-level ops, symbolic shapes
+    allowed). Output: the module with fast exp/tanh/erf, legalized and fused (the default CPU
+    pipeline's dispatch and legalize passes), every PrimFunc given a schedule and marked
+    ``tirx.is_scheduled`` and constant weights of matmuls packed. With ``offload_matmul`` the
+    fp32 matmuls go to ``forgeline.cpu.matmul`` (OpenBLAS) instead of the GEMM schedule. Run the
+    default CPU pipeline's dataflow-lowering and finalization passes after it
+    (``cpu_pipeline`` does).
+
+    With tuning: dlight skips PrimFuncs already marked ``tirx.is_scheduled`` (as
+    ``MetaScheduleApplyDatabase`` marks tuned ones), and MetaSchedule's task extraction skips
+    them too. The tuning flow (compile/tuning/search.py) therefore fuses the module, schedules only the
+    matmuls (``schedule_matmul_kernels``) unless they are to be tuned, tunes the rest, applies
+    its database, and then gives what is left these defaults.
+    """
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    if target.kind.name != "llvm":
+        raise ValueError(f"apply_cpu_defaults is for llvm targets, not {target.kind.name}.")
+    if offload_matmul:
+        mod = offload_matmuls(mod)
+    if precision != "fp32":
+        mod = bf16_dense_matmuls(mod, emulate=precision == "bf16-emulated")
+    mod = fast_math(mod)
+    with target:
+        mod = tvm.transform.Sequential(cpu_generic.library_dispatch_passes(target)
+                                       + cpu_generic.legalize_passes(target))(mod)
+        mod = mark_weight_operands(mod)
+        return fold_packed_weights(schedule_cpu_kernels(mod, target, gemm_rows=gemm_rows))
+
+
+def cpu_pipeline(target, *, offload_matmul: bool = False, gemm_rows: int | None = None,
+                 unscheduled: list[str] | None = None, precision: str = "fp32"):
+    """The default Relax CPU pipeline with ``apply_cpu_defaults`` in place of its first half.
+
+    Kernels left without a schedule are logged as a warning and appended to ``unscheduled``.
+    """
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    @tvm.transform.module_pass(opt_level=0, name="ForgelineCpuPipeline")
+    def _pipeline(mod, _ctx):
+        mod = apply_cpu_defaults(mod, target, offload_matmul=offload_matmul, gemm_rows=gemm_rows,
+                                 precision=precision)
+        missed = unscheduled_kernels(mod)
+        if missed:
+            logger.warning("%d kernel(s) got no CPU schedule and will run as naive loops: %s",
+                           len(missed), ", ".join(missed))
+        if unscheduled is not None:
+            unscheduled.extend(missed)
+        with target:
+            return tvm.transform.Sequential(cpu_generic.dataflow_lower_passes(target)
+                                            + cpu_generic.finalize_passes(target))(mod)
+
+    return _pipeline
+
+
+__all__ = ["apply_cpu_defaults", "cpu_pipeline", "offload_matmuls", "schedule_cpu_kernels", "unscheduled_kernels",
+           "schedule_matmul_kernels"]

@@ -1,0 +1,101 @@
+"""Build, record and check one tuned library per shape bucket (the work behind ``tune_artifact``).
+
+Each bucket build is checked before the artifact keeps it: on random valid inputs at the bucket's
+shape it must match ONNX Runtime (the reference the export stage already matched against eager
+PyTorch) within the artifact's tolerance. The result goes to ``manifest.stages`` under
+``tvm/<tag>/<bucket>``; a bucket that misses is removed again and the failure raised.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from forgeline.runtime.format import ONNX_FILE, TVM_DIR, BuildRecord, Manifest, StageRecord
+from forgeline.runtime.inputs import random_inputs
+from forgeline.runtime.parity import compare_outputs, raise_if_failed, stage_record
+
+from .database import TuningDatabase
+from .builder import limit_tensor_intrinsics
+from .options import ResolvedTuning, bucket_key
+from ..tvm_build import import_relax
+
+logger = logging.getLogger(__name__)
+
+CHECK_CASES = 2  # random input sets per bucket check
+CHECK_SEED = 2_000  # seeds the golden and fresh cases never use
+
+
+def tune_buckets(root: Path, manifest: Manifest, build: BuildRecord, tuning: ResolvedTuning) -> Manifest:
+    """Tune, export and check every bucket of ``tuning`` for ``build``; returns the manifest."""
+    # Before MetaSchedule's TuneContext imports every target's tensor intrinsics (~28 s).
+    limit_tensor_intrinsics(build.requires.get("arch", ""))
+    from tvm.target import Target
+
+    from .search import SearchSettings
+
+    settings = SearchSettings(trials=tuning.trials, max_trials_per_task=tuning.max_trials_per_task,
+                              timeout_s=tuning.timeout_s, rpc=tuning.rpc, seed=tuning.seed,
+                              tune_matmuls=tuning.tune_matmuls)
+    db = TuningDatabase(tuning.database)
+    for index, dims in enumerate(tuning.buckets, 1):
+        logger.info("bucket %d/%d: %s", index, len(tuning.buckets), bucket_key(dims))
+        _tune_bucket(root, manifest, build, dims, db, Target(build.target), settings)
+    return manifest
+
+
+def _tune_bucket(root, manifest: Manifest, build: BuildRecord, dims: dict[str, int],
+                 db: TuningDatabase, target, settings) -> None:
+    from .search import tune_module
+
+    key = bucket_key(dims)
+    shapes = {s.name: [dims[d] if isinstance(d, str) else d for d in s.dims] for s in manifest.inputs}
+    mod = import_relax(root / ONNX_FILE, shapes)
+    with db.locked():
+        tuned = tune_module(mod, target, db, settings)
+        database_sha = db.sha256()
+    lib = f"{TVM_DIR}/{build.tag}/bucket-{key}.so"
+    tuned.executable.export_library(str(root / lib))
+    build.buckets[key] = {
+        "dims": dict(dims), "lib": lib, "trials": tuned.trials, "reused_trials": tuned.reused_trials,
+        "tasks_tuned": tuned.tasks_tuned, "tasks_default": tuned.tasks_default,
+        "gemm_schedule": tuned.gemm_schedule,
+        "tuning_seconds": round(tuned.seconds, 2), "database": str(db.folder),
+        "database_sha256": database_sha,
+    }
+    manifest.record_file(root, lib)
+    manifest.save(root)
+    logger.info("bucket %s: %d trials run, %d reused; %d task(s) tuned, %d left at defaults",
+                key, tuned.trials, tuned.reused_trials, len(tuned.tasks_tuned), len(tuned.tasks_default))
+    record = check_bucket(root, manifest, lib, dims, stage=f"{TVM_DIR}/{build.tag}/{key}")
+    manifest.stages[record.stage] = record
+    if not record.passed:
+        build.buckets.pop(key)
+        manifest.files.pop(lib, None)
+        (root / lib).unlink(missing_ok=True)
+    manifest.save(root)
+    raise_if_failed(record)
+
+
+def check_bucket(root: Path, manifest: Manifest, lib: str, dims: dict[str, int], stage: str) -> StageRecord:
+    """The bucket library against ONNX Runtime on random valid inputs of the bucket's shape."""
+    from forgeline.runtime.backends.ort import OrtExecutor
+    from forgeline.runtime.backends.tvm import TvmExecutor
+
+    reference, candidate = OrtExecutor(root / ONNX_FILE), TvmExecutor(root / lib)
+    names = manifest.output_names()
+    rows = []
+    for case in range(CHECK_CASES):
+        arrays = list(random_inputs(manifest.inputs, dims, CHECK_SEED + case).values())
+        want = dict(zip(names, reference.run(arrays)))
+        rows += compare_outputs(want, dict(zip(names, candidate.run(arrays))), manifest.tolerance,
+                                f"random{case}-vs-onnxruntime")
+    record = stage_record(stage, rows, manifest.tolerance)
+    logger.info("%s vs ONNX Runtime on %d random cases: %s", stage, CHECK_CASES,
+                "pass" if record.passed else "FAIL")
+    return record
+
+
+__all__ = ["check_bucket", "tune_buckets"]

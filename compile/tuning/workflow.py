@@ -1,0 +1,28 @@
+"""Tune an artifact's CPU build per shape bucket: the entry point behind `forgeline tune`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from forgeline.runtime.errors import ArtifactError, ConfigError
+from forgeline.runtime.format import Manifest
+
+from .buckets import tune_buckets
+from .options import TuneOptions, resolve_tuning
+
+
+def tune_artifact(path: str | Path, target_tag: str, options: TuneOptions) -> Manifest:
+    """Add a tuned build per bucket to the artifact's existing CPU build ``target_tag``."""
+    root = Path(path)
+    manifest = Manifest.load(root)
+    manifest.verify_files(root)
+    build = manifest.builds.get(target_tag)
+    if build is None:
+        raise ArtifactError(f"{root} has no build {target_tag!r} to tune (it holds "
+                            f"{', '.join(manifest.builds) or 'none'}); run `forgeline compile "
+                            f"{root} --target cpu` first.")
+    if build.kind != "llvm":
+        raise ConfigError(f"Tuning supports CPU (llvm) builds only; {target_tag} is a "
+                          f"{build.kind} build.")
+    resolved = resolve_tuning(options, manifest, target_tag)
+    return tune_buckets(root, manifest, build, resolved)

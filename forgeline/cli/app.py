@@ -1,0 +1,50 @@
+"""`forgeline …`: the parser over every registered command, and ``main``.
+
+Library code logs; only the command modules print. User mistakes end in `error: <sentence>` and
+exit status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from forgeline.runtime.errors import ForgelineError
+
+# Every module that registers commands, imported here once so that `forgeline --help` and
+# `python -m forgeline.cli --help` list the same commands.
+from . import pipeline, tune, generate, bert, bench, train  # noqa: F401, I001  (they register on import, in this order)
+from .registry import COMMANDS
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="forgeline",
+        description="Export PyTorch Transformers to ONNX, compile them with TVM, and check every stage.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text, configure, run in COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        configure(p)
+        p.set_defaults(run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    # forgeline's own progress at INFO; other libraries (onnx_ir logs every pass) only when verbose.
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.getLogger("forgeline").setLevel(level)
+    try:
+        return args.run(args)
+    except ForgelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted.", file=sys.stderr)
+        return 130

@@ -1,0 +1,93 @@
+"""Argument groups and option objects that several commands share (export, compile, tuning, backend)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from forgeline.runtime.errors import ConfigError
+
+
+def export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="model name, e.g. gpt, bert, transformer, gpt-moe (see `forgeline models`)")
+    p.add_argument("--preset", default="tiny", help="size preset: tiny, small or base (default: tiny)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="folder to write the bundle into")
+    p.add_argument("--seed", type=int, default=0, help="seed for the weight init and golden inputs")
+    p.add_argument("--weights", type=Path, help="a forgeline safetensors checkpoint to export instead of a fresh init")
+    p.add_argument("--from-hf", type=Path, metavar="FOLDER",
+                   help="import a Hugging Face BERT or GPT-2 folder (config.json + weights; its tokenizer.json ships too)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing artifact in the output folder")
+    p.add_argument("--no-generation-graphs", action="store_true",
+                   help="gpt/transformer: skip the KV-cache prefill/decode graphs that generate/translate need")
+
+
+def compile_args(p: argparse.ArgumentParser, with_path: bool = True) -> None:
+    if with_path:
+        p.add_argument("path", type=Path, help="bundle or artifact folder")
+    p.add_argument("--target", default="cpu", help="target preset: cpu (this host's CPU) or cuda (default: cpu)")
+    p.add_argument("--arch", help="CUDA architecture for --target cuda (default: sm_90)")
+    p.add_argument("--mcpu", help="LLVM CPU name for --target cpu (default: detected from this host)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="precision of the dense matmuls: fp32 (default) or bf16 on AMX CPUs; "
+                        "routers, norms and softmax stay fp32")
+    add_tuning_flags(p)
+
+
+def build_args(p: argparse.ArgumentParser) -> None:
+    export_args(p)
+    compile_args(p, with_path=False)
+
+
+def backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="tvm", choices=["tvm", "ort"], help="runtime backend (default: tvm)")
+    p.add_argument("--target", help="TVM build tag or kind (cpu, cuda); default: the best one this host can run")
+
+
+def export_options(args: argparse.Namespace):
+    from forgeline.export import ExportOptions
+
+    return ExportOptions(preset=args.preset, seed=args.seed, weights=args.weights, overwrite=args.overwrite,
+                         from_hf=args.from_hf, generation_graphs=not args.no_generation_graphs)
+
+
+def compile_options(args: argparse.Namespace):
+    from forgeline.compile import CompileOptions
+
+    return CompileOptions(target=args.target, arch=args.arch, mcpu=args.mcpu, precision=args.precision)
+
+
+def add_tuning_flags(p: argparse.ArgumentParser, *, with_switch: bool = True) -> None:
+    """The tuning flags; ``with_switch`` adds ``--tune`` (for commands that tune on request)."""
+    group = p.add_argument_group("tuning (MetaSchedule, one static-shape build per bucket)")
+    if with_switch:
+        group.add_argument("--tune", action="store_true", help="also tune a build per --buckets shape")
+    group.add_argument("--buckets", required=not with_switch,
+                       help="shapes to tune, BxT comma-separated, e.g. 1x128,8x128 (encoder-decoder: "
+                            "BxSxT, or BxT for equal lengths)")
+    group.add_argument("--trials", type=int, default=64, help="measured candidates per bucket (default: 64)")
+    group.add_argument("--max-trials-per-task", type=int, help="cap per fused kernel (default: --trials)")
+    group.add_argument("--tuning-db", type=Path, metavar="DIR",
+                       help="tuning database folder (default: $FORGELINE_CACHE_DIR or "
+                            "~/.cache/forgeline, under tuning/<target>)")
+    group.add_argument("--rpc-tracker", metavar="HOST:PORT",
+                       help="measure on devices behind this TVM RPC tracker")
+    group.add_argument("--rpc-key", metavar="KEY", help="device key registered with --rpc-tracker")
+    group.add_argument("--tune-matmuls", action="store_true",
+                       help="let MetaSchedule tune the matmuls too (default: they keep forgeline's GEMM schedule)")
+
+
+def tune_options(args: argparse.Namespace):
+    """TuneOptions from parsed flags; None when ``--tune`` was not asked for."""
+    from forgeline.compile.tuning import TuneOptions
+
+    if not getattr(args, "tune", True):
+        given = [flag for flag, value in (("--buckets", args.buckets), ("--tuning-db", args.tuning_db),
+                                          ("--rpc-tracker", args.rpc_tracker)) if value]
+        if given:
+            raise ConfigError(f"{', '.join(given)} only apply when tuning; add --tune.")
+        return None
+    if not args.buckets:
+        raise ConfigError("--tune needs --buckets, e.g. --buckets 1x128,8x128 (batch x sequence).")
+    return TuneOptions(buckets=args.buckets, trials=args.trials, max_trials_per_task=args.max_trials_per_task,
+                       database=args.tuning_db, rpc_tracker=args.rpc_tracker, rpc_key=args.rpc_key,
+                       tune_matmuls=args.tune_matmuls)

@@ -1,0 +1,43 @@
+"""What the commands print: tables, stage results, the parity report, tuned buckets."""
+
+from __future__ import annotations
+
+
+def print_stages(manifest) -> None:
+    for stage in manifest.stages.values():
+        print(f"  {stage.stage}: {'pass' if stage.passed else 'FAIL'} vs eager PyTorch")
+
+
+def print_report(report) -> int:
+    from forgeline.runtime.parity import summarize
+
+    rows = []
+    for stage in report.stages:
+        tol = stage.tolerance
+        for output, (max_abs, max_rel, ok) in summarize(stage).items():
+            exact = output.startswith("routing.")
+            rows.append((stage.stage, output, f"{max_abs:.2e}", f"{max_rel:.2e}",
+                         "exact" if exact else f"{tol.atol:g}/{tol.rtol:g}", "pass" if ok else "FAIL"))
+    print_table(("stage vs eager", "output", "max abs", "max rel", "atol/rtol", "result"), rows)
+    for stage, why in report.skipped.items():
+        print(f"{stage}: not run on this host ({why})")
+    print("all stages match eager PyTorch" if report.passed else "some stages do NOT match eager PyTorch")
+    return 0 if report.passed else 1
+
+
+def print_table(header: tuple[str, ...], rows: list[tuple]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    for line in (header, tuple("-" * w for w in widths), *rows):
+        print("  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip())
+
+
+def print_buckets(manifest) -> None:
+    for build in manifest.builds.values():
+        for key, bucket in build.buckets.items():
+            stage = manifest.stages.get(f"tvm/{build.tag}/{key}")
+            check = "pass" if stage and stage.passed else "not checked" if stage is None else "FAIL"
+            print(f"bucket {key}: {bucket['lib']}, {bucket['trials']} trials run "
+                  f"({bucket.get('reused_trials', 0)} reused), {len(bucket['tasks_tuned'])} kernels tuned, "
+                  f"{len(bucket['tasks_default'])} at defaults, {len(bucket.get('gemm_schedule', []))} "
+                  f"matmuls on the GEMM schedule, {bucket['tuning_seconds']:.1f} s; "
+                  f"vs ONNX Runtime: {check}")

@@ -1,0 +1,96 @@
+"""The pipeline's commands: models, export, compile, build (the main job), run, check."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from forgeline.runtime.errors import InputError
+
+from .options import backend_args, build_args, compile_args, compile_options, export_args, export_options, tune_options
+from .output import print_buckets, print_report, print_stages, print_table
+from .registry import command
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", type=Path, help="artifact folder")
+    p.add_argument("--inputs", required=True, type=Path, help=".npz file with one array per model input")
+    p.add_argument("-o", "--output", required=True, type=Path, help=".npz file to write the outputs to")
+    backend_args(p)
+
+
+def _check_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("path", type=Path, help="artifact folder")
+    p.add_argument("--fresh", type=int, default=2, help="fresh random input cases besides the golden ones (default: 2)")
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+@command("models", "list model names, families, routers and presets", lambda p: None)
+def _models(args: argparse.Namespace) -> int:
+    from forgeline.define import list_models
+
+    rows = [(m.name, m.family, m.router, ",".join(m.presets), m.description) for m in list_models()]
+    print_table(("model", "family", "router", "presets", "description"), rows)
+    return 0
+
+
+@command("export", "export a model to an ONNX bundle with golden vectors", export_args)
+def _export(args: argparse.Namespace) -> int:
+    from forgeline.export import export_model
+
+    manifest = export_model(args.model, args.output, export_options(args))
+    print(f"exported {manifest.name}/{manifest.preset} to {args.output}")
+    print_stages(manifest)
+    return 0
+
+
+@command("compile", "compile a bundle with TVM for a target and check it", compile_args)
+def _compile(args: argparse.Namespace) -> int:
+    from forgeline.compile import compile_artifact
+
+    manifest = compile_artifact(args.path, compile_options(args), tune=tune_options(args))
+    print_buckets(manifest)
+    for build in manifest.builds.values():
+        print(f"build {build.tag}: {build.lib} ({build.build_seconds:.1f} s){' - ' + build.note if build.note else ''}")
+    print_stages(manifest)
+    return 0
+
+
+@command("build", "export + compile (+ tune) + check: the main job", build_args)
+def _build(args: argparse.Namespace) -> int:
+    from forgeline.api import build
+
+    report = build(args.model, args.output, export_options(args), compile_options(args), tune=tune_options(args))
+    print(f"built {args.model}/{'hf' if args.from_hf else args.preset} in {args.output}")
+    return print_report(report)
+
+
+@command("run", "run an artifact on inputs from an .npz file", _run_args)
+def _run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from forgeline.runtime import load
+
+    if not args.inputs.is_file():
+        raise InputError(f"inputs file {args.inputs} does not exist; pass an .npz with one array per model input.")
+    model = load(args.path, backend=args.backend, target=args.target)
+    try:
+        with np.load(args.inputs, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{args.inputs} is not a readable .npz file ({exc}).") from exc
+    outputs = model.run(**arrays)
+    np.savez(args.output, **outputs)
+    for name, value in outputs.items():
+        print(f"{name}: {value.dtype} {tuple(value.shape)}")
+    print(f"ran {model.stage}; wrote {args.output}")
+    return 0
+
+
+@command("check", "compare every stage with eager PyTorch (golden + fresh inputs)", _check_args)
+def _check(args: argparse.Namespace) -> int:
+    from forgeline.check import check_artifact
+
+    return print_report(check_artifact(args.path, fresh_cases=args.fresh))

@@ -1,0 +1,179 @@
+"""Run a TVM-compiled forgeline build with the TVM *runtime* only.
+
+Nothing here imports torch, onnx or the TVM compiler (``tvm.relax``): ``import_tvm_runtime``
+loads only ``libtvm_runtime`` and keeps tvm_ffi's optional torch bridge from importing torch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from forgeline.runtime.backends.cpu_kernels import register_cpu_kernels
+from forgeline.runtime.errors import ArtifactError, InputError, TargetMismatchError
+from forgeline.runtime.host import cpu_core_count, cuda_compute_capabilities
+
+logger = logging.getLogger(__name__)
+
+_THREAD_MODE_BIG_CORES = 1  # threading::ThreadGroup::kBig: all "big" cores, no pinning games
+
+
+def import_tvm_runtime():
+    """Import ``tvm`` with only its runtime library, without importing torch; return the module.
+
+    Must run before anything else imports tvm to take full effect. If tvm is already imported
+    (e.g. by the compiler in the same process) that module is returned unchanged.
+    """
+    # TVM's thread pool reads TVM_NUM_THREADS when it is first used; unset, it takes half the
+    # logical CPUs on x86, which on a 2-core machine is one thread. All physical cores is the
+    # sane default.
+    os.environ.setdefault("TVM_NUM_THREADS", str(cpu_core_count()))
+    if "tvm" in sys.modules:
+        import tvm.runtime.vm  # noqa: F401 - the VM class lives in a submodule
+
+        return sys.modules["tvm"]
+    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
+    os.environ.setdefault("TVM_FFI_DISABLE_TORCH_C_DLPACK", "1")
+    block_torch = "torch" not in sys.modules
+    started = time.perf_counter()
+    if block_torch:
+        sys.modules["torch"] = None  # tvm_ffi does `try: import torch`; make that fail fast
+    try:
+        import tvm
+        import tvm.runtime.vm  # noqa: F401 - not an attribute of tvm.runtime in runtime-only mode
+    finally:
+        if block_torch and sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+    logger.info("Imported the TVM runtime in %.2f s (runtime library only: %s).",
+                time.perf_counter() - started, os.environ.get("TVM_USE_RUNTIME_LIB") == "1")
+    return tvm
+
+
+def _load_cuda_runtime(tvm) -> None:
+    """Load TVM's CUDA runtime library, which runtime-only mode leaves out."""
+    if tvm.runtime.enabled("cuda"):
+        return
+    from tvm.base import _LOADED_LIBS
+    from tvm_ffi.libinfo import load_lib_ctypes
+
+    runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
+    try:
+        _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(
+            package="tvm", target_name="tvm_runtime_cuda", extra_lib_paths=[runtime_dir],
+            mode="RTLD_LOCAL")
+    except (OSError, RuntimeError) as exc:
+        raise TargetMismatchError(
+            f"TVM's CUDA runtime could not be loaded ({exc}); this host needs the NVIDIA driver "
+            "and the CUDA runtime (libcudart) to run a CUDA build."
+        ) from exc
+
+
+class TvmExecutor:
+    """A compiled Relax VM library, ready to run on numpy arrays."""
+
+    def __init__(self, lib_path: Path, device: str = "cpu", num_threads: int | None = None):
+        self.lib_path = Path(lib_path)
+        if not self.lib_path.is_file():
+            raise ArtifactError(
+                f"The compiled library {self.lib_path} does not exist; compile the artifact for "
+                "this target first (forgeline compile ... --target ...)."
+            )
+        if device not in ("cpu", "cuda"):
+            raise InputError(f"device={device!r} is not supported; use 'cpu' or 'cuda'.")
+        if device == "cuda" and not cuda_compute_capabilities():
+            raise TargetMismatchError(
+                f"{self.lib_path} is to run on CUDA but this host has no CUDA device (or no "
+                "NVIDIA driver); run it on a GPU host or use a CPU build."
+            )
+        self.num_threads = num_threads or cpu_core_count()
+        if self.num_threads < 1:
+            raise InputError(f"num_threads={num_threads} must be at least 1.")
+        if num_threads:
+            os.environ.setdefault("TVM_NUM_THREADS", str(max(num_threads, cpu_core_count())))
+        self._tvm = tvm = import_tvm_runtime()
+        register_cpu_kernels()  # CPU builds call forgeline.cpu.matmul (compile/cpu/pipeline.py)
+        if device == "cuda":
+            _load_cuda_runtime(tvm)
+        self.device = device
+        self._dev = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
+        started = time.perf_counter()
+        try:
+            lib = tvm.runtime.load_module(str(self.lib_path))
+            self._vm = tvm.runtime.vm.VirtualMachine(lib, self._dev)
+        except Exception as exc:  # noqa: BLE001 - TVM raises its own error classes
+            raise ArtifactError(
+                f"TVM could not load {self.lib_path} on {device} ({exc}); it may be truncated, "
+                "built for another target, or built by another TVM version. Recompile it."
+            ) from exc
+        self._main = self._vm["main"]
+        arity = int(self._vm._get_function_arity("main"))
+        # Relax keeps the ONNX graph inputs' names and order as main's parameters.
+        self.input_names = [str(self._vm._get_function_param_name("main", i)) for i in range(arity)]
+        self._configured_threads: set[int] = set()
+        logger.info("Loaded %s on %s in %.2f s.", self.lib_path.name, device,
+                    time.perf_counter() - started)
+
+    def _configure_threads(self) -> None:
+        # TVM keeps one thread pool per calling thread, so configure each caller's pool once.
+        caller = threading.get_ident()
+        if self.device != "cpu" or caller in self._configured_threads:
+            return
+        config = self._tvm.get_global_func("runtime.config_threadpool")
+        config(_THREAD_MODE_BIG_CORES, self.num_threads)
+        in_use = int(self._tvm.runtime.num_threads())
+        if in_use != self.num_threads:
+            logger.warning(
+                "TVM runs %d threads, not the %d asked for; its pool was created earlier with "
+                "TVM_NUM_THREADS=%s.", in_use, self.num_threads, os.environ.get("TVM_NUM_THREADS"))
+        self._configured_threads.add(caller)
+
+    def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        """Run the model on inputs in ONNX graph order; return outputs in ONNX graph order."""
+        self._configure_threads()
+        tvm = self._tvm
+        if len(arrays) != len(self.input_names):
+            raise InputError(f"The model takes {self._describe_params()}, but {len(arrays)} were "
+                             "given; pass them in ONNX graph order.")
+        try:
+            inputs = [tvm.runtime.tensor(np.ascontiguousarray(a), self._dev) for a in arrays]
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"An input could not become a TVM tensor ({exc}); pass numpy "
+                             "arrays of the dtypes the model was exported with.") from exc
+        try:
+            result = self._main(*inputs)
+        except (TypeError, ValueError, IndexError, RuntimeError) as exc:
+            message = str(exc).strip()
+            # The VM checks every argument against the signature and names it (ErrorContext);
+            # any other failure is not the caller's and propagates as is.
+            if isinstance(exc, RuntimeError) and "ErrorContext(" not in message:
+                raise
+            given = ", ".join(f"{a.dtype}{list(a.shape)}" for a in arrays)
+            detail = (message.splitlines()[-1] if message else type(exc).__name__).rstrip(".")
+            raise InputError(
+                f"The model rejected inputs ({given}): {detail}. Pass {self._describe_params()}"
+                " in ONNX graph order with the exported dtypes and shapes."
+            ) from exc
+        return [np.asarray(t.numpy()) for t in _flatten(result)]
+
+    def _describe_params(self) -> str:
+        return f"{len(self.input_names)} array(s) ({', '.join(self.input_names)})"
+
+
+def _flatten(result: Any) -> list[Any]:
+    """A single-output VM result is one tensor; several come back as a (nested) tuple."""
+    if hasattr(result, "numpy"):
+        return [result]
+    flat: list[Any] = []
+    for item in result:
+        flat.extend(_flatten(item))
+    return flat
+
+
+__all__ = ["TvmExecutor", "import_tvm_runtime"]

@@ -1,0 +1,59 @@
+"""Greedy translation (encoder-decoder Transformer): encode once, then decode with the KV cache."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..errors import ConfigError
+from .generate import Generation
+from .graphs import graph_spec
+from .prompts import check_budget, decode_texts, prompt_ids
+
+
+def translate(model, src, max_new_tokens: int = 32, *, bos_id: int | None = None,
+              eos_id: int | None = None) -> Generation:
+    """Greedy translation: encode each source once, then decode with the decoder's KV cache.
+
+    ``src``: ids or text, one or a list. Sources are translated one at a time (the encoder has no
+    source padding mask, so sources of unequal length are not batched). ``bos_id``/``eos_id``
+    default to the tokenizer's bos/eos.
+    """
+    manifest = model.manifest
+    if manifest.family != "transformer":
+        raise ConfigError(f"translate needs a transformer model, but this artifact holds {manifest.family}.")
+    for name in ("encode", "prefill", "decode"):
+        graph_spec(manifest, name)
+    sources = prompt_ids(model, src)
+    bos_id, eos_id = _bos_eos(model, bos_id, eos_id)
+    check_budget(manifest, [len(s) for s in sources], 0)
+    check_budget(manifest, [1], max_new_tokens)
+    started = time.perf_counter()
+    rows = [_translate_one(model, s, max_new_tokens, bos_id, eos_id) for s in sources]
+    seconds = {"decode": time.perf_counter() - started}
+    return Generation(ids=rows, text=decode_texts(model, rows), prompt_ids=sources, seconds=seconds)
+
+
+def _translate_one(model, source: list[int], max_new_tokens: int, bos_id: int, eos_id: int | None) -> list[int]:
+    memory = model.run_graph("encode", src_ids=np.array([source], dtype=np.int64))["memory"]  # (1, S, D)
+    out = model.run_graph("prefill", tgt_ids=np.array([[bos_id]], dtype=np.int64), memory=memory)
+    logits, cache = out["logits"][:, -1], out["present"]
+    new: list[int] = []
+    while True:
+        token = int(np.argmax(logits[0]))
+        new.append(token)
+        if len(new) == max_new_tokens or token == eos_id:
+            return new
+        out = model.run_graph("decode", tgt_ids=np.array([[token]], dtype=np.int64), memory=memory, past_kv=cache)
+        logits, cache = out["logits"][:, 0], out["present"]
+
+
+def _bos_eos(model, bos_id: int | None, eos_id: int | None) -> tuple[int, int | None]:
+    if bos_id is None or eos_id is None:
+        specials = model.tokenizer.special_ids if model.manifest.tokenizer else {}
+        bos_id = specials.get("bos") if bos_id is None else bos_id
+        eos_id = specials.get("eos") if eos_id is None else eos_id
+    if bos_id is None:
+        raise ConfigError("translate needs a start token: pass bos_id (the artifact's tokenizer names none).")
+    return bos_id, eos_id
