@@ -12,8 +12,9 @@ symbolic row count ``m`` (batch x sequence) and a constant weight packed once at
   to whole 32-column blocks, so padding adds nothing to the sums.
 - **Activations** are rounded to bf16 (round to nearest even) in a parallel pre-pass into a
   zero-padded ``(m rounded up to 32, K padded)`` copy; the rows past ``m`` are zeros.
-- **Edges and epilogue.** Each block's C tiles are stored to a 4 KB scratch, and the write-back
-  to C adds the bias and drops the padded rows and columns, so any m, K and N work.
+- **Edges and epilogue.** A whole 32x32 block stores its tiles straight into C and then adds the
+  bias (and residual) in place while the block is in L1. A block on the edge of m or N stores to
+  a 4 KB scratch and copies only its real rows and columns, so any m, K and N work.
 - **Tasks and configuration.** A parallel task is up to 128 rows (4 blocks) of one 32-column
   panel pair, pairs inner so that a thread keeps its rows of A in L2. ``ldtilecfg`` runs once per
   task and ``tilerelease`` at its end: the tile state is per thread.
@@ -102,23 +103,37 @@ def amx_dense(k: int, n: int, *, residual: bool = False, emulate: bool = False):
     ops = tile_ops(emulate)
     w_shape = packed_shape(k, n)
 
-    def _out(scratch, bias, res, t, r, j, row, col):
-        value = scratch[t, r, j] + bias[col + j]
-        return value + res[row, col + j] if residual else value  # resolved as the kernel is built
+    def _epilogue(value, bias, res, row, col):
+        value = value + bias[col]
+        return value + res[row, col] if residual else value  # resolved as the kernel is built
 
     @T.macro
-    def _write_back(C, Bias, R, scratch, block, pair, m):
-        for t, r in T.grid(4, TILE_ROWS):  # the bias, and only the real rows and columns
-            row = block * BLOCK_ROWS + t // 2 * TILE_ROWS + r
-            col = pair * BLOCK_COLS + t % 2 * TILE_COLS
-            if row < m:
-                if col + TILE_COLS <= n:
-                    for j in T.vectorized(TILE_COLS):
-                        C[row, col + j] = _out(scratch, Bias, R, t, r, j, row, col)
-                else:
-                    for j in range(TILE_COLS):
-                        if col + j < n:
-                            C[row, col + j] = _out(scratch, Bias, R, t, r, j, row, col)
+    def _in_place(C, Bias, R, row0, col0):
+        for r in range(BLOCK_ROWS):  # bias (and residual) on the block just stored, in L1
+            for j in T.vectorized(BLOCK_COLS):
+                C[row0 + r, col0 + j] = _epilogue(C[row0 + r, col0 + j], Bias, R, row0 + r, col0 + j)
+
+    @T.macro
+    def _from_scratch(C, Bias, R, scratch, row0, col0, m):
+        for r in range(BLOCK_ROWS):  # an edge block: only its real rows and columns
+            if row0 + r < m:
+                for j in range(BLOCK_COLS):
+                    if col0 + j < n:
+                        C[row0 + r, col0 + j] = _epilogue(scratch[r, j], Bias, R, row0 + r, col0 + j)
+
+    @T.macro
+    def _block(Abf, W, Bias, R, C, block, pair, m):
+        # No let-bound names (row0 = ...) in the task body: TVM gives each one a heap allocation
+        # per parallel iteration. Whole blocks store their tiles straight into C, so the 4 KB
+        # scratch (also heap-allocated) is paid only on the edges.
+        if block * BLOCK_ROWS + BLOCK_ROWS <= m and pair * BLOCK_COLS + BLOCK_COLS <= n:
+            ops.block(Abf, W, C, block * BLOCK_ROWS, pair * BLOCK_COLS, n, block * BLOCK_ROWS,
+                      pair * 2, k_pad)
+            _in_place(C, Bias, R, block * BLOCK_ROWS, pair * BLOCK_COLS)
+        else:
+            scratch = T.decl_buffer((BLOCK_ROWS, BLOCK_COLS), "float32", scope="local")
+            ops.block(Abf, W, scratch, 0, 0, BLOCK_COLS, block * BLOCK_ROWS, pair * 2, k_pad)
+            _from_scratch(C, Bias, R, scratch, block * BLOCK_ROWS, pair * BLOCK_COLS, m)
 
     @T.macro
     def _body(A, W, Bias, R, C, m):
@@ -133,15 +148,13 @@ def amx_dense(k: int, n: int, *, residual: bool = False, emulate: bool = False):
                         to_bf16(A[T.min(i, m - 1), T.min(kc * 16 + kv, k - 1)]), T.uint16(0))
         # One task per (chunk of CHUNK_BLOCKS row blocks, 32-column panel pair), pairs inner: a
         # thread's consecutive tasks reuse one chunk of A from L2 while B's panels stream past.
+        cfg = T.decl_buffer((64,), "uint8")  # filled once, read by every task's ldtilecfg
+        ops.fill_config(cfg)
         for task in T.parallel(_chunks(m) * pairs):
-            cfg = T.decl_buffer((64,), "uint8", scope="local")
-            scratch = T.decl_buffer((4, TILE_ROWS, TILE_COLS), "float32", scope="local")
-            ops.configure(cfg)
+            ops.load_config(cfg)
             for inner in range(CHUNK_BLOCKS):
-                block = task // pairs * CHUNK_BLOCKS + inner
-                if block < _blocks(m):
-                    ops.block(Abf, W, scratch, block * BLOCK_ROWS, task % pairs * 2, k_pad)
-                    _write_back(C, Bias, R, scratch, block, task % pairs, m)
+                if task // pairs * CHUNK_BLOCKS + inner < _blocks(m):
+                    _block(Abf, W, Bias, R, C, task // pairs * CHUNK_BLOCKS + inner, task % pairs, m)
             ops.release()
 
     @T.prim_func(private=True)
