@@ -41,6 +41,19 @@ class CompileOptions:
     emulate_amx: bool = False  # bf16 tile steps as TIR loops: same numerics, slow (for tests)
 
 
+def resolve_precision_target(options: CompileOptions, tune: TuneOptions | None = None):
+    """The target of ``options``, precision included; refuses bad combinations before any work
+    (``forgeline build`` calls it before exporting)."""
+    if tune is not None and options.precision != "fp32":
+        raise ConfigError(f"Tuning searches fp32 schedules only; build --precision "
+                          f"{options.precision} without the tuning flags.")
+    spec = resolve_target(options.target, arch=options.arch, mcpu=options.mcpu, num_cores=options.num_cores)
+    host_features = None if options.mcpu else read_cpu_features()  # an explicit mcpu: a cross build
+    spec = precision_target(spec, options.precision, host_features=host_features,
+                            emulate_amx=options.emulate_amx)
+    return spec
+
+
 def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(),
                      tune: TuneOptions | None = None) -> Manifest:
     """Add a TVM build for ``options.target`` to the bundle or artifact at ``path``.
@@ -52,13 +65,7 @@ def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(
     manifest.verify_files(root)
     if ONNX_FILE not in manifest.files:
         raise ArtifactError(f"{root} holds no {ONNX_FILE}; export the model first with `forgeline export`.")
-    if tune is not None and options.precision != "fp32":
-        raise ConfigError(f"Tuning searches fp32 schedules only; build --precision "
-                          f"{options.precision} without the tuning flags.")
-    spec = resolve_target(options.target, arch=options.arch, mcpu=options.mcpu, num_cores=options.num_cores)
-    host_features = None if options.mcpu else read_cpu_features()  # an explicit mcpu: a cross build
-    spec = precision_target(spec, options.precision, host_features=host_features,
-                            emulate_amx=options.emulate_amx)
+    spec = resolve_precision_target(options, tune)
     precision = kernel_precision(options.precision, options.emulate_amx)
     log.info("compile %s for %s (target %s)", root, spec.tag, spec.target)
     build_dir = root / TVM_DIR / spec.tag

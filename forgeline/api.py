@@ -6,6 +6,7 @@ from pathlib import Path
 
 from forgeline.check import CheckReport, check_artifact
 from forgeline.compile import CompileOptions, compile_artifact
+from forgeline.compile.artifact import resolve_precision_target
 from forgeline.compile.tuning import TuneOptions
 from forgeline.export import ExportOptions, export_model
 
@@ -18,6 +19,7 @@ def build(
     tune: TuneOptions | None = None,
 ) -> CheckReport:
     """Export ``name``, compile (and optionally tune) it for one target, and check every stage."""
+    resolve_precision_target(compile_options, tune)  # a refusal (bf16 without AMX) before export
     export_model(name, out_dir, export_options)
     compile_artifact(out_dir, compile_options, tune=tune)
     return check_artifact(out_dir)
