@@ -10,20 +10,22 @@ compiles of one artifact at once both land.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from forgeline.runtime.artifact_io import staging_dir, update_manifest
 from forgeline.runtime.confine import check_confinement
-from forgeline.runtime.errors import ArtifactError, CompileError
-from forgeline.runtime.format import ONNX_FILE, TVM_DIR, BuildRecord, Manifest, StageRecord
-from forgeline.runtime.host import can_run, describe_host
+from forgeline.runtime.errors import ArtifactError, CompileError, ConfigError
+from forgeline.runtime.format import ONNX_FILE, TVM_DIR, BuildRecord, Manifest, StageRecord, precision_tolerance
+from forgeline.runtime.host import can_run, describe_host, read_cpu_features
 from forgeline.runtime.kv_check import with_generation_rows
 from forgeline.runtime.model import load, open_model
 from forgeline.runtime.parity import raise_if_failed
 
 from .cpu.matmul import DECODE_ROWS
+from .cpu.precision import kernel_precision, precision_target
 from .guards import watch_interrupts
 from .targets import resolve_target
 from .tuning import TuneOptions, tune_artifact
@@ -40,6 +42,20 @@ class CompileOptions:
     arch: str | None = None  # cuda: "sm_90" by default
     mcpu: str | None = None  # cpu: LLVM CPU name; detected from the host by default
     num_cores: int | None = None  # cpu: threads the schedules assume; all cores by default
+    precision: str = "fp32"  # of the dense matmuls: "fp32" or "bf16" (AMX; cpu/precision.py)
+    emulate_amx: bool = False  # bf16 tile steps as TIR loops: same numerics, slow (for tests)
+
+
+def resolve_precision_target(options: CompileOptions, tune: TuneOptions | None = None):
+    """The target of ``options``, precision included; refuses bad combinations before any work
+    (``forgeline build`` calls it before exporting)."""
+    if tune is not None and options.precision != "fp32":
+        raise ConfigError(f"Tuning searches fp32 schedules only; build --precision "
+                          f"{options.precision} without the tuning flags.")
+    spec = resolve_target(options.target, arch=options.arch, mcpu=options.mcpu, num_cores=options.num_cores)
+    host_features = None if options.mcpu else read_cpu_features()  # an explicit mcpu: a cross build
+    return precision_target(spec, options.precision, host_features=host_features,
+                            emulate_amx=options.emulate_amx)
 
 
 def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(),
@@ -54,11 +70,11 @@ def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(
     manifest.verify_files(root)
     if ONNX_FILE not in manifest.files:
         raise ArtifactError(f"{root} holds no {ONNX_FILE}; export the model first with `forgeline export`.")
-    spec = resolve_target(options.target, arch=options.arch, mcpu=options.mcpu, num_cores=options.num_cores)
+    spec = resolve_precision_target(options, tune)
     log.info("compile %s for %s (target %s)", root, spec.tag, spec.target)
     final = root / TVM_DIR / spec.tag
     with watch_interrupts(), staging_dir(final) as staged:
-        build, files = _build_into(root, manifest, spec, staged)
+        build, files = _build_into(root, manifest, spec, staged, options)
         record = _check_staged(root, manifest, build, files)
         if record is not None and not record.passed:
             raise_if_failed(record)  # the artifact keeps what it had
@@ -78,20 +94,32 @@ def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(
     return manifest
 
 
-def _build_into(root: Path, manifest: Manifest, spec, staged: Path) -> tuple[BuildRecord, dict[str, str]]:
+def _build_into(root: Path, manifest: Manifest, spec, staged: Path,
+                options: CompileOptions) -> tuple[BuildRecord, dict[str, str]]:
     """Build the model and its extra graphs into ``staged``; the record and file hashes (staged paths)."""
     from forgeline.runtime.format import sha256_file
 
-    result = build_tvm(root / ONNX_FILE, spec, staged)
+    precision = kernel_precision(options.precision, options.emulate_amx)
+    result = build_tvm(root / ONNX_FILE, spec, staged, precision=precision)
     rel = lambda name: f"{TVM_DIR}/{staged.name}/{name}"  # noqa: E731 - paths inside the artifact
+    note = result.note + (" Its bf16 tile steps are emulated in TIR loops: same numerics as AMX, "
+                          "slow, for checking only." if precision.endswith("emulated") else "")
     build = BuildRecord(
         tag=spec.tag, kind=spec.kind, target=spec.target, requires=spec.requires, lib=rel(result.lib_file),
-        codegen_only=result.codegen_only, note=result.note, build_seconds=round(result.seconds, 2),
-        unscheduled=result.unscheduled,
+        codegen_only=result.codegen_only, note=note, build_seconds=round(result.seconds, 2),
+        unscheduled=result.unscheduled, precision=options.precision,
+        tolerance=_tolerance_record(options.precision),
     )
     files = {rel(name): sha256_file(root / rel(name)) for name in [result.lib_file, *result.extra_files]}
-    build.graph_libs = _build_graphs(root, manifest, spec, staged, files)
+    build.graph_libs = _build_graphs(root, manifest, spec, staged, files, precision)
     return build, files
+
+
+def _tolerance_record(precision: str) -> dict[str, float]:
+    """A reduced-precision build carries its tolerance; fp32 builds use the manifest's."""
+    if precision == "fp32":
+        return {}
+    return dataclasses.asdict(precision_tolerance(precision))
 
 
 def _rebase(build: BuildRecord, files: dict[str, str], old: str, new: str) -> tuple[BuildRecord, dict[str, str]]:
@@ -103,7 +131,8 @@ def _rebase(build: BuildRecord, files: dict[str, str], old: str, new: str) -> tu
     return build, {move(path): digest for path, digest in files.items()}
 
 
-def _build_graphs(root: Path, manifest: Manifest, spec, build_dir: Path, files: dict[str, str]) -> dict[str, str]:
+def _build_graphs(root: Path, manifest: Manifest, spec, build_dir: Path, files: dict[str, str],
+                  precision: str = "fp32") -> dict[str, str]:
     """Build each extra graph (KV-cache prefill/decode, ...) into <build_dir>/<graph>/; lib paths by name."""
     from forgeline.runtime.format import sha256_file
 
@@ -112,7 +141,7 @@ def _build_graphs(root: Path, manifest: Manifest, spec, build_dir: Path, files: 
         log.info("building graph %s (%d/%d)", name, index, len(manifest.graphs))
         try:
             rows = DECODE_ROWS if name == "decode" else None  # one row per sequence per step
-            result = build_tvm(root / graph.onnx, spec, build_dir / name, gemm_rows=rows)
+            result = build_tvm(root / graph.onnx, spec, build_dir / name, gemm_rows=rows, precision=precision)
         except CompileError as exc:
             # Known: TVM 0.27's CUDA (dlight) schedules reject the KV-cache graphs. The model's own
             # graph still builds; generation on this target then says to use backend='ort'.

@@ -86,7 +86,8 @@ def import_relax(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None
     return _import_onnx(Path(onnx_path), shape_dict)[1]
 
 
-def _compile(tvm, mod, spec: TargetSpec, gemm_rows: int | None = None, unscheduled: list[str] | None = None):
+def _compile(tvm, mod, spec: TargetSpec, gemm_rows: int | None = None,
+             unscheduled: list[str] | None = None, precision: str = "fp32"):
     from tvm.target import Target
 
     started = time.perf_counter()
@@ -95,7 +96,8 @@ def _compile(tvm, mod, spec: TargetSpec, gemm_rows: int | None = None, unschedul
         # them a GPU build fails for unbound threads); for CPU it legalizes and fuses but
         # schedules nothing, so llvm builds take forgeline's CPU defaults (compile/cpu/pipeline.py).
         target = Target(spec.target)
-        pipeline = (cpu_pipeline(target, gemm_rows=gemm_rows, unscheduled=unscheduled)
+        pipeline = (cpu_pipeline(target, gemm_rows=gemm_rows, unscheduled=unscheduled,
+                                 precision=precision)
                     if spec.kind == "llvm" else "default")
         executable = tvm.compile(mod, target=target, relax_pipeline=pipeline)
     except Exception as exc:  # noqa: BLE001
@@ -243,10 +245,11 @@ def _export_cuda(executable, spec: TargetSpec, out_dir: Path) -> tuple[bool, str
 
 
 def build_tvm(onnx_path: Path, spec: TargetSpec, out_dir: Path, *,
-              gemm_rows: int | None = None) -> TvmBuildResult:
+              gemm_rows: int | None = None, precision: str = "fp32") -> TvmBuildResult:
     """Compile ``onnx_path`` for ``spec`` into ``out_dir/model.so`` (weights embedded).
 
-    ``gemm_rows`` fixes the CPU GEMM tile height (cpu.matmul.DECODE_ROWS for a decode graph).
+    ``gemm_rows`` fixes the CPU GEMM tile height (cpu.matmul.DECODE_ROWS for a decode graph);
+    ``precision`` is cpu.pipeline.apply_cpu_defaults's ("bf16": dense layers on AMX).
     """
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     if not onnx_path.is_file():
@@ -255,13 +258,14 @@ def build_tvm(onnx_path: Path, spec: TargetSpec, out_dir: Path, *,
     started = time.perf_counter()
     logger.info("Building %s for %s: %s", onnx_path, spec.tag, spec.target)
     with watch_interrupts(), native_log_to(logger):
-        return _build(onnx_path, spec, out_dir, gemm_rows, started)
+        return _build(onnx_path, spec, out_dir, gemm_rows, precision, started)
 
 
-def _build(onnx_path: Path, spec: TargetSpec, out_dir: Path, gemm_rows: int | None, started: float) -> TvmBuildResult:
+def _build(onnx_path: Path, spec: TargetSpec, out_dir: Path, gemm_rows: int | None, precision: str,
+           started: float) -> TvmBuildResult:
     tvm, mod = _import_onnx(onnx_path)
     unscheduled: list[str] = []
-    executable = _compile(tvm, mod, spec, gemm_rows, unscheduled)
+    executable = _compile(tvm, mod, spec, gemm_rows, unscheduled, precision)
     export_started = time.perf_counter()
     try:
         if spec.kind == "cuda":

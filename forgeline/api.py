@@ -6,6 +6,7 @@ from pathlib import Path
 
 from forgeline.check import CheckReport, check_artifact
 from forgeline.compile import CompileOptions, compile_artifact
+from forgeline.compile.artifact import resolve_precision_target
 from forgeline.compile.tuning import TuneOptions
 from forgeline.export import ExportOptions, export_into
 from forgeline.runtime.artifact_io import staged_artifact
@@ -24,6 +25,7 @@ def build(
     is complete, so a build that fails, is killed or is interrupted leaves ``out_dir`` as it was
     (with ``overwrite``, the previous artifact stays until the new one replaces it).
     """
+    resolve_precision_target(compile_options, tune)  # a refusal (bf16 without AMX) before export
     with staged_artifact(Path(out_dir), export_options.overwrite) as staged:
         export_into(name, staged, export_options)
         compile_artifact(staged, compile_options, tune=tune)

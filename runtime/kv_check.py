@@ -53,4 +53,4 @@ def generation_parity(model, case: GoldenCase | None = None) -> list[OutputParit
         out = model.run_graph("prefill", tgt_ids=tgt[:, :-1], memory=memory)
         step = model.run_graph("decode", tgt_ids=tgt[:, -1:], memory=memory, past_kv=out["present"])
     got = {"logits": np.concatenate([out["logits"], step["logits"]], axis=1)}  # (B, T, V)
-    return compare_outputs({"logits": case.outputs["logits"]}, got, manifest.tolerance, f"{case.name}/generation")
+    return compare_outputs({"logits": case.outputs["logits"]}, got, model.tolerance, f"{case.name}/generation")

@@ -14,10 +14,12 @@ from typing import Protocol
 
 import numpy as np
 
+from .amx import needs_amx, request_amx_permission
 from .artifact_io import artifact_lock
 from .confine import check_confinement, confined
 from .errors import ArtifactError, ConfigError, TargetMismatchError
-from .format import GOLDEN_FILE, ONNX_FILE, ORT_STAGE, BuildRecord, Manifest, StageRecord, TensorSpec
+from .format import (GOLDEN_FILE, ONNX_FILE, ORT_STAGE, BuildRecord, Manifest, StageRecord,
+                     TensorSpec, Tolerance)
 from .golden import GoldenCase, load_golden
 from .parity import compare_outputs, stage_record
 from .validate import complete_dim_limits, validate_inputs
@@ -82,6 +84,16 @@ class Model:
         return getattr(self._executor, "last_build", "dynamic" if self.build is not None else None)
 
     @property
+    def tolerance(self) -> Tolerance:
+        """What parity holds this backend to: the build's precision tolerance, else the manifest's."""
+        own = self.build.parity_tolerance if self.build is not None else None
+        return own or self.manifest.tolerance
+
+    @property
+    def reduced_precision(self) -> bool:
+        return self.build is not None and self.build.precision != "fp32"
+
+    @property
     def stage(self) -> str:
         return ORT_STAGE if self.build is None else f"tvm/{self.build.tag}"
 
@@ -97,8 +109,9 @@ class Model:
             cases = load_golden(self.path / _golden_file(self.manifest))
         rows = []
         for case in cases:
-            rows += compare_outputs(case.outputs, self.run(**case.inputs), self.manifest.tolerance, case.name)
-        return stage_record(self.stage, rows, self.manifest.tolerance)
+            rows += compare_outputs(case.outputs, self.run(**case.inputs), self.tolerance, case.name,
+                                    routing_flips_fail=not self.reduced_precision)
+        return stage_record(self.stage, rows, self.tolerance)
 
     def fill_mask(self, text_or_ids, top_k: int = 5, mask_id: int | None = None):
         """BERT: for each [MASK], the top_k tokens with probabilities (see runtime/tasks/bert.py)."""
@@ -197,6 +210,8 @@ def open_model(root: Path, manifest: Manifest, backend: str = "tvm", target: str
 
     device = build.device
     log.info("loading TVM build %s for %s", build.tag, manifest.name)
+    if needs_amx(build.requires):
+        request_amx_permission()  # before the first tile instruction, or the process gets SIGILL
     if build.buckets:  # tuned static-shape builds: dispatch by shape, the dynamic lib as fallback
         from .backends.buckets import BucketedExecutor
 
@@ -220,7 +235,8 @@ def select_build(manifest: Manifest, target: str | None) -> BuildRecord:
         )
     host = describe_host()
     reasons = []
-    for build in sorted(candidates, key=lambda b: b.kind != "cuda"):
+    # CUDA first when present; fp32 before reduced precision unless a tag asks for one.
+    for build in sorted(candidates, key=lambda b: (b.kind != "cuda", b.precision != "fp32")):
         ok, why = can_run(build.requires, host)
         if ok and not build.codegen_only:
             return build

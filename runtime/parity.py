@@ -18,8 +18,14 @@ def compare_outputs(
     actual: dict[str, np.ndarray],
     tolerance: Tolerance,
     case: str,
+    *,
+    routing_flips_fail: bool = True,
 ) -> list[OutputParity]:
-    """One OutputParity per expected output; missing or extra names become failed rows."""
+    """One OutputParity per expected output; missing or extra names become failed rows.
+
+    ``routing_flips_fail=False`` (reduced-precision builds) still counts every routing decision
+    that differs from eager fp32 (``frac_over`` is how often) but records it, not fails on it.
+    """
     rows: list[OutputParity] = []
     for name in sorted(set(actual) - set(expected)):
         rows.append(_failed(name, case, "output not produced by eager PyTorch"))
@@ -31,11 +37,12 @@ def compare_outputs(
         if got.shape != want.shape:
             rows.append(_failed(name, case, f"shape {got.shape} != expected {want.shape}"))
             continue
-        rows.append(_compare_values(name, case, want, got, tolerance))
+        rows.append(_compare_values(name, case, want, got, tolerance, routing_flips_fail))
     return rows
 
 
-def _compare_values(name: str, case: str, want: np.ndarray, got: np.ndarray, tol: Tolerance) -> OutputParity:
+def _compare_values(name: str, case: str, want: np.ndarray, got: np.ndarray, tol: Tolerance,
+                    routing_flips_fail: bool = True) -> OutputParity:
     exact = name.startswith(ROUTING_PREFIX) or not np.issubdtype(want.dtype, np.floating)
     want64 = want.astype(np.float64)
     got64 = got.astype(np.float64)
@@ -61,7 +68,11 @@ def _compare_values(name: str, case: str, want: np.ndarray, got: np.ndarray, tol
     over = diff > bound
     frac_over = float(over.mean())
     note = f"{int(over.sum())} routing decisions differ" if exact and over.any() else ""
-    return OutputParity(name, case, max_abs, max_rel, frac_over, not over.any(), exact, note)
+    recorded_only = exact and name.startswith(ROUTING_PREFIX) and not routing_flips_fail
+    if note and recorded_only:
+        note += " (recorded, not failed: reduced precision)"
+    return OutputParity(name, case, max_abs, max_rel, frac_over, recorded_only or not over.any(),
+                        exact, note)
 
 
 def _failed(name: str, case: str, note: str) -> OutputParity:
@@ -84,6 +95,9 @@ def raise_if_failed(record: StageRecord) -> None:
         f"{r.output} [{r.case}]: {r.note or f'max abs {r.max_abs:.3g}, max rel {r.max_rel:.3g}, {r.frac_over:.1%} over'}"
         for r in failures
     )
+    recorded = [f"{r.output} [{r.case}]: {r.note}" for r in record.parity if r.passed and r.note]
+    if recorded:  # a token routed to another expert carries other outputs: say so beside them
+        details += "; also " + "; ".join(recorded)
     tol = record.tolerance
     raise ParityError(
         f"{record.stage} does not match eager PyTorch within atol {tol.atol:g} / rtol {tol.rtol:g}: {details}."

@@ -9,7 +9,10 @@ Backends:
 - ``ort``: ONNX Runtime's CPU provider on model.onnx, through ``forgeline.runtime.load``;
 - ``tvm``: the artifact's dynamic-shape TVM build for this host (untuned);
 - ``tvm-tuned``: the tuned shape-bucket build for exactly (batch, seq), when the artifact has one
-  (``BuildRecord.buckets["BxT"]["lib"]``); otherwise reported as not available.
+  (``BuildRecord.buckets["BxT"]["lib"]``); otherwise reported as not available;
+- ``tvm-bf16``: the artifact's ``--precision bf16`` build (AMX), where this host can run it;
+- ``openvino`` / ``openvino-f32``: OpenVINO's CPU plugin at its default precision (bf16 on AMX
+  CPUs) and at fp32, on model.onnx (peers.py; ``pip install forgeline[peers]``).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from .workload import bench_inputs, estimate_flops
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("eager", "ort", "tvm", "tvm-tuned")
+BACKENDS = ("eager", "ort", "tvm", "tvm-tuned", "tvm-bf16", "openvino", "openvino-f32")
 REFERENCE_BACKEND = "ort"  # every ratio is latency / ONNX Runtime's latency
 
 

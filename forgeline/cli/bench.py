@@ -14,7 +14,8 @@ from forgeline.runtime.errors import MissingDependencyError
 def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", type=Path, help="artifact folder")
     p.add_argument("--backends", default="eager,ort,tvm,tvm-tuned",
-                   help="comma-separated: eager, ort, tvm, tvm-tuned (default: all four)")
+                   help="comma-separated: eager, ort, tvm, tvm-tuned, tvm-bf16, openvino, "
+                        "openvino-f32 (default: the first four)")
     p.add_argument("--batch", type=int, default=1, help="batch size (default: 1)")
     p.add_argument("--seq", type=int, default=128, help="sequence length (default: 128)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs per backend (default: 5)")
