@@ -11,6 +11,11 @@ Layout of an artifact folder::
     weights.safetensors    the eager checkpoint (lets `forgeline check` re-run eager PyTorch)
     golden.npz             reference inputs and eager outputs, case{i}/in/<name>, case{i}/out/<name>
     tvm/<tag>/model.so     one compiled build per target
+    manifest.sig           optional ed25519 signature of manifest.json's bytes (signing.py)
+    .forgeline.lock        the writers' lock file (artifact_io.py)
+
+Every path in the manifest is relative and confined to the folder (confine.py); its fields are
+type-checked before use (schema.py); writers go through artifact_io.py's transactions.
 """
 
 from __future__ import annotations
