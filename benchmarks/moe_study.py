@@ -17,9 +17,8 @@ grouping (a group is one position across the batch). It reports held-out loss pe
 step at which each router first reaches the dense model's final held-out loss, wall time per step,
 and load balance at the end (tokens per expert, experts per token, dropped tokens).
 
-forgeline's MoE layers compute every expert densely and mask (numerically identical to gather /
-scatter, and what compiles with dynamic shapes), so wall time per step grows with the number of
-experts and does NOT show the compute saving of sparse routing.
+forgeline's MoE layers dispatch sparsely (each expert runs only on the tokens it took, see
+define/moe.py), so wall time per step tracks the active compute, not the number of experts.
 
     python benchmarks/moe_study.py            # full study, about 20 minutes on an idle 2-core machine
     python benchmarks/moe_study.py --quick    # a ~2 minute check of the whole pipeline
@@ -68,7 +67,7 @@ class Scale:
 
 
 # The `small` preset (d_model 256, d_ff 1024, seq 256, 8 experts) trimmed so that ten runs fit about
-# 20 minutes on 2 cores while every expert is computed densely: d_model 128, dense FFN width 256,
+# 20 minutes on 2 cores (measured when every expert was computed densely): d_model 128, dense FFN width 256,
 # seq 64, 8 experts kept; vocab 8000 -> 264 (bytes) as in all training. Every layer is MoE
 # (moe_every=1): the config has one d_ff, and this way the experts' width is the only width that
 # changes between variants.

@@ -7,8 +7,9 @@ register-blocked CPU GEMM schedule:
 
 - The block is re-laid as ``C[S, I, J] += A[S, I, K] * B[S, J, K]`` (dlight's GEMM analysis):
   *S* axes index both operands (heads, experts), *I* axes only the left one (batch, sequence,
-  MoE groups) and are fused into one M, *J* is the column N. MoE's stacked experts
-  ``(G, E, n, K) @ (E, K, N)`` thus become E GEMMs of ``(G*n, K) x (K, N)``.
+  MoE groups) and are fused into one M, *J* is the column N. MoE's dispatched expert block
+  ``(E, G*k, K) @ (E, K, N)`` (define/moe.py) thus becomes E GEMMs of ``(G*k, K) x (K, N)``,
+  each over only the tokens that expert took, with the stacked weights packed at build time.
 - M is padded to whole tiles of ``tile_rows`` rows (a zero-padded copy of A, one pass) and N to
   whole tiles of ``COLS_VECTORS`` SIMD vectors, so the inner loop carries no predicate (a
   predicate there made LLVM keep the accumulators in memory: 3-4x slower).

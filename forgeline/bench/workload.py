@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -28,9 +29,10 @@ def estimate_flops(config: dict[str, Any], batch: int, seq: int) -> float | None
     """Multiply-add FLOPs of one forward pass (2 per MAC), from the model config.
 
     Counts the matmuls, which are all but a few percent of the work: per layer the four
-    attention projections (4 d^2), the two attention products (2 T d) and the FFN (2 d f), dense
-    MoE layers running all E experts (E * 2 d f + d E), and the output head (d V). None for
-    families it does not know (the encoder-decoder Transformer).
+    attention projections (4 d^2), the two attention products (2 T d) and the FFN (2 d f), MoE
+    layers running their experts on their slots only (``_expert_rows_per_token`` * 2 d f + d E),
+    and the output head (d V). None for families it does not know (the encoder-decoder
+    Transformer).
     """
     family = config.get("family")
     if family not in ("gpt", "bert"):
@@ -41,7 +43,17 @@ def estimate_flops(config: dict[str, Any], batch: int, seq: int) -> float | None
     macs_per_token = 0.0
     for layer in range(layers):
         is_moe = moe and (layer + 1) % every == 0
-        ffn = experts * 2 * d * f + d * experts if is_moe else 2 * d * f
+        ffn = _expert_rows_per_token(config, batch, seq) * 2 * d * f + d * experts if is_moe else 2 * d * f
         macs_per_token += 4 * d * d + 2 * seq * d + ffn
     macs_per_token += d * v + (d * d if family == "bert" else 0)  # head (+ BERT's MLM transform)
     return 2.0 * macs_per_token * batch * seq
+
+
+def _expert_rows_per_token(config: dict[str, Any], batch: int, seq: int) -> float:
+    """Expert FFN rows an MoE layer computes per token: E slot lists of min(n, ceil(n * r)) slots
+    per group of n tokens (a sequence; for GPT one position across the batch), r = picks * c / E."""
+    experts = config.get("n_experts", 1)
+    picks = config.get("router_top_k", 1) if config.get("router") == "token_choice" else 1
+    n = batch if config.get("family") == "gpt" else seq
+    slots = min(n, math.ceil(n * picks * config.get("capacity_factor", 2.0) / experts - 1e-9))
+    return experts * slots / n

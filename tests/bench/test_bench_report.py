@@ -66,7 +66,10 @@ def test_flop_estimate_matches_a_hand_count():
     assert estimate_flops(config, 2, 3) == 2 * 192 * 6
     # The same layer as dense MoE with 3 experts: FFN 3*64 + gate 4*3 = 204 instead of 64.
     moe = dict(config, router="expert_choice", moe_every=1, n_experts=3)
-    assert estimate_flops(moe, 2, 3) == 2 * (192 - 64 + 204) * 6
+    assert estimate_flops(moe, 2, 3) == 2 * (192 - 64 + 204) * 6  # groups of B = 2: k = min(2, ceil(4/3))
+    # Capacity factor 0.5: each expert takes ceil(2 * 0.5 / 3) = 1 of a group's 2 tokens, so the
+    # experts compute 3 rows per 2 tokens: FFN 1.5*64 + gate 12 = 108.
+    assert estimate_flops(dict(moe, capacity_factor=0.5), 2, 3) == 2 * (192 - 64 + 108) * 6
     assert estimate_flops({"family": "transformer"}, 1, 1) is None
 
 
