@@ -6,12 +6,13 @@ build that looks good but is not. The failed measurement stays in the manifest f
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from forgeline.runtime.errors import ArtifactError, CompileError
+from forgeline.runtime.errors import ArtifactError, CompileError, ConfigError
 from forgeline.runtime.format import ONNX_FILE, TVM_DIR, BuildRecord, Manifest, StageRecord
 from forgeline.runtime.host import can_run, describe_host
 from forgeline.runtime.kv_check import with_generation_rows
@@ -34,6 +35,22 @@ class CompileOptions:
     arch: str | None = None  # cuda: "sm_90" by default
     mcpu: str | None = None  # cpu: LLVM CPU name; detected from the host by default
     num_cores: int | None = None  # cpu: threads the schedules assume; all cores by default
+    precision: str = "fp32"  # "fp16": cuda only, tensor-core matmuls (tag gets a "-fp16" suffix)
+
+
+PRECISIONS = ("fp32", "fp16")
+
+
+def _resolve_spec(options: CompileOptions):
+    if options.precision not in PRECISIONS:
+        raise ConfigError(f"precision {options.precision!r} is not one of {', '.join(PRECISIONS)}.")
+    if options.precision != "fp32" and options.target != "cuda":
+        raise ConfigError(f"precision {options.precision} is built for --target cuda only; "
+                          f"{options.target} builds are fp32.")
+    spec = resolve_target(options.target, arch=options.arch, mcpu=options.mcpu, num_cores=options.num_cores)
+    if options.precision == "fp32":
+        return spec
+    return dataclasses.replace(spec, tag=f"{spec.tag}-{options.precision}")  # beside the fp32 build
 
 
 def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(),
@@ -47,21 +64,27 @@ def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(
     manifest.verify_files(root)
     if ONNX_FILE not in manifest.files:
         raise ArtifactError(f"{root} holds no {ONNX_FILE}; export the model first with `forgeline export`.")
-    spec = resolve_target(options.target, arch=options.arch, mcpu=options.mcpu, num_cores=options.num_cores)
-    log.info("compile %s for %s (target %s)", root, spec.tag, spec.target)
+    spec = _resolve_spec(options)
+    log.info("compile %s for %s (target %s, %s)", root, spec.tag, spec.target, options.precision)
     build_dir = root / TVM_DIR / spec.tag
     _forget_build(root, manifest, spec.tag)
     build_dir.mkdir(parents=True)
-    result = build_tvm(root / ONNX_FILE, spec, build_dir)
+    result = build_tvm(root / ONNX_FILE, spec, build_dir, precision=options.precision)
     rel = lambda name: f"{TVM_DIR}/{spec.tag}/{name}"  # noqa: E731 - paths inside the artifact
     build = BuildRecord(
         tag=spec.tag, kind=spec.kind, target=spec.target, requires=spec.requires, lib=rel(result.lib_file),
         codegen_only=result.codegen_only, note=result.note, build_seconds=round(result.seconds, 2),
+        precision=options.precision,
     )
     manifest.builds[spec.tag] = build
     for name in [result.lib_file, *result.extra_files]:
         manifest.record_file(root, rel(name))
-    build.graph_libs = _build_graphs(root, manifest, spec, build_dir)
+    try:
+        build.graph_libs = _build_graphs(root, manifest, spec, build_dir, options.precision)
+    except CompileError:
+        _forget_build(root, manifest, spec.tag)  # a build without its graphs is not complete
+        manifest.save(root)
+        raise
     manifest.save(root)
     _check_build(root, manifest, build)
     if tune is not None:
@@ -69,19 +92,20 @@ def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(
     return manifest
 
 
-def _build_graphs(root: Path, manifest: Manifest, spec, build_dir: Path) -> dict[str, str]:
-    """Build each extra graph (KV-cache prefill/decode, ...) into tvm/<tag>/<graph>/; lib paths by name."""
+def _build_graphs(root: Path, manifest: Manifest, spec, build_dir: Path, precision: str) -> dict[str, str]:
+    """Build each extra graph (KV-cache prefill/decode, ...) into tvm/<tag>/<graph>/; lib paths by name.
+
+    A graph that does not compile fails the whole build with a sentence naming it.
+    """
     libs = {}
     for index, (name, graph) in enumerate(manifest.graphs.items(), 1):
         log.info("building graph %s (%d/%d)", name, index, len(manifest.graphs))
+        rows = DECODE_ROWS if name == "decode" else None  # one row per sequence per step
         try:
-            rows = DECODE_ROWS if name == "decode" else None  # one row per sequence per step
-            result = build_tvm(root / graph.onnx, spec, build_dir / name, gemm_rows=rows)
+            result = build_tvm(root / graph.onnx, spec, build_dir / name, gemm_rows=rows, precision=precision)
         except CompileError as exc:
-            # Known: TVM 0.27's CUDA (dlight) schedules reject the KV-cache graphs. The model's own
-            # graph still builds; generation on this target then says to use backend='ort'.
-            log.warning("graph %s not built for %s, so generation cannot use this build: %s", name, spec.tag, exc)
-            continue
+            raise CompileError(f"The {name} graph of {manifest.name} did not compile for {spec.tag}, so "
+                               f"the build is incomplete and was removed: {exc}") from exc
         for file in [result.lib_file, *result.extra_files]:
             manifest.record_file(root, f"{TVM_DIR}/{spec.tag}/{name}/{file}")
         libs[name] = f"{TVM_DIR}/{spec.tag}/{name}/{result.lib_file}"

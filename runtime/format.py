@@ -132,6 +132,7 @@ class BuildRecord:
     graph_libs: dict[str, str] = field(default_factory=dict)  # extra graph name (Manifest.graphs) -> lib path
     note: str = ""
     build_seconds: float = 0.0
+    precision: str = "fp32"  # "fp16" (CUDA): fp16 matmul operands and weights, fp32 accumulation
     # Tuned static-shape builds beside the dynamic lib, keyed "1x128" (sizes in input dim order):
     # {dims, lib, trials, tasks_tuned, tasks_default, tuning_seconds, database_sha256}. The
     # runtime serves one when every symbolic dim of a call equals its dims exactly.

@@ -31,8 +31,10 @@ class Executor(Protocol):
 class Model:
     """A loaded artifact bound to one backend (and, for TVM, one build)."""
 
-    def __init__(self, path: Path, manifest: Manifest, backend: str, executor: Executor, build: BuildRecord | None):
+    def __init__(self, path: Path, manifest: Manifest, backend: str, executor: Executor, build: BuildRecord | None,
+                 device_id: int = 0):
         self.path = path
+        self.device_id = device_id  # the CUDA device of a CUDA build (its graphs open there too)
         self.manifest = manifest
         self.backend = backend
         self.build = build
@@ -125,11 +127,13 @@ class Model:
         return f"Model({self.manifest.name}/{self.manifest.preset}, backend={self.stage})"
 
 
-def load(path: str | os.PathLike[str], backend: str = "tvm", target: str | None = None) -> Model:
+def load(path: str | os.PathLike[str], backend: str = "tvm", target: str | None = None,
+         device_id: int = 0) -> Model:
     """Open an artifact folder, verify every file's sha256, and bind it to a backend.
 
     ``target`` picks a TVM build by tag ("cpu-znver4") or kind ("cpu", "cuda"); by default the
-    first build this host can run is used, a CUDA one first when a GPU is present.
+    first build this host can run is used, a CUDA one first when a GPU is present. ``device_id``
+    is the CUDA device a CUDA build runs on.
     """
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
@@ -148,8 +152,10 @@ def load(path: str | os.PathLike[str], backend: str = "tvm", target: str | None 
     if build.buckets:  # tuned static-shape builds: dispatch by shape, the dynamic lib as fallback
         from .backends.buckets import BucketedExecutor
 
-        return Model(root, manifest, backend, BucketedExecutor(root, build, manifest.inputs, device), build)
-    return Model(root, manifest, backend, TvmExecutor(root / build.lib, device=device), build)
+        executor = BucketedExecutor(root, build, manifest.inputs, device, device_id=device_id)
+        return Model(root, manifest, backend, executor, build, device_id)
+    executor = TvmExecutor(root / build.lib, device=device, device_id=device_id)
+    return Model(root, manifest, backend, executor, build, device_id)
 
 
 def select_build(manifest: Manifest, target: str | None) -> BuildRecord:

@@ -28,8 +28,12 @@ def mixed_precision_passes(precision: str) -> list:
     return [relax.transform.ConvertToDataflow(), relax.transform.ToMixedPrecision(out_dtype="float32")]
 
 
-def cuda_pipeline(target: Target, precision: str = "fp32"):
-    """A module pass that compiles a Relax module for the CUDA ``target``."""
+def cuda_pipeline(target: Target, precision: str = "fp32", rules: list | None = None):
+    """A module pass that compiles a Relax module for the CUDA ``target``.
+
+    ``rules`` replaces the dlight rules (``rules.default_rules``); ``[]`` puts every kernel on
+    the one-thread fallback.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")  # checked upstream
 
@@ -44,7 +48,7 @@ def cuda_pipeline(target: Target, precision: str = "fp32"):
                 relax.transform.FoldConstant(),  # fp16: folds the weight casts into fp16 constants
                 relax.transform.FuseOps(),
                 relax.transform.FuseTIR(),
-                schedule_gpu_kernels(default_rules(precision)),
+                schedule_gpu_kernels(default_rules(precision) if rules is None else rules),
                 *tvm_cuda.dataflow_lower_passes(target),
                 *tvm_cuda.finalize_passes(target),
             ]

@@ -27,6 +27,8 @@ def compile_args(p: argparse.ArgumentParser, with_path: bool = True) -> None:
     p.add_argument("--target", default="cpu", help="target preset: cpu (this host's CPU) or cuda (default: cpu)")
     p.add_argument("--arch", help="CUDA architecture for --target cuda (default: sm_90)")
     p.add_argument("--mcpu", help="LLVM CPU name for --target cpu (default: detected from this host)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"],
+                   help="fp16: --target cuda only; fp16 matmuls on tensor cores, fp32 accumulation (default: fp32)")
     add_tuning_flags(p)
 
 
@@ -50,7 +52,7 @@ def export_options(args: argparse.Namespace):
 def compile_options(args: argparse.Namespace):
     from forgeline.compile import CompileOptions
 
-    return CompileOptions(target=args.target, arch=args.arch, mcpu=args.mcpu)
+    return CompileOptions(target=args.target, arch=args.arch, mcpu=args.mcpu, precision=args.precision)
 
 
 def add_tuning_flags(p: argparse.ArgumentParser, *, with_switch: bool = True) -> None:

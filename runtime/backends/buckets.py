@@ -23,9 +23,10 @@ DYNAMIC = "dynamic"  # the name of the fallback in ``last_build``
 class BucketedExecutor:
     """Run inputs (graph order) on the bucket build that fits them, or on the dynamic build."""
 
-    def __init__(self, root: Path, build: BuildRecord, inputs: list[TensorSpec], device: str = "cpu"):
+    def __init__(self, root: Path, build: BuildRecord, inputs: list[TensorSpec], device: str = "cpu",
+                 device_id: int = 0):
         self._root = Path(root)
-        self._device = device
+        self._device, self._device_id = device, device_id
         self._inputs = inputs
         self._libs = {DYNAMIC: build.lib}
         self._by_dims: dict[tuple, str] = {}  # sorted (dim, size) pairs -> bucket key
@@ -54,7 +55,8 @@ class BucketedExecutor:
             from .tvm import TvmExecutor
 
             log.info("loading %s build %s", "the dynamic" if key == DYNAMIC else "bucket", self._libs[key])
-            self._executors[key] = TvmExecutor(self._root / self._libs[key], device=self._device)
+            self._executors[key] = TvmExecutor(self._root / self._libs[key], device=self._device,
+                                              device_id=self._device_id)
         return self._executors[key]
 
 

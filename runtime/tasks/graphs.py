@@ -30,4 +30,4 @@ def open_graph(model, name: str):
         )
     from ..backends.tvm import TvmExecutor
 
-    return TvmExecutor(model.path / lib, device=model.build.device)
+    return TvmExecutor(model.path / lib, device=model.build.device, device_id=model.device_id)
