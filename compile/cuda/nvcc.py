@@ -111,7 +111,7 @@ def nvcc_for_tvm_codegen():
             os.environ["TVM_CUDA_COMPILE_MODE"] = saved
 
 
-def compile_fatbin(source: str, arch: str, target: dict, nvcc: Nvcc) -> bytes:
+def compile_fatbin(source: str, arch: str, target, nvcc: Nvcc) -> bytes:
     """nvcc ``source`` to a fatbin holding SASS for ``arch`` and its PTX (for newer GPUs to JIT).
 
     Uncompressed, so that the kernels in it can be listed without NVIDIA's tools.
@@ -121,7 +121,8 @@ def compile_fatbin(source: str, arch: str, target: dict, nvcc: Nvcc) -> bytes:
 
     compute = arch.replace("sm_", "compute_")
     gencode = ["-gencode", f"arch={compute},code={arch}", "-gencode", f"arch={compute},code={compute}"]
-    with Target(target), nvcc_first_on_path(nvcc):  # compile_cuda reads flags off the target
+    target = target if isinstance(target, Target) else Target(target)
+    with target, nvcc_first_on_path(nvcc):  # compile_cuda reads flags off the target
         return bytes(tvm_nvcc.compile_cuda(source, target_format="fatbin", arch=gencode,
                                            options=["--no-compress"], compiler="nvcc"))
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from forgeline.runtime.host import can_run, describe_host
 from forgeline.runtime.format import ONNX_FILE, TVM_DIR, BuildRecord, Manifest, StageRecord
 from forgeline.runtime.inputs import random_inputs
 from forgeline.runtime.parity import compare_outputs, raise_if_failed, stage_record
@@ -48,7 +49,10 @@ def tune_buckets(root: Path, manifest: Manifest, build: BuildRecord, tuning: Res
 
 def _tune_bucket(root, manifest: Manifest, build: BuildRecord, dims: dict[str, int],
                  db: TuningDatabase, target, settings) -> None:
-    from .search import tune_module
+    if build.kind == "cuda":
+        from .cuda_search import tune_cuda_module as tune_module
+    else:
+        from .search import tune_module
 
     key = bucket_key(dims)
     shapes = {s.name: [dims[d] if isinstance(d, str) else d for d in s.dims] for s in manifest.inputs}
@@ -57,7 +61,7 @@ def _tune_bucket(root, manifest: Manifest, build: BuildRecord, dims: dict[str, i
         tuned = tune_module(mod, target, db, settings)
         database_sha = db.sha256()
     lib = f"{TVM_DIR}/{build.tag}/bucket-{key}.so"
-    tuned.executable.export_library(str(root / lib))
+    _export(tuned.executable, build, root / lib)
     build.buckets[key] = {
         "dims": dict(dims), "lib": lib, "trials": tuned.trials, "reused_trials": tuned.reused_trials,
         "tasks_tuned": tuned.tasks_tuned, "tasks_default": tuned.tasks_default,
@@ -69,7 +73,12 @@ def _tune_bucket(root, manifest: Manifest, build: BuildRecord, dims: dict[str, i
     manifest.save(root)
     logger.info("bucket %s: %d trials run, %d reused; %d task(s) tuned, %d left at defaults",
                 key, tuned.trials, tuned.reused_trials, len(tuned.tasks_tuned), len(tuned.tasks_default))
-    record = check_bucket(root, manifest, lib, dims, stage=f"{TVM_DIR}/{build.tag}/{key}")
+    if build.kind == "cuda" and not can_run(build.requires, describe_host())[0]:
+        build.buckets[key]["note"] = "not checked on this host: it has no GPU (tuned through RPC)"
+        logger.warning("bucket %s of %s not checked on this host: it has no GPU", key, build.tag)
+        manifest.save(root)
+        return
+    record = check_bucket(root, manifest, lib, dims, stage=f"{TVM_DIR}/{build.tag}/{key}", device=build.device)
     manifest.stages[record.stage] = record
     if not record.passed:
         build.buckets.pop(key)
@@ -79,12 +88,22 @@ def _tune_bucket(root, manifest: Manifest, build: BuildRecord, dims: dict[str, i
     raise_if_failed(record)
 
 
-def check_bucket(root: Path, manifest: Manifest, lib: str, dims: dict[str, int], stage: str) -> StageRecord:
+def _export(executable, build: BuildRecord, lib_path: Path) -> None:
+    if build.kind == "cuda":
+        from ..cuda.export import export_cuda
+
+        export_cuda(executable, build.target, lib_path)
+    else:
+        executable.export_library(str(lib_path))
+
+
+def check_bucket(root: Path, manifest: Manifest, lib: str, dims: dict[str, int], stage: str,
+                 device: str = "cpu") -> StageRecord:
     """The bucket library against ONNX Runtime on random valid inputs of the bucket's shape."""
     from forgeline.runtime.backends.ort import OrtExecutor
     from forgeline.runtime.backends.tvm import TvmExecutor
 
-    reference, candidate = OrtExecutor(root / ONNX_FILE), TvmExecutor(root / lib)
+    reference, candidate = OrtExecutor(root / ONNX_FILE), TvmExecutor(root / lib, device=device)
     names = manifest.output_names()
     rows = []
     for case in range(CHECK_CASES):

@@ -98,3 +98,28 @@ def test_gather_batched_matmul_and_scatter_add_compile_for_cuda():
     source = str(find_cuda_modules(executable.mod)[0].inspect_source("cuda"))
     assert source.count("__global__") >= 3
     assert "scatter" in source.lower() or "atomicAdd" in source or "take" in source
+
+
+def test_cumsum_moved_to_the_last_axis_gives_numpy_values():
+    """The rewrite runs on CPU here (same Relax, llvm) and is compared with numpy's cumsum."""
+    from forgeline.compile.cuda.scan import cumsum_on_last_axis
+
+    n = tirx.Var("n", "int64")
+    mod = _module({"x": ([3, n, 4], "float32")},
+                  lambda bb, x: bb.emit(relax.op.cumsum(x, axis=1)))
+    rewritten = cumsum_on_last_axis(mod)
+    assert "permute_dims" in rewritten.script()
+    executable = tvm.compile(rewritten, target=tvm.target.Target({"kind": "llvm"}))
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    x = np.random.default_rng(0).standard_normal((3, 5, 4)).astype("float32")
+    got = vm["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_allclose(got, np.cumsum(x, axis=1), rtol=1e-6, atol=1e-6)
+
+
+def test_token_choice_cumsum_over_a_dynamic_axis_compiles_for_cuda():
+    n = tirx.Var("n", "int64")
+    mod = _module({"x": ([n, 2, 4], "float32")},
+                  lambda bb, x: bb.emit(relax.op.cumsum(x, axis=0)))
+    target = cuda_target()
+    executable = tvm.compile(mod, target=target, relax_pipeline=cuda_pipeline(target))
+    assert "cumsum" in str(find_cuda_modules(executable.mod)[0].inspect_source("cuda"))
