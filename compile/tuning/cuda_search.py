@@ -34,6 +34,20 @@ from .search import SearchSettings, TunedModule
 logger = logging.getLogger(__name__)
 
 
+# MetaSchedule's CUDA rules need the limits that dlight assumes by default; every GPU since
+# compute capability 2.0 allows 1024 threads and 48 KiB of static shared memory per block.
+_TUNING_LIMITS = {"max_threads_per_block": 1024, "max_shared_memory_per_block": 49152,
+                  "thread_warp_size": 32}
+
+
+def tuning_target(target) -> Target:
+    """The CUDA target with the thread and shared-memory limits MetaSchedule requires."""
+    config = dict(target.export()) if isinstance(target, Target) else dict(target)
+    for key, value in _TUNING_LIMITS.items():
+        config.setdefault(key, value)
+    return Target(config)
+
+
 def check_measurable(rpc: tuple[str, int, str] | None) -> None:
     """A sentence when there is neither a local GPU nor an RPC tracker to measure on."""
     problem = cuda_driver_problem() if rpc is None else ""
@@ -106,6 +120,7 @@ def tune_cuda_module(mod: tvm.IRModule, target: Target, db: TuningDatabase,
                      settings: SearchSettings) -> TunedModule:
     """Tune what the database does not cover, then compile with every record it holds."""
     check_measurable(settings.rpc)
+    target = tuning_target(target)
     fused = prepare_cuda(mod, target)
     tasks = extract_cuda_tasks(fused, target)
     keys = [f"{structural_hash(t.dispatched[0]) & (2**64 - 1):016x}" for t in tasks]
@@ -133,5 +148,5 @@ def compile_cuda_with_database(fused: tvm.IRModule, target: Target, db: TuningDa
         return tvm.compile(mod, target=target, relax_pipeline=lower)
 
 
-__all__ = ["build_cuda_candidate", "check_measurable", "compile_cuda_with_database", "design_space",
+__all__ = ["tuning_target", "build_cuda_candidate", "check_measurable", "compile_cuda_with_database", "design_space",
            "extract_cuda_tasks", "prepare_cuda", "tune_cuda_module"]
