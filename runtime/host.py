@@ -28,6 +28,7 @@ class HostInfo:
     arch: str  # "x86_64", "aarch64", ...
     cpu_features: frozenset = frozenset()  # /proc/cpuinfo flags, e.g. "avx512f"
     cuda_devices: list = field(default_factory=list, hash=False)  # capability per GPU: [90]
+    cuda_problem: str = ""  # without devices: what is missing (cuda_driver_problem), for messages
 
 
 def normalize_arch(machine: str) -> str:
@@ -83,7 +84,7 @@ def cuda_driver_problem() -> str:
     try:
         libcuda = ctypes.CDLL("libcuda.so.1")
     except OSError:
-        return "the NVIDIA driver library libcuda.so.1 is not found (no NVIDIA driver is installed)"
+        return "the NVIDIA driver library libcuda.so.1 is not found, so no NVIDIA driver is installed"
     try:
         status = libcuda.cuInit(0)
         if status != 0:
@@ -125,10 +126,12 @@ def cuda_compute_capabilities() -> list[int]:
 
 
 def describe_host() -> HostInfo:
+    devices = cuda_compute_capabilities()
     return HostInfo(
         arch=normalize_arch(platform.machine()),
         cpu_features=read_cpu_features(),
-        cuda_devices=cuda_compute_capabilities(),
+        cuda_devices=devices,
+        cuda_problem="" if devices else cuda_driver_problem(),
     )
 
 
@@ -141,9 +144,9 @@ def can_run(requires: dict, host: HostInfo) -> tuple[bool, str]:
     if requires.get("device") == "cuda":
         sm = int(requires.get("sm", 0))
         if not host.cuda_devices:
-            why = cuda_driver_problem() or "no CUDA device was found"
-            return False, (f"The build is for CUDA sm_{sm} but {why}; run it on a GPU host or "
-                           "use a CPU build.")
+            why = f" ({host.cuda_problem})" if host.cuda_problem else ""
+            return False, (f"The build is for CUDA sm_{sm} but this host has no CUDA device{why}; "
+                           "run it on a GPU host or use a CPU build.")
         # SASS for sm_XY runs on the same major with minor >= Y; the embedded PTX lets the driver
         # JIT for later majors.
         if not any(cc >= sm for cc in host.cuda_devices):
