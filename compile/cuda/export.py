@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +40,6 @@ def find_cuda_modules(module) -> list:
 
 
 def _kernel_names(source: str) -> list[str]:
-    import re
-
     return sorted(set(re.findall(r'extern "C" __global__ void(?: __launch_bounds__\(\d+\))? (\w+)\(',
                                  source)))
 

@@ -86,7 +86,7 @@ def build_cuda_candidate(mod, target, params) -> str:
     if params is not None:
         raise ValueError("forgeline tunes modules with embedded weights; params must be None.")
     built = tvm.compile(mod, target=target)
-    source = str(find_cuda_modules(built)[0].inspect_source("cuda"))
+    source = str(find_cuda_modules(built.mod)[0].inspect_source("cuda"))
     fatbin = compile_fatbin(source, str(target.attrs["arch"]), target, find_nvcc())
     path = os.path.join(tempfile.mkdtemp(prefix="forgeline-ms-cuda-"), "candidate.so")
     built.export_library(path, fpack_imports=packer_with_fatbin(source.encode(), fatbin))

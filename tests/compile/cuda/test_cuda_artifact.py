@@ -73,3 +73,15 @@ def test_a_graph_that_does_not_compile_fails_the_build(moe_cuda, tmp_path, monke
         compile_artifact(copy, CompileOptions(target="cuda"))
     assert "cuda-sm90" not in Manifest.load(copy).builds
     assert not (copy / "tvm" / "cuda-sm90").exists()
+
+
+@pytest.mark.skipif(bool(cuda_compute_capabilities()), reason="this host has a GPU")
+def test_cli_tune_for_cuda_without_gpu_or_tracker_refuses_in_one_sentence(moe_cuda, capsys, tmp_path):
+    from forgeline.cli import main
+
+    code = main(["tune", str(moe_cuda), "--target", "cuda", "--buckets", "1x8",
+                 "--tuning-db", str(tmp_path / "db")])
+    err = capsys.readouterr().err
+    assert code != 0 and err.startswith("error: ") and "Traceback" not in err
+    assert "libcuda.so.1" in err and "--rpc-tracker HOST:PORT" in err
+    assert not Manifest.load(moe_cuda).builds["cuda-sm90"].buckets
