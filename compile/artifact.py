@@ -25,7 +25,7 @@ from forgeline.runtime.model import load, open_model
 from forgeline.runtime.parity import raise_if_failed
 
 from .cpu.matmul import DECODE_ROWS
-from .cpu.precision import kernel_precision, precision_target
+from .precision import kernel_precision, precision_target
 from .guards import watch_interrupts
 from .targets import resolve_target
 from .tuning import TuneOptions, tune_artifact
@@ -42,7 +42,7 @@ class CompileOptions:
     arch: str | None = None  # cuda: "sm_90" by default
     mcpu: str | None = None  # cpu: LLVM CPU name; detected from the host by default
     num_cores: int | None = None  # cpu: threads the schedules assume; all cores by default
-    precision: str = "fp32"  # of the dense matmuls: "fp32" or "bf16" (AMX; cpu/precision.py)
+    precision: str = "fp32"  # of the dense matmuls: "fp32" or "bf16" (AMX; precision.py)
     emulate_amx: bool = False  # bf16 tile steps as TIR loops: same numerics, slow (for tests)
 
 
@@ -133,20 +133,21 @@ def _rebase(build: BuildRecord, files: dict[str, str], old: str, new: str) -> tu
 
 def _build_graphs(root: Path, manifest: Manifest, spec, build_dir: Path, files: dict[str, str],
                   precision: str = "fp32") -> dict[str, str]:
-    """Build each extra graph (KV-cache prefill/decode, ...) into <build_dir>/<graph>/; lib paths by name."""
+    """Build each extra graph (KV-cache prefill/decode, ...) into <build_dir>/<graph>/; lib paths by name.
+
+    A graph that does not compile fails the whole build with a sentence naming it.
+    """
     from forgeline.runtime.format import sha256_file
 
     libs = {}
     for index, (name, graph) in enumerate(manifest.graphs.items(), 1):
         log.info("building graph %s (%d/%d)", name, index, len(manifest.graphs))
+        rows = DECODE_ROWS if name == "decode" else None  # one row per sequence per step
         try:
-            rows = DECODE_ROWS if name == "decode" else None  # one row per sequence per step
             result = build_tvm(root / graph.onnx, spec, build_dir / name, gemm_rows=rows, precision=precision)
         except CompileError as exc:
-            # Known: TVM 0.27's CUDA (dlight) schedules reject the KV-cache graphs. The model's own
-            # graph still builds; generation on this target then says to use backend='ort'.
-            log.warning("graph %s not built for %s, so generation cannot use this build: %s", name, spec.tag, exc)
-            continue
+            raise CompileError(f"The {name} graph of {manifest.name} did not compile for {spec.tag}, so "
+                               f"the build is incomplete and was removed: {exc}") from exc
         for file in [result.lib_file, *result.extra_files]:
             relpath = f"{TVM_DIR}/{build_dir.name}/{name}/{file}"
             files[relpath] = sha256_file(root / relpath)

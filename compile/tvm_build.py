@@ -3,19 +3,16 @@
 ``build_tvm`` imports the ONNX graph with its weights embedded, runs TVM's default Relax pipeline
 for the target (for CUDA that pipeline applies dlight's GPU schedules) and exports ``model.so``.
 
-CUDA on a machine without a GPU: TVM 0.27's CUDA codegen leaves the kernels as CUDA *source*
-when no CUDA driver is loaded, and a library exported like that compiles them at load time on the
-GPU host, which then needs nvcc or NVRTC there. When nvcc is on this machine we compile the
-source to a fatbin (SASS for the arch plus its PTX) here and put that in the library instead, so
-the GPU host needs only the driver. Without nvcc we keep the source-carrying library, save the
-source as ``model.cu``, and say so in the result.
+CUDA builds run forgeline's CUDA pipeline (compile/cuda/pipeline.py) and are exported by
+compile/cuda/export.py: the kernels are compiled to a fatbin with nvcc (NVIDIA's PyPI nvcc first)
+and embedded in the library, so the GPU host needs only its driver; without nvcc the library
+carries CUDA source and the result says so.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import shutil
-import struct
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +21,10 @@ from forgeline.compile.cpu.pipeline import cpu_pipeline
 from forgeline.compile.guards import native_log_to, require_full_tvm, reraise_if_interrupted, watch_interrupts
 from forgeline.compile.targets import TargetSpec
 from forgeline.runtime.errors import ArtifactError, CompileError, MissingDependencyError, error_summary
-from forgeline.runtime.host import cuda_compute_capabilities
 
 logger = logging.getLogger(__name__)
 
 LIB_NAME = "model.so"
-CUDA_SOURCE_NAME = "model.cu"
 
 
 @dataclass
@@ -86,20 +81,36 @@ def import_relax(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None
     return _import_onnx(Path(onnx_path), shape_dict)[1]
 
 
+def _pipeline(target, spec: TargetSpec, gemm_rows: int | None, precision: str, unscheduled: list[str] | None):
+    if spec.kind == "cuda":
+        from forgeline.compile.cuda.pipeline import cuda_pipeline
+
+        return cuda_pipeline(target, precision)
+    return cpu_pipeline(target, gemm_rows=gemm_rows, unscheduled=unscheduled, precision=precision)
+
+
+def _codegen_environment(spec: TargetSpec):
+    if spec.kind != "cuda":
+        return contextlib.nullcontext()
+    from forgeline.compile.cuda.nvcc import nvcc_for_tvm_codegen
+
+    return nvcc_for_tvm_codegen()
+
+
 def _compile(tvm, mod, spec: TargetSpec, gemm_rows: int | None = None,
              unscheduled: list[str] | None = None, precision: str = "fp32"):
     from tvm.target import Target
 
     started = time.perf_counter()
     try:
-        # For CUDA, relax.get_default_pipeline(target) includes dlight's GPU schedules (without
-        # them a GPU build fails for unbound threads); for CPU it legalizes and fuses but
-        # schedules nothing, so llvm builds take forgeline's CPU defaults (compile/cpu/pipeline.py).
+        # Both pipelines schedule every kernel: TVM's default CPU pipeline schedules nothing, and
+        # its CUDA one stops at the first dlight rule that raises (compile/cuda/rules.py).
         target = Target(spec.target)
-        pipeline = (cpu_pipeline(target, gemm_rows=gemm_rows, unscheduled=unscheduled,
-                                 precision=precision)
-                    if spec.kind == "llvm" else "default")
-        executable = tvm.compile(mod, target=target, relax_pipeline=pipeline)
+        with _codegen_environment(spec):
+            executable = tvm.compile(mod, target=target,
+                                     relax_pipeline=_pipeline(target, spec, gemm_rows, precision, unscheduled))
+    except CompileError:
+        raise
     except Exception as exc:  # noqa: BLE001
         reraise_if_interrupted(exc)
         raise CompileError(f"TVM could not compile the model for {spec.tag}: "
@@ -109,147 +120,13 @@ def _compile(tvm, mod, spec: TargetSpec, gemm_rows: int | None = None,
     return executable
 
 
-def _find_cuda_modules(module) -> list:
-    found, stack = [], [module]
-    while stack:
-        current = stack.pop()
-        if current.kind == "cuda":
-            found.append(current)
-        stack.extend(current.imports)
-    return found
-
-
-# ---- library-blob rewriting: swap the CUDA module's source for a fatbin ------------------------
-# tvm_ffi's packed library binary: <nbytes u64> <indptr vec<u64>> <children vec<u64>> then per
-# module <kind str> [<payload bytes>] ("_lib" has no payload); str/bytes/vec are <u64 len><data>.
-# A CUDA module's payload is <fmt str> <fmap> <code bytes>.
-
-def _read_u64(buf: bytes, pos: int) -> tuple[int, int]:
-    return struct.unpack_from("<Q", buf, pos)[0], pos + 8
-
-
-def _read_chunk(buf: bytes, pos: int, item_size: int = 1) -> tuple[bytes, int]:
-    count, pos = _read_u64(buf, pos)
-    end = pos + count * item_size
-    return buf[pos:end], end
-
-
-def _chunk(data: bytes) -> bytes:
-    return struct.pack("<Q", len(data)) + data
-
-
-def _swap_cuda_payload(payload: bytes, source: bytes, fatbin: bytes) -> bytes:
-    fmt, pos = _read_chunk(payload, 0)
-    if fmt != b"cuda" or not payload.endswith(_chunk(source)):
-        raise CompileError(
-            f"The CUDA module's serialized layout is not the one forgeline knows (format "
-            f"{fmt[:16]!r}); this TVM version changed it, so build without nvcc on PATH to ship "
-            "source, or update forgeline."
-        )
-    fmap = payload[pos:len(payload) - len(_chunk(source))]
-    return _chunk(b"fatbin") + fmap + _chunk(fatbin)
-
-
-def _rewrite_library_bin(blob: bytes, source: bytes, fatbin: bytes) -> bytes:
-    total, pos = _read_u64(blob, 0)
-    indptr_raw, pos = _read_chunk(blob, pos, 8)
-    _, pos = _read_chunk(blob, pos, 8)
-    pieces, cursor, swapped = [], 8, 0
-    for _ in range(len(indptr_raw) // 8 - 1):
-        kind, pos = _read_chunk(blob, pos)
-        if kind == b"_lib":
-            continue
-        payload_start = pos
-        payload, pos = _read_chunk(blob, pos)
-        if kind == b"cuda":
-            pieces += [blob[cursor:payload_start], _chunk(_swap_cuda_payload(payload, source,
-                                                                              fatbin))]
-            cursor, swapped = pos, swapped + 1
-    if pos != 8 + total or swapped != 1:
-        raise CompileError(f"Expected one CUDA module in the packed library and found "
-                           f"{swapped}; the library layout is not the one forgeline knows.")
-    body = b"".join(pieces) + blob[cursor:]  # everything after the size header
-    return struct.pack("<Q", len(body)) + body
-
-
-def _packer_with_fatbin(source: bytes, fatbin: bytes):
-    """An ``fpack_imports`` for export_library that embeds ``fatbin`` in place of ``source``.
-
-    The rewritten blob goes in through the assembler's ``.incbin``, not a C array of hex bytes,
-    so that a model whose weights run to gigabytes still links in seconds.
-    """
-
-    def pack(module, is_system_lib, prefix, workspace_dir):
-        from tvm.runtime import _ffi_api
-
-        if is_system_lib:
-            raise CompileError("A system-lib CUDA build cannot embed a fatbin here; build a "
-                               "shared library (the default).")
-        blob = _ffi_api.ModulePackImportsToTensor(module).numpy().tobytes()
-        blob_path = Path(workspace_dir) / f"{prefix}devc.bin"
-        blob_path.write_bytes(_rewrite_library_bin(blob, source, fatbin))
-        symbol = f"{prefix}__tvm_ffi__library_bin"
-        asm_path = Path(workspace_dir) / f"{prefix}devc.S"
-        asm_path.write_text(
-            "\t.section .rodata\n"
-            f"\t.globl {symbol}\n"
-            f"\t.type {symbol}, @object\n"
-            "\t.balign 16\n"
-            f"{symbol}:\n"
-            f"\t.incbin \"{blob_path}\"\n"
-            f"\t.size {symbol}, .-{symbol}\n"
-            "\t.section .note.GNU-stack,\"\",@progbits\n"
-        )
-        return str(asm_path)
-
-    return pack
-
-
-def _export_cuda(executable, spec: TargetSpec, out_dir: Path) -> tuple[bool, str, list[str]]:
-    from tvm.support import nvcc
-    from tvm.target import Target
-
-    cuda_modules = _find_cuda_modules(executable.mod)
-    if len(cuda_modules) != 1:
-        raise CompileError(f"The CUDA build holds {len(cuda_modules)} CUDA modules, not one; "
-                           "forgeline cannot package it.")
-    source = str(cuda_modules[0].inspect_source("cuda"))
-    (out_dir / CUDA_SOURCE_NAME).write_text(source)
-    arch = spec.target["arch"]
-    if shutil.which("nvcc") is None:
-        executable.export_library(str(out_dir / LIB_NAME))
-        return True, (f"nvcc is not on PATH, so {LIB_NAME} carries CUDA source "
-                      f"({CUDA_SOURCE_NAME}) "
-                      f"for {arch}, not a GPU binary: it cannot run here, and a GPU host compiles "
-                      "it at load time with its own nvcc or NVRTC."), [CUDA_SOURCE_NAME]
-    started = time.perf_counter()
-    compute = arch.replace("sm_", "compute_")
-    gencode = ["-gencode", f"arch={compute},code={arch}",  # SASS for the arch
-               "-gencode", f"arch={compute},code={compute}"]  # PTX so newer GPUs can JIT it
-    try:
-        with Target(spec.target):  # nvcc.compile_cuda reads flags off the current target
-            fatbin = bytes(nvcc.compile_cuda(source, target_format="fatbin", arch=gencode,
-                                             compiler="nvcc"))
-    except Exception as exc:  # noqa: BLE001
-        raise CompileError(f"nvcc could not compile the generated CUDA source for {arch}: "
-                           f"{error_summary(exc, last=True)}. The source is in {out_dir / CUDA_SOURCE_NAME}."
-                           ) from exc
-    logger.info("nvcc compiled %d KiB of CUDA source to a %d KiB fatbin in %.2f s.",
-                len(source) // 1024, len(fatbin) // 1024, time.perf_counter() - started)
-    executable.export_library(str(out_dir / LIB_NAME),
-                              fpack_imports=_packer_with_fatbin(source.encode(), fatbin))
-    here = ("" if cuda_compute_capabilities() else
-            ", and this machine has none, so it was not run here")
-    return False, (f"{LIB_NAME} embeds a CUDA fatbin for {arch} (SASS and PTX) built with nvcc; "
-                   f"it needs a GPU host with an NVIDIA driver to run{here}."), [CUDA_SOURCE_NAME]
-
-
 def build_tvm(onnx_path: Path, spec: TargetSpec, out_dir: Path, *,
               gemm_rows: int | None = None, precision: str = "fp32") -> TvmBuildResult:
     """Compile ``onnx_path`` for ``spec`` into ``out_dir/model.so`` (weights embedded).
 
     ``gemm_rows`` fixes the CPU GEMM tile height (cpu.matmul.DECODE_ROWS for a decode graph);
-    ``precision`` is cpu.pipeline.apply_cpu_defaults's ("bf16": dense layers on AMX).
+    ``precision``: "bf16" puts CPU dense layers on AMX (cpu.pipeline.apply_cpu_defaults), "fp16" casts
+    CUDA matmuls to fp16 on tensor cores (fp32 accumulation).
     """
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     if not onnx_path.is_file():
@@ -269,7 +146,10 @@ def _build(onnx_path: Path, spec: TargetSpec, out_dir: Path, gemm_rows: int | No
     export_started = time.perf_counter()
     try:
         if spec.kind == "cuda":
-            codegen_only, note, extra = _export_cuda(executable, spec, out_dir)
+            from forgeline.compile.cuda.export import export_cuda
+
+            exported = export_cuda(executable, spec.target, out_dir / LIB_NAME)
+            codegen_only, note, extra = exported.codegen_only, exported.note, exported.extra_files
         else:
             executable.export_library(str(out_dir / LIB_NAME))
             codegen_only, note, extra = False, (

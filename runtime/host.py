@@ -28,6 +28,7 @@ class HostInfo:
     arch: str  # "x86_64", "aarch64", ...
     cpu_features: frozenset = frozenset()  # /proc/cpuinfo flags, e.g. "avx512f"
     cuda_devices: list = field(default_factory=list, hash=False)  # capability per GPU: [90]
+    cuda_problem: str = ""  # without devices: what is missing (cuda_driver_problem), for messages
 
 
 def normalize_arch(machine: str) -> str:
@@ -78,6 +79,25 @@ def cpu_core_count() -> int:
     return max(1, min(physical, usable))
 
 
+def cuda_driver_problem() -> str:
+    """Why this host cannot run CUDA code, as a clause naming what is missing; "" when it can."""
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return "the NVIDIA driver library libcuda.so.1 is not found, so no NVIDIA driver is installed"
+    try:
+        status = libcuda.cuInit(0)
+        if status != 0:
+            return (f"the NVIDIA driver (libcuda.so.1) is there but cuInit failed with CUDA error "
+                    f"{status} (no usable GPU, or a driver/kernel-module mismatch)")
+        count = ctypes.c_int(0)
+        if libcuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
+            return "the NVIDIA driver (libcuda.so.1) reports no CUDA device"
+    except (AttributeError, OSError) as exc:
+        return f"the NVIDIA driver (libcuda.so.1) did not answer ({exc})"
+    return ""
+
+
 def cuda_compute_capabilities() -> list[int]:
     """Compute capability of each CUDA device as an int (9.0 -> 90); [] without a driver."""
     try:
@@ -106,10 +126,12 @@ def cuda_compute_capabilities() -> list[int]:
 
 
 def describe_host() -> HostInfo:
+    devices = cuda_compute_capabilities()
     return HostInfo(
         arch=normalize_arch(platform.machine()),
         cpu_features=read_cpu_features(),
-        cuda_devices=cuda_compute_capabilities(),
+        cuda_devices=devices,
+        cuda_problem="" if devices else cuda_driver_problem(),
     )
 
 
@@ -122,8 +144,9 @@ def can_run(requires: dict, host: HostInfo) -> tuple[bool, str]:
     if requires.get("device") == "cuda":
         sm = int(requires.get("sm", 0))
         if not host.cuda_devices:
-            return False, (f"The build is for CUDA sm_{sm} but this host has no CUDA device "
-                           "(or no NVIDIA driver); run it on a GPU host or use a CPU build.")
+            why = f" ({host.cuda_problem})" if host.cuda_problem else ""
+            return False, (f"The build is for CUDA sm_{sm} but this host has no CUDA device{why}; "
+                           "run it on a GPU host or use a CPU build.")
         # SASS for sm_XY runs on the same major with minor >= Y; the embedded PTX lets the driver
         # JIT for later majors.
         if not any(cc >= sm for cc in host.cuda_devices):
@@ -141,5 +164,5 @@ def can_run(requires: dict, host: HostInfo) -> tuple[bool, str]:
     return True, "This host's CPU has every ISA extension the build uses."
 
 
-__all__ = ["HostInfo", "can_run", "cpu_core_count", "cuda_compute_capabilities",
+__all__ = ["HostInfo", "can_run", "cpu_core_count", "cuda_compute_capabilities", "cuda_driver_problem",
            "describe_host", "normalize_arch", "read_cpu_features"]

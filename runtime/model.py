@@ -40,8 +40,10 @@ class Model:
     ``close()``, or ``with load(...) as model:``, releases the libraries and their memory.
     """
 
-    def __init__(self, path: Path, manifest: Manifest, backend: str, executor: Executor, build: BuildRecord | None):
+    def __init__(self, path: Path, manifest: Manifest, backend: str, executor: Executor, build: BuildRecord | None,
+                 device_id: int = 0):
         self.path = path
+        self.device_id = device_id  # the CUDA device of a CUDA build (its graphs open there too)
         self.manifest = manifest
         self.backend = backend
         self.build = build
@@ -170,7 +172,7 @@ class Model:
 
 
 def load(path: str | os.PathLike[str], backend: str = "tvm", target: str | None = None, *,
-         verify_key: str | os.PathLike[str] | bytes | None = None) -> Model:
+         verify_key: str | os.PathLike[str] | bytes | None = None, device_id: int = 0) -> Model:
     """Open an artifact folder, check it, and bind it to a backend.
 
     Before any library is loaded: the manifest's signature is verified when there is one (and must
@@ -179,7 +181,8 @@ def load(path: str | os.PathLike[str], backend: str = "tvm", target: str | None 
     is native code: load only artifacts you trust.
 
     ``target`` picks a TVM build by tag ("cpu-znver4") or kind ("cpu", "cuda"); by default the
-    first build this host can run is used, a CUDA one first when a GPU is present.
+    first build this host can run is used, a CUDA one first when a GPU is present. ``device_id``
+    is the CUDA device a CUDA build runs on.
     """
     from .format import read_manifest_bytes
     from .signing import verify_manifest_signature
@@ -194,10 +197,11 @@ def load(path: str | os.PathLike[str], backend: str = "tvm", target: str | None 
         manifest = Manifest.from_bytes(data, root)
         check_confinement(root, manifest)
         manifest.verify_files(root)
-        return open_model(root, manifest, backend, target)
+        return open_model(root, manifest, backend, target, device_id)
 
 
-def open_model(root: Path, manifest: Manifest, backend: str = "tvm", target: str | None = None) -> Model:
+def open_model(root: Path, manifest: Manifest, backend: str = "tvm", target: str | None = None,
+               device_id: int = 0) -> Model:
     """Bind an already checked manifest to a backend (``load`` without the checks; compile uses it
     to measure a build that is not yet in the artifact's manifest)."""
     complete_dim_limits(manifest)
@@ -215,9 +219,10 @@ def open_model(root: Path, manifest: Manifest, backend: str = "tvm", target: str
     if build.buckets:  # tuned static-shape builds: dispatch by shape, the dynamic lib as fallback
         from .backends.buckets import BucketedExecutor
 
-        return Model(root, manifest, backend, BucketedExecutor(root, build, manifest.inputs, device), build)
-    return Model(root, manifest, backend, TvmExecutor(confined(root, build.lib, "the build library"),
-                                                      device=device), build)
+        executor = BucketedExecutor(root, build, manifest.inputs, device, device_id=device_id)
+        return Model(root, manifest, backend, executor, build, device_id)
+    executor = TvmExecutor(confined(root, build.lib, "the build library"), device=device, device_id=device_id)
+    return Model(root, manifest, backend, executor, build, device_id)
 
 
 def select_build(manifest: Manifest, target: str | None) -> BuildRecord:

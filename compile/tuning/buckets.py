@@ -16,6 +16,7 @@ import numpy as np
 
 from forgeline.runtime.errors import ArtifactError
 from forgeline.runtime.format import ONNX_FILE, TVM_DIR, BuildRecord, Manifest, StageRecord
+from forgeline.runtime.host import can_run, describe_host
 from forgeline.runtime.inputs import random_inputs
 from forgeline.runtime.parity import compare_outputs, raise_if_failed, stage_record
 
@@ -55,7 +56,10 @@ def _tune_bucket(root, manifest: Manifest, build: BuildRecord, dims: dict[str, i
     from forgeline.runtime.artifact_io import staging_dir, update_manifest
     from forgeline.runtime.format import sha256_file
 
-    from .search import tune_module
+    if build.kind == "cuda":
+        from .cuda_search import tune_cuda_module as tune_module
+    else:
+        from .search import tune_module
 
     key = bucket_key(dims)
     shapes = {s.name: [dims[d] if isinstance(d, str) else d for d in s.dims] for s in manifest.inputs}
@@ -66,9 +70,7 @@ def _tune_bucket(root, manifest: Manifest, build: BuildRecord, dims: dict[str, i
     lib = f"{TVM_DIR}/{build.tag}/bucket-{key}.so"
     stage = f"{TVM_DIR}/{build.tag}/{key}"
     with staging_dir(root / lib) as staged:
-        tuned.executable.export_library(str(staged / "bucket.so"))
-        record = check_bucket(root, manifest, str((staged / "bucket.so").relative_to(root)), dims, stage=stage)
-        raise_if_failed(record)  # a bucket that misses is never kept; the artifact stays as it was
+        _export(tuned.executable, build, staged / "bucket.so")
         bucket = {
             "dims": dict(dims), "lib": lib, "trials": tuned.trials, "reused_trials": tuned.reused_trials,
             "tasks_tuned": tuned.tasks_tuned, "tasks_default": tuned.tasks_default,
@@ -76,6 +78,14 @@ def _tune_bucket(root, manifest: Manifest, build: BuildRecord, dims: dict[str, i
             "tuning_seconds": round(tuned.seconds, 2), "database": str(db.folder),
             "database_sha256": database_sha,
         }
+        if build.kind == "cuda" and not can_run(build.requires, describe_host())[0]:
+            bucket["note"] = "not checked on this host: it has no GPU (tuned through RPC)"
+            logger.warning("bucket %s of %s not checked on this host: it has no GPU", key, build.tag)
+            record = None
+        else:
+            record = check_bucket(root, manifest, str((staged / "bucket.so").relative_to(root)), dims,
+                                  stage=stage, device=build.device)
+            raise_if_failed(record)  # a bucket that misses is never kept; the artifact stays as it was
         digest = sha256_file(staged / "bucket.so")
 
         def drop(current: Manifest) -> None:
@@ -88,7 +98,8 @@ def _tune_bucket(root, manifest: Manifest, build: BuildRecord, dims: dict[str, i
         def add(current: Manifest) -> None:
             current.builds[build.tag].buckets[key] = bucket
             current.files[lib] = digest
-            current.stages[stage] = record
+            if record is not None:
+                current.stages[stage] = record
 
         manifest = update_manifest(root, add, drop=drop, moves=[(staged / "bucket.so", root / lib)])
     logger.info("bucket %s: %d trials run, %d reused; %d task(s) tuned, %d left at defaults",
@@ -96,12 +107,22 @@ def _tune_bucket(root, manifest: Manifest, build: BuildRecord, dims: dict[str, i
     return manifest
 
 
-def check_bucket(root: Path, manifest: Manifest, lib: str, dims: dict[str, int], stage: str) -> StageRecord:
+def _export(executable, build: BuildRecord, lib_path: Path) -> None:
+    if build.kind == "cuda":
+        from ..cuda.export import export_cuda
+
+        export_cuda(executable, build.target, lib_path)
+    else:
+        executable.export_library(str(lib_path))
+
+
+def check_bucket(root: Path, manifest: Manifest, lib: str, dims: dict[str, int], stage: str,
+                 device: str = "cpu") -> StageRecord:
     """The bucket library against ONNX Runtime on random valid inputs of the bucket's shape."""
     from forgeline.runtime.backends.ort import OrtExecutor
     from forgeline.runtime.backends.tvm import TvmExecutor
 
-    reference, candidate = OrtExecutor(root / ONNX_FILE), TvmExecutor(root / lib)
+    reference, candidate = OrtExecutor(root / ONNX_FILE), TvmExecutor(root / lib, device=device)
     names = manifest.output_names()
     rows = []
     for case in range(CHECK_CASES):

@@ -89,9 +89,10 @@ def _build_candidate(mod, target, params) -> str:
 class PooledBuilder(PyBuilder):
     """A local builder whose worker pool lives for the whole tuning job; call ``shutdown``."""
 
-    def __init__(self, *, max_workers: int, timeout_sec: float) -> None:
+    def __init__(self, *, max_workers: int, timeout_sec: float, build_fn=None) -> None:
         super().__init__()
         self.timeout_sec = timeout_sec
+        self.build_fn = build_fn or _build_candidate  # (mod, target, params) -> artifact path
         self.pool = PopenPoolExecutor(max_workers=max_workers, timeout=timeout_sec,
                                       initializer=_warm_worker)
         for _ in range(max_workers):  # start the workers now, while the tasks are being set up
@@ -100,7 +101,8 @@ class PooledBuilder(PyBuilder):
     def build(self, build_inputs):
         jobs = [(b.mod, b.target, b.params) for b in build_inputs]
         results = []
-        for outcome in self.pool.map_with_error_catching(lambda job: _build_candidate(*job), jobs):
+        build_fn = self.build_fn
+        for outcome in self.pool.map_with_error_catching(lambda job: build_fn(*job), jobs):
             if outcome.status == StatusKind.COMPLETE:
                 results.append(BuilderResult(outcome.value, None))
             elif outcome.status == StatusKind.TIMEOUT:

@@ -1,4 +1,4 @@
-"""Tune an artifact's CPU build per shape bucket: the entry point behind `forgeline tune`."""
+"""Tune an artifact's CPU or CUDA build per shape bucket: the entry point behind `forgeline tune`."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from .options import TuneOptions, resolve_tuning
 
 
 def tune_artifact(path: str | Path, target_tag: str, options: TuneOptions) -> Manifest:
-    """Add a tuned build per bucket to the artifact's existing CPU build ``target_tag``."""
+    """Add a tuned build per bucket to the artifact's existing build ``target_tag``."""
     root = Path(path)
     manifest = Manifest.load(root)
     check_confinement(root, manifest)
@@ -23,8 +23,12 @@ def tune_artifact(path: str | Path, target_tag: str, options: TuneOptions) -> Ma
         raise ArtifactError(f"{root} has no build {target_tag!r} to tune (it holds "
                             f"{', '.join(manifest.builds) or 'none'}); run `forgeline compile "
                             f"{root} --target cpu` first.")
-    if build.kind != "llvm":
-        raise ConfigError(f"Tuning supports CPU (llvm) builds only; {target_tag} is a "
-                          f"{build.kind} build.")
+    if build.kind not in ("llvm", "cuda") or build.precision != "fp32":
+        raise ConfigError(f"Tuning supports fp32 CPU (llvm) and CUDA builds; {target_tag} is a "
+                          f"{build.precision} {build.kind} build.")
     resolved = resolve_tuning(options, manifest, target_tag)
+    if build.kind == "cuda":
+        from .cuda_search import check_measurable
+
+        check_measurable(resolved.rpc)  # before any import or search work
     return tune_buckets(root, manifest, build, resolved)

@@ -24,9 +24,10 @@ DYNAMIC = "dynamic"  # the name of the fallback in ``last_build``
 class BucketedExecutor:
     """Run inputs (graph order) on the bucket build that fits them, or on the dynamic build."""
 
-    def __init__(self, root: Path, build: BuildRecord, inputs: list[TensorSpec], device: str = "cpu"):
+    def __init__(self, root: Path, build: BuildRecord, inputs: list[TensorSpec], device: str = "cpu",
+                 device_id: int = 0):
         self._root = Path(root)
-        self._device = device
+        self._device, self._device_id = device, device_id
         self._inputs = inputs
         self._libs = {DYNAMIC: build.lib}
         self._by_dims: dict[tuple, str] = {}  # sorted (dim, size) pairs -> bucket key
@@ -59,7 +60,7 @@ class BucketedExecutor:
 
                 log.info("loading %s build %s", "the dynamic" if key == DYNAMIC else "bucket", self._libs[key])
                 path = confined(self._root, self._libs[key], f"the {key} library")
-                self._executors[key] = TvmExecutor(path, device=self._device)
+                self._executors[key] = TvmExecutor(path, device=self._device, device_id=self._device_id)
             return self._executors[key]
 
     def close(self) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 
 from forgeline.runtime.backends.cpu_kernels import register_cpu_kernels
 from forgeline.runtime.errors import ArtifactError, InputError, TargetMismatchError
-from forgeline.runtime.host import cpu_core_count, cuda_compute_capabilities
+from forgeline.runtime.host import cpu_core_count, cuda_compute_capabilities, cuda_driver_problem
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ def _load_cuda_runtime(tvm) -> None:
     from tvm_ffi.libinfo import load_lib_ctypes
 
     runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
+    _preload_cudart()
     try:
         _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(
             package="tvm", target_name="tvm_runtime_cuda", extra_lib_paths=[runtime_dir],
@@ -114,14 +115,42 @@ def _load_cuda_runtime(tvm) -> None:
     except (OSError, RuntimeError) as exc:
         raise TargetMismatchError(
             f"TVM's CUDA runtime could not be loaded ({exc}); this host needs the NVIDIA driver "
-            "and the CUDA runtime (libcudart) to run a CUDA build."
+            "and the CUDA 13 runtime libcudart.so.13 (pip install nvidia-cuda-runtime==13.0.*, "
+            "or forgeline[cuda-build]) to run a CUDA build."
         ) from exc
+
+
+def _preload_cudart() -> None:
+    """Load libcudart.so.13 from NVIDIA's PyPI package when the system has none on its path:
+    TVM 0.27's CUDA runtime links it, and a GPU host without a CUDA toolkit gets it from pip."""
+    import ctypes
+    import importlib.util
+
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(root) / "cu13" / "lib" / "libcudart.so.13"
+        if candidate.is_file():
+            ctypes.CDLL(str(candidate), mode=ctypes.RTLD_GLOBAL)
+            return
+
+
+def _cuda_device_check(lib_path: Path, device_id: int) -> None:
+    """A sentence naming what is missing when ``lib_path`` cannot run on CUDA device ``device_id``."""
+    problem = cuda_driver_problem()
+    if problem:
+        raise TargetMismatchError(f"{lib_path} is a CUDA build, but {problem}; run it on a GPU "
+                                  "host or use a CPU build.")
+    count = len(cuda_compute_capabilities())
+    if not 0 <= device_id < count:
+        raise InputError(f"device_id={device_id} is not a CUDA device of this host, which has "
+                         f"{count} (ids 0..{count - 1}).")
 
 
 class TvmExecutor:
     """A compiled Relax VM library, ready to run on numpy arrays."""
 
-    def __init__(self, lib_path: Path, device: str = "cpu", num_threads: int | None = None):
+    def __init__(self, lib_path: Path, device: str = "cpu", num_threads: int | None = None,
+                 device_id: int = 0):
         self.lib_path = Path(lib_path)
         if not self.lib_path.is_file():
             raise ArtifactError(
@@ -130,11 +159,8 @@ class TvmExecutor:
             )
         if device not in ("cpu", "cuda"):
             raise InputError(f"device={device!r} is not supported; use 'cpu' or 'cuda'.")
-        if device == "cuda" and not cuda_compute_capabilities():
-            raise TargetMismatchError(
-                f"{self.lib_path} is to run on CUDA but this host has no CUDA device (or no "
-                "NVIDIA driver); run it on a GPU host or use a CPU build."
-            )
+        if device == "cuda":
+            _cuda_device_check(self.lib_path, device_id)
         self.num_threads = num_threads or cpu_core_count()
         if self.num_threads < 1:
             raise InputError(f"num_threads={num_threads} must be at least 1.")
@@ -143,7 +169,7 @@ class TvmExecutor:
         if device == "cuda":
             _load_cuda_runtime(tvm)
         self.device = device
-        self._dev = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
+        self._dev = tvm.cuda(device_id) if device == "cuda" else tvm.cpu(0)
         started = time.perf_counter()
         self._lock = threading.Lock()  # one call at a time: the VM is not thread-safe
         try:

@@ -32,4 +32,5 @@ def open_graph(model, name: str):
         )
     from ..backends.tvm import TvmExecutor
 
-    return TvmExecutor(confined(model.path, lib, f"the {name!r} library"), device=model.build.device)
+    return TvmExecutor(confined(model.path, lib, f"the {name!r} library"), device=model.build.device,
+                       device_id=model.device_id)

@@ -79,3 +79,4 @@ def test_this_host_cannot_run_a_cuda_build_unless_it_has_a_gpu():
     assert ok == any(cc >= 90 for cc in host.cuda_devices)
     if not host.cuda_devices:
         assert why.startswith("The build is for CUDA sm_90 but this host has no CUDA device")
+        assert host.cuda_problem and host.cuda_problem in why  # names what is missing

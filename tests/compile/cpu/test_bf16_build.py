@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from forgeline.compile import CompileOptions, compile_artifact
-from forgeline.compile.cpu.precision import precision_target, require_amx_host
+from forgeline.compile.precision import precision_target, require_amx_host
 from forgeline.compile.targets import TargetSpec
 from forgeline.export import ExportOptions, export_model
 from forgeline.runtime.errors import ConfigError, TargetMismatchError

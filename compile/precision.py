@@ -1,6 +1,8 @@
 """What ``--precision`` does to a compile target: its build tag, LLVM features and requirements.
 
-fp32 is the default and leaves the target as it is. bf16 needs AMX (amx_bf16 and amx_tile):
+fp32 is the default and leaves the target as it is. fp16 is for CUDA targets (tensor-core
+matmuls, compile/cuda/pipeline.py); its build gets a ``-fp16`` tag beside the fp32 one. bf16 is
+for CPU targets and needs AMX (amx_bf16 and amx_tile):
 forgeline refuses bf16 for this host's CPU when it has no AMX, rather than fall back, because
 the only other bf16 path on x86 (AVX512-BF16's ``vdpbf16ps``) runs at or below fp32 FMA's FLOP
 rate and so would be slower than the fp32 build, not faster. Naming an AMX CPU with ``mcpu``
@@ -13,10 +15,11 @@ from dataclasses import replace
 
 from forgeline.runtime.errors import ConfigError
 
-from ..targets import TargetSpec
-from .amx import AMX_CPU_FEATURES, AMX_LLVM_ATTRS
+from .cpu.amx import AMX_CPU_FEATURES, AMX_LLVM_ATTRS
+from .targets import TargetSpec
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
+_TARGET_KIND = {"bf16": "llvm", "fp16": "cuda"}  # where each reduced precision is built
 
 
 def require_amx_host(cpu_features: frozenset, cpu_name: str) -> None:
@@ -41,9 +44,12 @@ def precision_target(spec: TargetSpec, precision: str, *, host_features: frozens
         raise ConfigError(f"Unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
     if precision == "fp32":
         return spec
-    if spec.kind != "llvm":
-        raise ConfigError(f"--precision {precision} is for CPU targets (--target cpu) here, not "
-                          f"{spec.kind}.")
+    if spec.kind != _TARGET_KIND[precision]:
+        wanted = "cpu" if _TARGET_KIND[precision] == "llvm" else "cuda"
+        raise ConfigError(f"--precision {precision} is built for --target {wanted} only, not for "
+                          f"{spec.tag}; leave --precision at fp32 there.")
+    if precision == "fp16":
+        return replace(spec, tag=f"{spec.tag}-fp16")
     if emulate_amx:
         return replace(spec, tag=f"{spec.tag}-{precision}emu")
     if host_features is not None:
