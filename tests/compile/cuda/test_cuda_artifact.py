@@ -69,10 +69,13 @@ def test_a_graph_that_does_not_compile_fails_the_build(moe_cuda, tmp_path, monke
         return real(onnx_path, *args, **kwargs)
 
     monkeypatch.setattr(artifact, "build_tvm", failing_prefill)
+    before = Manifest.load(copy).builds["cuda-sm90"]
     with pytest.raises(CompileError, match="prefill graph of .* did not compile for cuda-sm90"):
         compile_artifact(copy, CompileOptions(target="cuda"))
-    assert "cuda-sm90" not in Manifest.load(copy).builds
-    assert not (copy / "tvm" / "cuda-sm90").exists()
+    after = Manifest.load(copy)  # the incomplete build never lands: the previous one stays as it was
+    assert after.builds["cuda-sm90"] == before
+    after.verify_files(copy)
+    assert not list((copy / "tvm").glob(".forgeline-tmp-*"))
 
 
 @pytest.mark.skipif(bool(cuda_compute_capabilities()), reason="this host has a GPU")

@@ -11,7 +11,7 @@ import tvm
 from tvm import relax, tirx
 
 from forgeline.compile import CompileOptions
-from forgeline.compile.artifact import _resolve_spec
+from forgeline.compile.artifact import resolve_precision_target
 from forgeline.compile.cuda.export import find_cuda_modules
 from forgeline.compile.cuda.pipeline import cuda_pipeline
 from forgeline.runtime.errors import ConfigError
@@ -45,8 +45,10 @@ def test_fp16_matmul_uses_tensor_cores_and_fp32_stays_without():
 
 
 def test_fp16_is_for_cuda_builds_only_and_gets_its_own_tag():
-    assert _resolve_spec(CompileOptions(target="cuda", precision="fp16")).tag == "cuda-sm90-fp16"
-    with pytest.raises(ConfigError, match="cuda only"):
-        _resolve_spec(CompileOptions(target="cpu", precision="fp16"))
-    with pytest.raises(ConfigError, match="not one of"):
-        _resolve_spec(CompileOptions(target="cuda", precision="int3"))
+    assert resolve_precision_target(CompileOptions(target="cuda", precision="fp16")).tag == "cuda-sm90-fp16"
+    with pytest.raises(ConfigError, match="--target cuda only"):
+        resolve_precision_target(CompileOptions(target="cpu", precision="fp16"))
+    with pytest.raises(ConfigError, match="--target cpu only"):
+        resolve_precision_target(CompileOptions(target="cuda", precision="bf16"))
+    with pytest.raises(ConfigError, match="choose one of"):
+        resolve_precision_target(CompileOptions(target="cuda", precision="int3"))
