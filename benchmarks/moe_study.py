@@ -253,10 +253,9 @@ def markdown(results: dict, command: str, json_path: str) -> str:
     for family_name, fam in results["families"].items():
         lines += _family_table(family_name, fam)
     lines += ["## What the numbers show", "", *summary(results), "",
-              "Wall time: forgeline's MoE layers run every expert on every token and mask the result "
-              "(identical numbers to gather/scatter, and it compiles with dynamic shapes), so the seconds "
-              "per step above grow with the number of experts and say nothing about the compute saving of "
-              "sparse routing.", ""]
+              "Wall time: forgeline's MoE layers dispatch sparsely (each expert runs only on the tokens "
+              "it took), so the seconds per step above follow the active compute; on a shared machine "
+              "compare them within one run only.", ""]
     return "\n".join(lines)
 
 
