@@ -12,7 +12,7 @@ register-blocked CPU GEMM schedule:
 - M is padded to whole tiles of ``tile_rows`` rows (a zero-padded copy of A, one pass) and N to
   whole tiles of ``COLS_VECTORS`` SIMD vectors, so the inner loop carries no predicate (a
   predicate there made LLVM keep the accumulators in memory: 3-4x slower).
-- Each tile's ``rows x cols`` accumulators stay in registers while k runs (24 zmm registers on
+- Each tile's ``rows x cols`` accumulators stay in registers while k runs (14 zmm registers on
   AVX-512); the N part is vectorized and the M part unrolled; tiles run in parallel on TVM's
   thread pool, column panels outermost so each weight panel is read from memory once.
 - B is re-laid as contiguous ``(N/cols, K, cols)`` panels. For constant weights this happens
@@ -33,24 +33,33 @@ from __future__ import annotations
 from .rules import cpu_rule
 
 COLS_VECTORS = 2  # SIMD vectors per tile row
-# A KV-cache decode step multiplies one row per sequence (M = batch): a 12-row tile would pad a
-# batch-1 step to 12x the FLOPs, so decode graphs use single-row tiles (a GEMV per row).
+# A KV-cache decode step multiplies one row per sequence (M = batch): a 7-row tile would pad a
+# batch-1 step to 7x the FLOPs, so decode graphs use single-row tiles (a GEMV per row).
 DECODE_ROWS = 1
 
 
+# TVM keeps a kernel's scratch buffer on the stack only when it is under 1 KiB
+# (``kMaxStackAlloca``) and in "global" scope; anything else becomes a heap workspace, once per
+# tile. A heap accumulator may alias the other heap buffers (A's zero-padded copy, attention's
+# per-call packed B), so LLVM stored all accumulators back to memory after every FMA: the
+# dynamic-shape GEMMs ran at ~43 GFLOP/s per core instead of ~112 (128x256x1024, znver4).
+ACCUMULATOR_BYTES = 1024
+
+
 def tile_rows(lanes: int, rows_extent=None) -> int:
-    """Output rows per register tile: ``rows * COLS_VECTORS`` accumulators plus the operands
-    must fit the register file. AVX-512 (16 fp32 lanes) has 32 vector registers: 12 rows hold
-    24 accumulators; 4-16 row tiles measured on gpt-small's GEMMs were no better. AVX2 and
-    NEON-class targets get 6 rows (12 accumulators of 16 registers). A static M (a tuning
-    bucket) takes the largest of those that divides it, so A needs no zero-padded copy.
+    """Output rows per register tile: the ``rows x COLS_VECTORS`` fp32 accumulators must stay
+    under ``ACCUMULATOR_BYTES`` so they live in registers (7 rows of 32 on AVX-512: 14 zmm
+    accumulators, 6 rows of 16 on AVX2). A static M (a tuning bucket) takes the largest
+    height that divides it, so A needs no zero-padded copy.
     """
     from tvm import tirx
 
-    widest = 12 if lanes >= 16 else 6
+    registers = 32 if lanes >= 16 else 16  # AVX-512 has 32 vector registers, AVX2/NEON 16
+    by_registers = (registers - COLS_VECTORS - 1) // COLS_VECTORS  # + B's vectors + A's scalar
+    widest = min(by_registers, (ACCUMULATOR_BYTES - 1) // (4 * lanes * COLS_VECTORS))
     if isinstance(rows_extent, tirx.IntImm):
-        for rows in (widest, 8, 6, 4):
-            if rows <= widest and int(rows_extent) % rows == 0:
+        for rows in range(widest, 3, -1):
+            if int(rows_extent) % rows == 0:
                 return rows
     return widest
 
@@ -109,7 +118,8 @@ def schedule_matmul(sch, infos, lanes: int, *, rows: int | None = None) -> bool:
     unpad = sch.get_consumers(main)[0]
     if not sch.get(unpad).same_as(sch.get(write_back)):
         sch.reverse_compute_inline(write_back)
-    sch.set_scope(main, 0, "local")  # the accumulators: registers, once unrolled
+    # The accumulators stay a "global"-scope tile buffer: TVM puts a small one on the stack,
+    # which LLVM promotes to registers once the tile is unrolled ("local" would go to the heap).
     for block in sch.get_producers(main):
         if not sch.get(block).annotations.get("meta_schedule.layout_rewrite_preproc"):
             _parallel_copy(sch, block)
