@@ -36,6 +36,10 @@ COLS_VECTORS = 2  # SIMD vectors per tile row
 # A KV-cache decode step multiplies one row per sequence (M = batch): a 7-row tile would pad a
 # batch-1 step to 7x the FLOPs, so decode graphs use single-row tiles (a GEMV per row).
 DECODE_ROWS = 1
+# Column panels per block: 16 x K x 32 floats of B (512 KiB at K=256) stay in L2 while every row
+# tile of A passes over them. The 128x256x8000 LM head: 5.9 ms with blocks, 6.3 without (p50
+# CPU time, one thread, znver4).
+PANELS_PER_BLOCK = 16
 
 
 # TVM keeps a kernel's scratch buffer on the stack only when it is under 1 KiB
@@ -167,16 +171,30 @@ def _weight_read(sch, main) -> bool:
     return rhs in params and params.index(rhs) in free
 
 
+def _panels_per_block(panels_extent) -> int:
+    """Column panels per L2 block: the largest divisor of a static panel count up to
+    ``PANELS_PER_BLOCK`` (a symbolic N, attention's sequence, keeps one panel per block)."""
+    from tvm import tirx
+
+    if not isinstance(panels_extent, tirx.IntImm):
+        return 1
+    panels = int(panels_extent)
+    return max(p for p in range(1, min(panels, PANELS_PER_BLOCK) + 1) if panels % p == 0)
+
+
 def _tile(sch, main, write_back, rows_tile: int, cols_tile: int, lanes: int) -> None:
     batch, rows, cols, k = sch.get_loops(main)
     m_outer, m_inner = sch.split(rows, factors=[None, rows_tile])
     n_outer, n_inner = sch.split(cols, factors=[None, cols_tile])
-    # Column panels outermost: a (K, COLS) panel of the weights stays in cache while every row
-    # tile of the (small) activations streams past it, so each weight is read from memory once.
-    sch.reorder(n_outer, m_outer, k, m_inner, n_inner)
-    tiles = sch.fuse(batch, n_outer, m_outer)
+    block = _panels_per_block(sch.get(n_outer).extent)
+    n_block, n_panel = sch.split(n_outer, factors=[None, block])
+    # A block of column panels (block x K x cols of B: a few hundred KB, L2-resident) is read
+    # once from memory and reused by every row tile; within it, one row tile of A stays in L1
+    # while it sweeps the block's panels, writing a contiguous run of each output row.
+    sch.reorder(n_block, m_outer, n_panel, k, m_inner, n_inner)
+    tiles = sch.fuse(batch, n_block, m_outer)
     sch.parallel(tiles)
-    sch.reverse_compute_at(write_back, tiles)
+    sch.reverse_compute_at(write_back, n_panel)
     _vectorize_tile(sch, m_inner, n_inner, lanes)
     sch.decompose_reduction(main, k)
     *_, wb_rows, wb_cols = sch.get_loops(write_back)
