@@ -13,19 +13,21 @@ register-blocked CPU GEMM schedule:
   whole tiles of ``COLS_VECTORS`` SIMD vectors, so the inner loop carries no predicate (a
   predicate there made LLVM keep the accumulators in memory: 3-4x slower).
 - Each tile's ``rows x cols`` accumulators stay in registers while k runs (14 zmm registers on
-  AVX-512); the N part is vectorized and the M part unrolled; tiles run in parallel on TVM's
-  thread pool, column panels outermost so each weight panel is read from memory once.
+  AVX-512: 7 rows x 32 columns, the most that fits TVM's 1 KiB stack-allocation limit; see
+  ``ACCUMULATOR_BYTES``); the N part is vectorized and the M part unrolled.
+- Tiles run in parallel on TVM's thread pool over (column-panel block, row tile): a block of up
+  to ``PANELS_PER_BLOCK`` column panels of B stays in L2 while one row tile of A (in L1) sweeps
+  it, so each weight is read from memory once and each output row is written in runs.
 - B is re-laid as contiguous ``(N/cols, K, cols)`` panels. For constant weights this happens
   once at build time (weights.py); other right operands (attention's K and V) are re-laid
   per call, one pass over them.
 - The epilogue is inlined into the tile's write-back, so bias/GELU/residual cost no extra pass
   over memory and no separate kernel.
 
-Measured on the 2-core benchmark machine (emeraldrapids, AVX-512), called directly: a
-128x1024x256 GEMM with bias and residual ran at ~210-250 GFLOP/s on 2 threads, the
-128x256x8000 LM head at ~100-130 (memory-bound on its 8 MB of weights), against ~130 for
-numpy's OpenBLAS on one thread. Inside a whole model they run at ~125-150 GFLOP/s; ONNX
-Runtime's MLAS kernels reach ~160-250 on the same shapes (see the README's benchmark notes).
+Measured on the 2-core benchmark machine (AMD EPYC, znver4, AVX-512), one thread, CPU time:
+128x256x1024 with bias ~112 GFLOP/s (ONNX Runtime's MLAS ~111), the 128x256x8000 LM head ~99
+(MLAS ~89). Before the accumulators fitted the stack, the symbolic-shape build stored every
+accumulator after each FMA and ran these at ~43.
 """
 
 from __future__ import annotations
