@@ -68,7 +68,10 @@ def fast_math(mod):
     """``mod`` with GELU written out and exp/tanh/erf/softmax on vectorizable approximations."""
     from tvm import relax
 
-    mod = relax.transform.FastMathTransform()(_decompose_gelu(mod))
+    from .softmax import lanes_softmax
+
+    # Softmax over a symbolic axis first: its lane kernel has its own exp (softmax.py).
+    mod = relax.transform.FastMathTransform()(_decompose_gelu(lanes_softmax(mod)))
     logger.info("Using vectorizable exp/tanh/erf (TVM FastMathTransform).")
     return mod
 

@@ -13,20 +13,22 @@ register-blocked CPU GEMM schedule:
 - M is padded to whole tiles of ``tile_rows`` rows (a zero-padded copy of A, one pass) and N to
   whole tiles of ``COLS_VECTORS`` SIMD vectors, so the inner loop carries no predicate (a
   predicate there made LLVM keep the accumulators in memory: 3-4x slower).
-- Each tile's ``rows x cols`` accumulators stay in registers while k runs (24 zmm registers on
-  AVX-512); the N part is vectorized and the M part unrolled; tiles run in parallel on TVM's
-  thread pool, column panels outermost so each weight panel is read from memory once.
+- Each tile's ``rows x cols`` accumulators stay in registers while k runs (14 zmm registers on
+  AVX-512: 7 rows x 32 columns, the most that fits TVM's 1 KiB stack-allocation limit; see
+  ``ACCUMULATOR_BYTES``); the N part is vectorized and the M part unrolled.
+- Tiles run in parallel on TVM's thread pool over (column-panel block, row tile): a block of up
+  to ``PANELS_PER_BLOCK`` column panels of B stays in L2 while one row tile of A (in L1) sweeps
+  it, so each weight is read from memory once and each output row is written in runs.
 - B is re-laid as contiguous ``(N/cols, K, cols)`` panels. For constant weights this happens
   once at build time (weights.py); other right operands (attention's K and V) are re-laid
   per call, one pass over them.
 - The epilogue is inlined into the tile's write-back, so bias/GELU/residual cost no extra pass
   over memory and no separate kernel.
 
-Measured on the 2-core benchmark machine (emeraldrapids, AVX-512), called directly: a
-128x1024x256 GEMM with bias and residual ran at ~210-250 GFLOP/s on 2 threads, the
-128x256x8000 LM head at ~100-130 (memory-bound on its 8 MB of weights), against ~130 for
-numpy's OpenBLAS on one thread. Inside a whole model they run at ~125-150 GFLOP/s; ONNX
-Runtime's MLAS kernels reach ~160-250 on the same shapes (see the README's benchmark notes).
+Measured on the 2-core benchmark machine (AMD EPYC, znver4, AVX-512), one thread, CPU time:
+128x256x1024 with bias ~112 GFLOP/s (ONNX Runtime's MLAS ~111), the 128x256x8000 LM head ~99
+(MLAS ~89). Before the accumulators fitted the stack, the symbolic-shape build stored every
+accumulator after each FMA and ran these at ~43.
 """
 
 from __future__ import annotations
@@ -34,24 +36,37 @@ from __future__ import annotations
 from .rules import cpu_rule
 
 COLS_VECTORS = 2  # SIMD vectors per tile row
-# A KV-cache decode step multiplies one row per sequence (M = batch): a 12-row tile would pad a
-# batch-1 step to 12x the FLOPs, so decode graphs use single-row tiles (a GEMV per row).
+# A KV-cache decode step multiplies one row per sequence (M = batch): a 7-row tile would pad a
+# batch-1 step to 7x the FLOPs, so decode graphs use single-row tiles (a GEMV per row).
 DECODE_ROWS = 1
+# Column panels per block: 16 x K x 32 floats of B (512 KiB at K=256) stay in L2 while every row
+# tile of A passes over them. The 128x256x8000 LM head: 5.9 ms with blocks, 6.3 without (p50
+# CPU time, one thread, znver4).
+PANELS_PER_BLOCK = 16
+
+
+# TVM keeps a kernel's scratch buffer on the stack only when it is under 1 KiB
+# (``kMaxStackAlloca``) and in "global" scope; anything else becomes a heap workspace, once per
+# tile. A heap accumulator may alias the other heap buffers (A's zero-padded copy, attention's
+# per-call packed B), so LLVM stored all accumulators back to memory after every FMA: the
+# dynamic-shape GEMMs ran at ~43 GFLOP/s per core instead of ~112 (128x256x1024, znver4).
+ACCUMULATOR_BYTES = 1024
 
 
 def tile_rows(lanes: int, rows_extent=None) -> int:
-    """Output rows per register tile: ``rows * COLS_VECTORS`` accumulators plus the operands
-    must fit the register file. AVX-512 (16 fp32 lanes) has 32 vector registers: 12 rows hold
-    24 accumulators; 4-16 row tiles measured on gpt-small's GEMMs were no better. AVX2 and
-    NEON-class targets get 6 rows (12 accumulators of 16 registers). A static M (a tuning
-    bucket) takes the largest of those that divides it, so A needs no zero-padded copy.
+    """Output rows per register tile: the ``rows x COLS_VECTORS`` fp32 accumulators must stay
+    under ``ACCUMULATOR_BYTES`` so they live in registers (7 rows of 32 on AVX-512: 14 zmm
+    accumulators, 6 rows of 16 on AVX2). A static M (a tuning bucket) takes the largest
+    height that divides it, so A needs no zero-padded copy.
     """
     from tvm import tirx
 
-    widest = 12 if lanes >= 16 else 6
+    registers = 32 if lanes >= 16 else 16  # AVX-512 has 32 vector registers, AVX2/NEON 16
+    by_registers = (registers - COLS_VECTORS - 1) // COLS_VECTORS  # + B's vectors + A's scalar
+    widest = min(by_registers, (ACCUMULATOR_BYTES - 1) // (4 * lanes * COLS_VECTORS))
     if isinstance(rows_extent, tirx.IntImm):
-        for rows in (widest, 8, 6, 4):
-            if rows <= widest and int(rows_extent) % rows == 0:
+        for rows in range(widest, 3, -1):
+            if int(rows_extent) % rows == 0:
                 return rows
     return widest
 
@@ -110,7 +125,8 @@ def schedule_matmul(sch, infos, lanes: int, *, rows: int | None = None) -> bool:
     unpad = sch.get_consumers(main)[0]
     if not sch.get(unpad).same_as(sch.get(write_back)):
         sch.reverse_compute_inline(write_back)
-    sch.set_scope(main, 0, "local")  # the accumulators: registers, once unrolled
+    # The accumulators stay a "global"-scope tile buffer: TVM puts a small one on the stack,
+    # which LLVM promotes to registers once the tile is unrolled ("local" would go to the heap).
     for block in sch.get_producers(main):
         if not sch.get(block).annotations.get("meta_schedule.layout_rewrite_preproc"):
             _parallel_copy(sch, block)
@@ -158,16 +174,30 @@ def _weight_read(sch, main) -> bool:
     return rhs in params and params.index(rhs) in free
 
 
+def _panels_per_block(panels_extent) -> int:
+    """Column panels per L2 block: the largest divisor of a static panel count up to
+    ``PANELS_PER_BLOCK`` (a symbolic N, attention's sequence, keeps one panel per block)."""
+    from tvm import tirx
+
+    if not isinstance(panels_extent, tirx.IntImm):
+        return 1
+    panels = int(panels_extent)
+    return max(p for p in range(1, min(panels, PANELS_PER_BLOCK) + 1) if panels % p == 0)
+
+
 def _tile(sch, main, write_back, rows_tile: int, cols_tile: int, lanes: int) -> None:
     batch, rows, cols, k = sch.get_loops(main)
     m_outer, m_inner = sch.split(rows, factors=[None, rows_tile])
     n_outer, n_inner = sch.split(cols, factors=[None, cols_tile])
-    # Column panels outermost: a (K, COLS) panel of the weights stays in cache while every row
-    # tile of the (small) activations streams past it, so each weight is read from memory once.
-    sch.reorder(n_outer, m_outer, k, m_inner, n_inner)
-    tiles = sch.fuse(batch, n_outer, m_outer)
+    block = _panels_per_block(sch.get(n_outer).extent)
+    n_block, n_panel = sch.split(n_outer, factors=[None, block])
+    # A block of column panels (block x K x cols of B: a few hundred KB, L2-resident) is read
+    # once from memory and reused by every row tile; within it, one row tile of A stays in L1
+    # while it sweeps the block's panels, writing a contiguous run of each output row.
+    sch.reorder(n_block, m_outer, n_panel, k, m_inner, n_inner)
+    tiles = sch.fuse(batch, n_block, m_outer)
     sch.parallel(tiles)
-    sch.reverse_compute_at(write_back, tiles)
+    sch.reverse_compute_at(write_back, n_panel)
     _vectorize_tile(sch, m_inner, n_inner, lanes)
     sch.decompose_reduction(main, k)
     *_, wb_rows, wb_cols = sch.get_loops(write_back)

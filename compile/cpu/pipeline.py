@@ -32,6 +32,7 @@ from forgeline.runtime.backends.cpu_kernels import MATMUL_FUNC
 from .bf16 import bf16_dense_matmuls
 from .fast_math import fast_math
 from .matmul import matmul_rule
+from .row_lanes import row_lanes_rule
 from .rules import fallback_rule, row_reduction_rule
 from .weights import fold_packed_weights, mark_weight_operands
 
@@ -87,7 +88,8 @@ def schedule_cpu_kernels(mod, target, *, gemm_rows: int | None = None):
 
     # dlight's own CPU Reduction rule takes the reductions the row rule does not (layer norm's
     # per-row mean, with one axis fewer than its other stages).
-    rules = [matmul_rule(gemm_rows), row_reduction_rule(), dl.cpu.Reduction(), fallback_rule()]
+    rules = [matmul_rule(gemm_rows), row_lanes_rule(), row_reduction_rule(), dl.cpu.Reduction(),
+             fallback_rule()]
     with target:
         return dl.ApplyDefaultSchedule(*rules)(mod)
 

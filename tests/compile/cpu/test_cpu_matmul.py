@@ -79,3 +79,98 @@ def test_constant_weights_are_packed_at_build_time(built):
     assert not [n for n in names if n.endswith("_weight_prepack")]  # folded away, not run per call
     assert all(f.attrs.get("tirx.is_scheduled") for f in scheduled.functions.values()
                if isinstance(f, tvm.tirx.PrimFunc))
+
+
+W_WIDE = RNG.standard_normal((37, 576)).astype(np.float32)  # K odd; 18 panels -> blocks of 9
+W_TAIL = RNG.standard_normal((37, 200)).astype(np.float32)  # N not a multiple of 32
+
+
+def _compile_wide(shape_x):
+    import tvm
+    from tvm import relax
+    from tvm.script import ir as I, relax as R
+
+    from forgeline.compile.cpu.pipeline import cpu_pipeline
+
+    @I.ir_module
+    class Module:
+        @R.function
+        def main(x: R.Tensor(shape_x, "float32"), w: R.Tensor((37, 576), "float32"),
+                 v: R.Tensor((37, 200), "float32")):
+            with R.dataflow():
+                out = (R.matmul(x, w), R.matmul(x, v))
+                R.output(out)
+            return out
+
+    module = relax.transform.BindParams("main", {
+        "w": tvm.runtime.tensor(W_WIDE), "v": tvm.runtime.tensor(W_TAIL)})(Module)
+    target = tvm.target.Target({"kind": "llvm", "num-cores": 2})
+    executable = tvm.compile(module, target=target, relax_pipeline=cpu_pipeline(target))
+    return relax.VirtualMachine(executable, tvm.cpu())
+
+
+@pytest.mark.parametrize("shape_x,shape", [(("b", "t", 37), (2, 13)), ((1, 13, 37), (1, 13)),
+                                           ((3, 7, 37), (3, 7))], ids=["symbolic", "static-odd-m", "static-m-21"])
+def test_panel_blocks_match_numpy_at_odd_shapes(shape_x, shape):
+    """Column panels in L2 blocks (18 panels -> 2 blocks of 9; 200 columns -> narrower panels),
+    odd K, M not a multiple of the tile height, symbolic and static M."""
+    import tvm
+
+    vm = _compile_wide(shape_x)
+    x = RNG.standard_normal((*shape, 37)).astype(np.float32)
+    wide, tail = (t.numpy() for t in vm["main"](tvm.runtime.tensor(x)))
+    np.testing.assert_allclose(wide, x @ W_WIDE, atol=1e-4, rtol=1e-3)
+    np.testing.assert_allclose(tail, x @ W_TAIL, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("lanes", [4, 8, 16])
+@pytest.mark.parametrize("m", [None, 128, 1024, 13])
+def test_register_tile_fits_the_stack_limit(lanes, m):
+    """TVM stack-allocates a scratch buffer only under 1 KiB; a bigger accumulator went to the
+    heap and LLVM then spilled it after every FMA (the 43 vs 112 GFLOP/s bug)."""
+    from tvm import tirx
+
+    from forgeline.compile.cpu.matmul import ACCUMULATOR_BYTES, COLS_VECTORS, tile_rows
+
+    rows = tile_rows(lanes, None if m is None else tirx.IntImm("int64", m))
+    assert rows >= 4 and rows * lanes * COLS_VECTORS * 4 < ACCUMULATOR_BYTES
+    assert rows * COLS_VECTORS + COLS_VECTORS + 1 <= (32 if lanes >= 16 else 16)
+
+
+def test_symbolic_gemm_keeps_accumulators_in_registers():
+    """The hottest loop of a symbolic-shape GEMM (with A's zero-padded copy, which is a heap
+    buffer) keeps its accumulators in registers: before the fix it stored one after every FMA;
+    now only the tile's write-back stores remain."""
+    import re
+
+    import tvm
+    from tvm import relax
+    from tvm.script import ir as I, relax as R
+
+    from forgeline.compile.cpu.pipeline import cpu_pipeline
+
+    @I.ir_module
+    class Module:
+        @R.function
+        def main(x: R.Tensor(("b", "t", 64), "float32"), w: R.Tensor((64, 256), "float32")):
+            with R.dataflow():
+                y = R.matmul(x, w)
+                R.output(y)
+            return y
+
+    w = RNG.standard_normal((64, 256)).astype(np.float32)
+    module = relax.transform.BindParams("main", {"w": tvm.runtime.tensor(w)})(Module)
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2})
+    executable = tvm.compile(module, target=target, relax_pipeline=cpu_pipeline(target))
+    llvm = next(m for m in _modules(executable.mod) if m.kind == "llvm")
+    blocks = re.split(r"\n\.LBB\S*:", llvm.inspect_source("asm"))
+    hottest = max(blocks, key=lambda b: b.count("vfmadd"))
+    fmas = hottest.count("vfmadd")
+    stores = len(re.findall(r"vmov\w*\s+%zmm\d+, [^%\n]*\(", hottest))
+    assert fmas >= 8 and stores * 4 < fmas, hottest  # spilled: one store per FMA
+
+
+def _modules(module):
+    yield module
+    for child in module.imports:
+        yield from _modules(child)
