@@ -80,6 +80,26 @@ class Attention(nn.Module):
             v = torch.cat([past_v, v], dim=2)  # (B, nh, P+T, hs)
         return self._attend(q, k, v, bias), k, v
 
+    def forward_step(self, x: torch.Tensor, past_bias: torch.Tensor, past_k: torch.Tensor,
+                     past_v: torch.Tensor):
+        """One new token per row over a cache it only reads: x (B, 1, D), past k/v (B, nh, C, hs),
+        past_bias (B, 1, 1, C) masking the columns that hold no real token -> y (B, 1, D), and the
+        new token's k and v (B, nh, 1, hs) for the caller to write into its cache.
+
+        The token attends to the cache and to itself without concatenating them, so a step
+        copies nothing of size C: the softmax over [cache columns, itself] is written out in two
+        parts that share one max and one denominator (a concatenation or a slice of the symbolic
+        C + 1 axis would also lose its shape in TVM's importer). Inference only: no dropout."""
+        q = self._heads(self.query(x))  # (B, nh, 1, hs)
+        k = self._heads(self.key(x))  # (B, nh, 1, hs)
+        v = self._heads(self.value(x))  # (B, nh, 1, hs)
+        past = (q @ past_k.transpose(-2, -1)) * self.scale + past_bias  # (B, nh, 1, C)
+        own = (q * k).sum(-1, keepdim=True) * self.scale  # (B, nh, 1, 1)
+        top = torch.maximum(past.amax(-1, keepdim=True), own)  # (B, nh, 1, 1)
+        e_past, e_own = torch.exp(past - top), torch.exp(own - top)  # (B, nh, 1, C), (B, nh, 1, 1)
+        y = (e_past @ past_v + e_own * v) / (e_past.sum(-1, keepdim=True) + e_own)  # (B, nh, 1, hs)
+        return self.output(y.transpose(1, 2).flatten(-2)), k, v
+
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None):
         att = (q @ k.transpose(-2, -1)) * self.scale  # (B, nh, T, S)
         if bias is not None:

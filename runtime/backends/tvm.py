@@ -141,8 +141,9 @@ class TvmExecutor:
         if len(arrays) != len(self.input_names):
             raise InputError(f"The model takes {self._describe_params()}, but {len(arrays)} were "
                              "given; pass them in ONNX graph order.")
-        try:
-            inputs = [tvm.runtime.tensor(np.ascontiguousarray(a), self._dev) for a in arrays]
+        try:  # a TVM tensor (shared_buffer) is passed as is: no copy
+            inputs = [a if isinstance(a, tvm.runtime.Tensor) else tvm.runtime.tensor(np.ascontiguousarray(a), self._dev)
+                      for a in arrays]
         except (TypeError, ValueError) as exc:
             raise InputError(f"An input could not become a TVM tensor ({exc}); pass numpy "
                              "arrays of the dtypes the model was exported with.") from exc
@@ -161,6 +162,18 @@ class TvmExecutor:
                 " in ONNX graph order with the exported dtypes and shapes."
             ) from exc
         return [np.asarray(t.numpy()) for t in _flatten(result)]
+
+    def shared_buffer(self, shape: tuple[int, ...], dtype: str):
+        """A zeroed input tensor and a numpy view of its memory, for inputs that change a little per
+        call (a KV cache): write through the view, pass the tensor, and nothing is copied. On CUDA
+        there is no host view, so the numpy array itself is returned (copied in per call)."""
+        if self.device != "cpu":
+            array = np.zeros(shape, dtype=dtype)
+            return array, array
+        tensor = self._tvm.runtime.empty(shape, dtype, self._dev)
+        view = np.from_dlpack(tensor)  # the tensor's own memory
+        view[...] = 0  # masked columns are multiplied by 0 in attention: they must hold no NaN
+        return tensor, view
 
     def _describe_params(self) -> str:
         return f"{len(self.input_names)} array(s) ({', '.join(self.input_names)})"
