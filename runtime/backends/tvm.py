@@ -1,7 +1,9 @@
 """Run a TVM-compiled forgeline build with the TVM *runtime* only.
 
-Nothing here imports torch, onnx or the TVM compiler (``tvm.relax``): ``import_tvm_runtime``
-loads only ``libtvm_runtime`` and keeps tvm_ffi's optional torch bridge from importing torch.
+Nothing here imports torch, onnx or the TVM compiler (``tvm.relax``). A CPU build is loaded
+through tvm_ffi and ``libtvm_runtime`` alone, without ``import tvm`` (tvm_io.py says why); a CUDA
+build through ``import_tvm_runtime``, which loads only ``libtvm_runtime`` (plus CUDA's) and keeps
+tvm_ffi's optional imports (torch, ml_dtypes) from loading.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import numpy as np
 from forgeline.runtime.backends.cpu_kernels import register_cpu_kernels
 from forgeline.runtime.errors import ArtifactError, InputError, TargetMismatchError
 from forgeline.runtime.host import cpu_core_count, cuda_compute_capabilities
+
+from .tvm_io import FfiCpuIO, PackageIO, without_optional_imports
 
 logger = logging.getLogger(__name__)
 
@@ -40,17 +44,15 @@ def import_tvm_runtime():
 
         return sys.modules["tvm"]
     os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
-    os.environ.setdefault("TVM_FFI_DISABLE_TORCH_C_DLPACK", "1")
-    block_torch = "torch" not in sys.modules
     started = time.perf_counter()
-    if block_torch:
-        sys.modules["torch"] = None  # tvm_ffi does `try: import torch`; make that fail fast
-    try:
+
+    def load():
         import tvm
         import tvm.runtime.vm  # noqa: F401 - not an attribute of tvm.runtime in runtime-only mode
-    finally:
-        if block_torch and sys.modules.get("torch", 0) is None:
-            del sys.modules["torch"]
+
+        return tvm
+
+    tvm = without_optional_imports(load)
     logger.info("Imported the TVM runtime in %.2f s (runtime library only: %s).",
                 time.perf_counter() - started, os.environ.get("TVM_USE_RUNTIME_LIB") == "1")
     return tvm
@@ -97,25 +99,33 @@ class TvmExecutor:
             raise InputError(f"num_threads={num_threads} must be at least 1.")
         if num_threads:
             os.environ.setdefault("TVM_NUM_THREADS", str(max(num_threads, cpu_core_count())))
-        self._tvm = tvm = import_tvm_runtime()
-        register_cpu_kernels()  # CPU builds call forgeline.cpu.matmul (compile/cpu/pipeline.py)
-        if device == "cuda":
-            _load_cuda_runtime(tvm)
+        # TVM's thread pool reads TVM_NUM_THREADS when it is first used; unset, it takes half the
+        # logical CPUs on x86 (one thread on a 2-core machine). All physical cores is the default.
+        os.environ.setdefault("TVM_NUM_THREADS", str(cpu_core_count()))
         self.device = device
-        self._dev = tvm.cuda(0) if device == "cuda" else tvm.cpu(0)
+        if device == "cuda":
+            tvm = import_tvm_runtime()
+            _load_cuda_runtime(tvm)
+            self._io = PackageIO(tvm, tvm.cuda(0))
+        else:
+            self._io = FfiCpuIO()  # no `import tvm`: see tvm_io.py
+        self._ffi = ffi = self._io.ffi
+        register_cpu_kernels()  # CPU builds may call forgeline.cpu.matmul (compile/cpu/pipeline.py)
         started = time.perf_counter()
         try:
-            lib = tvm.runtime.load_module(str(self.lib_path))
-            self._vm = tvm.runtime.vm.VirtualMachine(lib, self._dev)
+            self._vm = self._io.load_module(self.lib_path)["vm_load_executable"]()
+            self._vm["vm_initialization"](*self._io.init_args)
         except Exception as exc:  # noqa: BLE001 - TVM raises its own error classes
             raise ArtifactError(
                 f"TVM could not load {self.lib_path} on {device} ({exc}); it may be truncated, "
                 "built for another target, or built by another TVM version. Recompile it."
             ) from exc
         self._main = self._vm["main"]
-        arity = int(self._vm._get_function_arity("main"))
+        arity = int(self._vm["get_function_arity"]("main"))
         # Relax keeps the ONNX graph inputs' names and order as main's parameters.
-        self.input_names = [str(self._vm._get_function_param_name("main", i)) for i in range(arity)]
+        param_name = self._vm["get_function_param_name"]
+        self.input_names = [str(param_name("main", i)) for i in range(arity)]
+        self._tensor_type = ffi.Tensor
         self._configured_threads: set[int] = set()
         logger.info("Loaded %s on %s in %.2f s.", self.lib_path.name, device,
                     time.perf_counter() - started)
@@ -125,9 +135,9 @@ class TvmExecutor:
         caller = threading.get_ident()
         if self.device != "cpu" or caller in self._configured_threads:
             return
-        config = self._tvm.get_global_func("runtime.config_threadpool")
+        config = self._ffi.get_global_func("runtime.config_threadpool")
         config(_THREAD_MODE_BIG_CORES, self.num_threads)
-        in_use = int(self._tvm.runtime.num_threads())
+        in_use = int(self._ffi.get_global_func("runtime.NumThreads")())
         if in_use != self.num_threads:
             logger.warning(
                 "TVM runs %d threads, not the %d asked for; its pool was created earlier with "
@@ -137,13 +147,11 @@ class TvmExecutor:
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         """Run the model on inputs in ONNX graph order; return outputs in ONNX graph order."""
         self._configure_threads()
-        tvm = self._tvm
         if len(arrays) != len(self.input_names):
             raise InputError(f"The model takes {self._describe_params()}, but {len(arrays)} were "
                              "given; pass them in ONNX graph order.")
         try:  # a TVM tensor (shared_buffer) is passed as is: no copy
-            inputs = [a if isinstance(a, tvm.runtime.Tensor) else tvm.runtime.tensor(np.ascontiguousarray(a), self._dev)
-                      for a in arrays]
+            inputs = [a if isinstance(a, self._tensor_type) else self._io.to_device(np.asarray(a)) for a in arrays]
         except (TypeError, ValueError) as exc:
             raise InputError(f"An input could not become a TVM tensor ({exc}); pass numpy "
                              "arrays of the dtypes the model was exported with.") from exc
@@ -161,7 +169,7 @@ class TvmExecutor:
                 f"The model rejected inputs ({given}): {detail}. Pass {self._describe_params()}"
                 " in ONNX graph order with the exported dtypes and shapes."
             ) from exc
-        return [np.asarray(t.numpy()) for t in _flatten(result)]
+        return [self._io.to_numpy(t) for t in _flatten(result, self._tensor_type)]
 
     def shared_buffer(self, shape: tuple[int, ...], dtype: str):
         """A zeroed input tensor and a numpy view of its memory, for inputs that change a little per
@@ -170,7 +178,7 @@ class TvmExecutor:
         if self.device != "cpu":
             array = np.zeros(shape, dtype=dtype)
             return array, array
-        tensor = self._tvm.runtime.empty(shape, dtype, self._dev)
+        tensor = self._io.empty(shape, dtype)
         view = np.from_dlpack(tensor)  # the tensor's own memory
         view[...] = 0  # masked columns are multiplied by 0 in attention: they must hold no NaN
         return tensor, view
@@ -179,13 +187,13 @@ class TvmExecutor:
         return f"{len(self.input_names)} array(s) ({', '.join(self.input_names)})"
 
 
-def _flatten(result: Any) -> list[Any]:
+def _flatten(result: Any, tensor_type: type) -> list[Any]:
     """A single-output VM result is one tensor; several come back as a (nested) tuple."""
-    if hasattr(result, "numpy"):
+    if isinstance(result, tensor_type):
         return [result]
     flat: list[Any] = []
     for item in result:
-        flat.extend(_flatten(item))
+        flat.extend(_flatten(item, tensor_type))
     return flat
 
 
