@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -49,8 +50,10 @@ def probe(artifact: str | Path, backend: str = "tvm", timeout: float = 300, pyth
     checkout's virtual environment) to compare with; this one by default.
     """
     env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "TVM_USE_RUNTIME_LIB")}
+    # From a neutral folder: `python -c` puts the working directory first on sys.path, and a
+    # checkout there would shadow the interpreter's own forgeline.
     done = subprocess.run([python or sys.executable, "-c", _PROBE, str(artifact), backend, json.dumps(HEAVY)],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=tempfile.gettempdir())
     if done.returncode != 0:
         raise RuntimeError(f"cold-start probe failed: {done.stderr.strip()[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
