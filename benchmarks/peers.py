@@ -4,7 +4,7 @@ ONNX Runtime (defaults), OpenVINO (f32 hint, and its default precision: bf16 on 
 IREE (llvm-cpu, target cpu host, static shapes) where installed (``pip install ".[peers]"``),
 beside forgeline's untuned dynamic TVM build, the tuned bucket build when there is one, and any
 reduced-precision build the manifest lists. One interleaved run per shape in this process
-(forgeline.bench.peers); every output is checked against eager PyTorch. Prints a markdown table
+(forgeline.bench.peer_report); every output is checked against eager PyTorch. Prints a markdown table
 and writes ``benchmarks/results/peers-<model>-<preset>.json`` and ``.png``.
 
     python benchmarks/peers.py gpt --preset small --batch 1,8 --seq 128 [--tune-minutes N] [--artifact DIR]
@@ -88,7 +88,7 @@ def plot(reports, path: Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from forgeline.bench.peers import PeerOptions, bench_peers, markdown_table
+    from forgeline.bench.peer_report import PeerOptions, bench_peers, markdown_table
 
     batches = [int(b) for b in args.batch.split(",")]
     with tempfile.TemporaryDirectory(prefix="forgeline-peers-art-") as tmp:

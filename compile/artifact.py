@@ -1,24 +1,32 @@
 """Compile a bundle for a target and check the build against the golden vectors.
 
-A build that misses tolerance is removed again and the failure raised, so an artifact never holds a
-build that looks good but is not. The failed measurement stays in the manifest for inspection.
+Transactional (runtime/artifact_io.py): the build is made in a staging folder next to
+``tvm/<tag>/``, measured there against the golden vectors, and only then moved into place and
+recorded, under the artifact's lock, in the manifest as it is on disk at that moment. A build that
+fails, misses tolerance, is killed or is interrupted leaves the artifact exactly as it was; two
+compiles of one artifact at once both land.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from forgeline.runtime.errors import ArtifactError, CompileError
-from forgeline.runtime.format import ONNX_FILE, TVM_DIR, BuildRecord, Manifest, StageRecord
-from forgeline.runtime.host import can_run, describe_host
+from forgeline.runtime.artifact_io import staging_dir, update_manifest
+from forgeline.runtime.confine import check_confinement
+from forgeline.runtime.errors import ArtifactError, CompileError, ConfigError
+from forgeline.runtime.format import ONNX_FILE, TVM_DIR, BuildRecord, Manifest, StageRecord, precision_tolerance
+from forgeline.runtime.host import can_run, describe_host, read_cpu_features
 from forgeline.runtime.kv_check import with_generation_rows
-from forgeline.runtime.model import load
+from forgeline.runtime.model import load, open_model
 from forgeline.runtime.parity import raise_if_failed
 
 from .cpu.matmul import DECODE_ROWS
+from .cpu.precision import kernel_precision, precision_target
+from .guards import watch_interrupts
 from .targets import resolve_target
 from .tuning import TuneOptions, tune_artifact
 from .tvm_build import build_tvm
@@ -34,6 +42,20 @@ class CompileOptions:
     arch: str | None = None  # cuda: "sm_90" by default
     mcpu: str | None = None  # cpu: LLVM CPU name; detected from the host by default
     num_cores: int | None = None  # cpu: threads the schedules assume; all cores by default
+    precision: str = "fp32"  # of the dense matmuls: "fp32" or "bf16" (AMX; cpu/precision.py)
+    emulate_amx: bool = False  # bf16 tile steps as TIR loops: same numerics, slow (for tests)
+
+
+def resolve_precision_target(options: CompileOptions, tune: TuneOptions | None = None):
+    """The target of ``options``, precision included; refuses bad combinations before any work
+    (``forgeline build`` calls it before exporting)."""
+    if tune is not None and options.precision != "fp32":
+        raise ConfigError(f"Tuning searches fp32 schedules only; build --precision "
+                          f"{options.precision} without the tuning flags.")
+    spec = resolve_target(options.target, arch=options.arch, mcpu=options.mcpu, num_cores=options.num_cores)
+    host_features = None if options.mcpu else read_cpu_features()  # an explicit mcpu: a cross build
+    return precision_target(spec, options.precision, host_features=host_features,
+                            emulate_amx=options.emulate_amx)
 
 
 def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(),
@@ -44,76 +66,119 @@ def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(
     """
     root = Path(path)
     manifest = Manifest.load(root)
+    check_confinement(root, manifest)
     manifest.verify_files(root)
     if ONNX_FILE not in manifest.files:
         raise ArtifactError(f"{root} holds no {ONNX_FILE}; export the model first with `forgeline export`.")
-    spec = resolve_target(options.target, arch=options.arch, mcpu=options.mcpu, num_cores=options.num_cores)
+    spec = resolve_precision_target(options, tune)
     log.info("compile %s for %s (target %s)", root, spec.tag, spec.target)
-    build_dir = root / TVM_DIR / spec.tag
-    _forget_build(root, manifest, spec.tag)
-    build_dir.mkdir(parents=True)
-    result = build_tvm(root / ONNX_FILE, spec, build_dir)
-    rel = lambda name: f"{TVM_DIR}/{spec.tag}/{name}"  # noqa: E731 - paths inside the artifact
-    build = BuildRecord(
-        tag=spec.tag, kind=spec.kind, target=spec.target, requires=spec.requires, lib=rel(result.lib_file),
-        codegen_only=result.codegen_only, note=result.note, build_seconds=round(result.seconds, 2),
-    )
-    manifest.builds[spec.tag] = build
-    for name in [result.lib_file, *result.extra_files]:
-        manifest.record_file(root, rel(name))
-    build.graph_libs = _build_graphs(root, manifest, spec, build_dir)
-    manifest.save(root)
-    _check_build(root, manifest, build)
+    final = root / TVM_DIR / spec.tag
+    with watch_interrupts(), staging_dir(final) as staged:
+        build, files = _build_into(root, manifest, spec, staged, options)
+        record = _check_staged(root, manifest, build, files)
+        if record is not None and not record.passed:
+            raise_if_failed(record)  # the artifact keeps what it had
+        build, files = _rebase(build, files, f"{TVM_DIR}/{staged.name}/", f"{TVM_DIR}/{spec.tag}/")
+
+        def add(current: Manifest) -> None:
+            current.builds[spec.tag] = build
+            current.files.update(files)
+            if record is not None:
+                current.stages[record.stage] = record
+
+        manifest = update_manifest(root, add, drop=lambda m: _forget_build(m, spec.tag), moves=[(staged, final)])
+    if record is not None:
+        log.info("%s vs eager: pass", record.stage)
     if tune is not None:
         manifest = tune_artifact(root, spec.tag, tune)
     return manifest
 
 
-def _build_graphs(root: Path, manifest: Manifest, spec, build_dir: Path) -> dict[str, str]:
-    """Build each extra graph (KV-cache prefill/decode, ...) into tvm/<tag>/<graph>/; lib paths by name."""
+def _build_into(root: Path, manifest: Manifest, spec, staged: Path,
+                options: CompileOptions) -> tuple[BuildRecord, dict[str, str]]:
+    """Build the model and its extra graphs into ``staged``; the record and file hashes (staged paths)."""
+    from forgeline.runtime.format import sha256_file
+
+    precision = kernel_precision(options.precision, options.emulate_amx)
+    result = build_tvm(root / ONNX_FILE, spec, staged, precision=precision)
+    rel = lambda name: f"{TVM_DIR}/{staged.name}/{name}"  # noqa: E731 - paths inside the artifact
+    note = result.note + (" Its bf16 tile steps are emulated in TIR loops: same numerics as AMX, "
+                          "slow, for checking only." if precision.endswith("emulated") else "")
+    build = BuildRecord(
+        tag=spec.tag, kind=spec.kind, target=spec.target, requires=spec.requires, lib=rel(result.lib_file),
+        codegen_only=result.codegen_only, note=note, build_seconds=round(result.seconds, 2),
+        unscheduled=result.unscheduled, precision=options.precision,
+        tolerance=_tolerance_record(options.precision),
+    )
+    files = {rel(name): sha256_file(root / rel(name)) for name in [result.lib_file, *result.extra_files]}
+    build.graph_libs = _build_graphs(root, manifest, spec, staged, files, precision)
+    return build, files
+
+
+def _tolerance_record(precision: str) -> dict[str, float]:
+    """A reduced-precision build carries its tolerance; fp32 builds use the manifest's."""
+    if precision == "fp32":
+        return {}
+    return dataclasses.asdict(precision_tolerance(precision))
+
+
+def _rebase(build: BuildRecord, files: dict[str, str], old: str, new: str) -> tuple[BuildRecord, dict[str, str]]:
+    """The build record and file list with paths under ``old`` moved under ``new``."""
+    move = lambda path: new + path.removeprefix(old) if path.startswith(old) else path  # noqa: E731
+    build = copy.deepcopy(build)
+    build.lib = move(build.lib)
+    build.graph_libs = {name: move(lib) for name, lib in build.graph_libs.items()}
+    return build, {move(path): digest for path, digest in files.items()}
+
+
+def _build_graphs(root: Path, manifest: Manifest, spec, build_dir: Path, files: dict[str, str],
+                  precision: str = "fp32") -> dict[str, str]:
+    """Build each extra graph (KV-cache prefill/decode, ...) into <build_dir>/<graph>/; lib paths by name."""
+    from forgeline.runtime.format import sha256_file
+
     libs = {}
     for index, (name, graph) in enumerate(manifest.graphs.items(), 1):
         log.info("building graph %s (%d/%d)", name, index, len(manifest.graphs))
         try:
             rows = DECODE_ROWS if name == "decode" else None  # one row per sequence per step
-            result = build_tvm(root / graph.onnx, spec, build_dir / name, gemm_rows=rows)
+            result = build_tvm(root / graph.onnx, spec, build_dir / name, gemm_rows=rows, precision=precision)
         except CompileError as exc:
             # Known: TVM 0.27's CUDA (dlight) schedules reject the KV-cache graphs. The model's own
             # graph still builds; generation on this target then says to use backend='ort'.
             log.warning("graph %s not built for %s, so generation cannot use this build: %s", name, spec.tag, exc)
             continue
         for file in [result.lib_file, *result.extra_files]:
-            manifest.record_file(root, f"{TVM_DIR}/{spec.tag}/{name}/{file}")
-        libs[name] = f"{TVM_DIR}/{spec.tag}/{name}/{result.lib_file}"
+            relpath = f"{TVM_DIR}/{build_dir.name}/{name}/{file}"
+            files[relpath] = sha256_file(root / relpath)
+        libs[name] = f"{TVM_DIR}/{build_dir.name}/{name}/{result.lib_file}"
     return libs
 
 
-def _check_build(root: Path, manifest: Manifest, build: BuildRecord) -> None:
+def _check_staged(root: Path, manifest: Manifest, build: BuildRecord, files: dict[str, str]) -> StageRecord | None:
+    """The staged build measured against the golden vectors; None when this host cannot run it."""
     runnable, why = can_run(build.requires, describe_host())
     if build.codegen_only or not runnable:
         log.warning("build %s not checked on this host: %s", build.tag, why or build.note)
-        return
-    record = measure_build(root, build.tag)
-    manifest.stages[record.stage] = record
-    if not record.passed:
-        _forget_build(root, manifest, build.tag, keep_stage=True)
-    manifest.save(root)
-    raise_if_failed(record)
-    log.info("%s vs eager: pass", record.stage)
+        return None
+    staged = copy.deepcopy(manifest)
+    staged.builds = {build.tag: build}
+    staged.files.update(files)
+    check_confinement(root, staged)
+    with open_model(root, staged, backend="tvm", target=build.tag) as model:
+        return with_generation_rows(model.selfcheck(), model)
 
 
 def measure_build(root: Path, tag: str) -> StageRecord:
     """Run one build on every golden case, and its KV-cache graphs, and compare with the eager outputs."""
-    model = load(root, backend="tvm", target=tag)
-    return with_generation_rows(model.selfcheck(), model)
+    with load(root, backend="tvm", target=tag) as model:
+        return with_generation_rows(model.selfcheck(), model)
 
 
-def _forget_build(root: Path, manifest: Manifest, tag: str, keep_stage: bool = False) -> None:
+def _forget_build(manifest: Manifest, tag: str) -> None:
+    """Drop build ``tag``, its stage records (its buckets' too) and its files from the manifest."""
     prefix = f"{TVM_DIR}/{tag}/"
     manifest.builds.pop(tag, None)
-    if not keep_stage:
-        manifest.stages.pop(f"{TVM_DIR}/{tag}", None)
-        for stage in [k for k in manifest.stages if k.startswith(prefix)]:  # its buckets' checks
-            manifest.stages.pop(stage)
+    manifest.stages.pop(f"{TVM_DIR}/{tag}", None)
+    for stage in [k for k in manifest.stages if k.startswith(prefix)]:  # its buckets' checks
+        manifest.stages.pop(stage)
     manifest.files = {k: v for k, v in manifest.files.items() if not k.startswith(prefix)}
-    shutil.rmtree(root / TVM_DIR / tag, ignore_errors=True)

@@ -82,6 +82,9 @@ class TargetSpec:
 
 
 def _import_tvm_codegen():
+    from .guards import require_full_tvm
+
+    require_full_tvm()
     try:
         from tvm.target import Target, codegen
     except ImportError as exc:  # pragma: no cover - tvm is a declared dependency
@@ -121,7 +124,22 @@ def _llvm_isa_features(mcpu: str, arch: str) -> list[str]:
     return sorted(table[name] for name in llvm_features if name in table)
 
 
+def check_cpu_name(mcpu: str) -> None:
+    """Refuse a CPU name LLVM does not know (LLVM would build for "generic" and say so only in a log)."""
+    _, codegen = _import_tvm_codegen()
+    triple = str(codegen.llvm_get_system_triple())
+    if not bool(codegen.llvm_is_valid_cpu(mcpu, triple)):
+        from tvm.target import Target
+
+        known = sorted(str(n) for n in codegen.llvm_get_cpu_archlist(Target({"kind": "llvm"})))
+        close = [n for n in known if n.startswith(mcpu[:3])][:8] or known[:8]
+        raise ConfigError(f"--mcpu {mcpu!r} is not a CPU name LLVM knows for {triple}; use one of its names, "
+                          f"e.g. {', '.join(close)} (`llc -mcpu=help` lists them all).")
+
+
 def _cpu_spec(mcpu: str | None, num_cores: int | None) -> TargetSpec:
+    if mcpu is not None:
+        check_cpu_name(mcpu)
     mcpu = mcpu or host_cpu_name()
     num_cores = num_cores or cpu_core_count()
     if num_cores < 1:

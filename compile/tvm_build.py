@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from forgeline.compile.cpu.pipeline import cpu_pipeline
+from forgeline.compile.guards import native_log_to, require_full_tvm, reraise_if_interrupted, watch_interrupts
 from forgeline.compile.targets import TargetSpec
 from forgeline.runtime.errors import ArtifactError, CompileError, MissingDependencyError, error_summary
 from forgeline.runtime.host import cuda_compute_capabilities
@@ -38,9 +39,11 @@ class TvmBuildResult:
     note: str  # one honest sentence on what was produced
     seconds: float  # wall time of the whole build
     extra_files: list[str] = field(default_factory=list)  # relative to out_dir
+    unscheduled: list[str] = field(default_factory=list)  # CPU kernels no schedule rule took
 
 
 def _import_compiler():
+    require_full_tvm()
     try:
         import onnx
         import tvm
@@ -66,6 +69,7 @@ def _import_onnx(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None
     try:
         mod = from_onnx(model, shape_dict=shape_dict, keep_params_in_input=False)
     except Exception as exc:  # noqa: BLE001 - the importer raises many TVM/Python error types
+        reraise_if_interrupted(exc)
         ops_named = [op for op in op_types if op in str(exc)]
         where = f" in ONNX op {', '.join(ops_named)}" if ops_named else ""
         raise CompileError(
@@ -82,7 +86,8 @@ def import_relax(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None
     return _import_onnx(Path(onnx_path), shape_dict)[1]
 
 
-def _compile(tvm, mod, spec: TargetSpec, gemm_rows: int | None = None):
+def _compile(tvm, mod, spec: TargetSpec, gemm_rows: int | None = None,
+             unscheduled: list[str] | None = None, precision: str = "fp32"):
     from tvm.target import Target
 
     started = time.perf_counter()
@@ -91,9 +96,12 @@ def _compile(tvm, mod, spec: TargetSpec, gemm_rows: int | None = None):
         # them a GPU build fails for unbound threads); for CPU it legalizes and fuses but
         # schedules nothing, so llvm builds take forgeline's CPU defaults (compile/cpu/pipeline.py).
         target = Target(spec.target)
-        pipeline = cpu_pipeline(target, gemm_rows=gemm_rows) if spec.kind == "llvm" else "default"
+        pipeline = (cpu_pipeline(target, gemm_rows=gemm_rows, unscheduled=unscheduled,
+                                 precision=precision)
+                    if spec.kind == "llvm" else "default")
         executable = tvm.compile(mod, target=target, relax_pipeline=pipeline)
     except Exception as exc:  # noqa: BLE001
+        reraise_if_interrupted(exc)
         raise CompileError(f"TVM could not compile the model for {spec.tag}: "
                            f"{error_summary(exc, last=True)}.") from exc
     logger.info("Ran the Relax pipeline and codegen for %s in %.2f s.", spec.tag,
@@ -237,10 +245,11 @@ def _export_cuda(executable, spec: TargetSpec, out_dir: Path) -> tuple[bool, str
 
 
 def build_tvm(onnx_path: Path, spec: TargetSpec, out_dir: Path, *,
-              gemm_rows: int | None = None) -> TvmBuildResult:
+              gemm_rows: int | None = None, precision: str = "fp32") -> TvmBuildResult:
     """Compile ``onnx_path`` for ``spec`` into ``out_dir/model.so`` (weights embedded).
 
-    ``gemm_rows`` fixes the CPU GEMM tile height (cpu.matmul.DECODE_ROWS for a decode graph).
+    ``gemm_rows`` fixes the CPU GEMM tile height (cpu.matmul.DECODE_ROWS for a decode graph);
+    ``precision`` is cpu.pipeline.apply_cpu_defaults's ("bf16": dense layers on AMX).
     """
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     if not onnx_path.is_file():
@@ -248,8 +257,15 @@ def build_tvm(onnx_path: Path, spec: TargetSpec, out_dir: Path, *,
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     logger.info("Building %s for %s: %s", onnx_path, spec.tag, spec.target)
+    with watch_interrupts(), native_log_to(logger):
+        return _build(onnx_path, spec, out_dir, gemm_rows, precision, started)
+
+
+def _build(onnx_path: Path, spec: TargetSpec, out_dir: Path, gemm_rows: int | None, precision: str,
+           started: float) -> TvmBuildResult:
     tvm, mod = _import_onnx(onnx_path)
-    executable = _compile(tvm, mod, spec, gemm_rows)
+    unscheduled: list[str] = []
+    executable = _compile(tvm, mod, spec, gemm_rows, unscheduled, precision)
     export_started = time.perf_counter()
     try:
         if spec.kind == "cuda":
@@ -262,13 +278,14 @@ def build_tvm(onnx_path: Path, spec: TargetSpec, out_dir: Path, *,
     except CompileError:
         raise
     except Exception as exc:  # noqa: BLE001
+        reraise_if_interrupted(exc)
         raise CompileError(f"Exporting the {spec.tag} library failed: {error_summary(exc, last=True)}. Check "
                            "that a C compiler (gcc) is on PATH.") from exc
     logger.info("Exported %s in %.2f s.", out_dir / LIB_NAME, time.perf_counter() - export_started)
     seconds = time.perf_counter() - started
     logger.info("Built %s in %.2f s: %s", spec.tag, seconds, note)
     return TvmBuildResult(lib_file=LIB_NAME, codegen_only=codegen_only, note=note,
-                          seconds=seconds, extra_files=extra)
+                          seconds=seconds, extra_files=extra, unscheduled=unscheduled)
 
 
 __all__ = ["TvmBuildResult", "build_tvm", "import_relax"]

@@ -1,29 +1,41 @@
-"""Mixture-of-experts FFN layers: expert-choice and token-choice routers.
+"""Mixture-of-experts FFN layers: expert-choice and token-choice routers, with sparse dispatch.
 
-Both routers are written so that the ONNX graph has no TopK, no arange and no shape arithmetic,
-which is what TVM's ONNX importer needs to compile them with a dynamic batch and sequence
-(see docs/tvm-notes.md):
+Each expert processes only the tokens it took. Per routing group the router fills E slot lists:
+an expert-choice expert has k = ceil(group_size * capacity_factor / n_experts) slots, a token-choice
+expert has its capacity C = ceil(group_size * top_k * capacity_factor / n_experts). The tokens in
+the slots are gathered into one (E, G*k, D) block, the E experts run as one batched FFN (a bmm
+over experts, no weight broadcast), and the gate-weighted outputs are added back into their
+tokens with ``index_add``. An MoE layer thus costs about ``capacity_factor`` (expert choice) or
+``top_k * capacity_factor`` (token choice) dense FFNs, whatever the number of experts.
+
+The same code is the ONNX graph, and it is written so that TVM's ONNX importer compiles it with a
+dynamic batch and sequence (see README "Sparse expert dispatch"):
 
 - selection is a *rank formulation*: an item is selected when fewer than ``k`` items beat it,
-  counted by pairwise comparison with ties broken by index, so ``k`` may be a tensor;
-- ``k`` and the capacity are computed as tensors from a count of tokens, never from Python ints;
-- positions come from ``ones_like(...).cumsum(-1) - 1``.
+  counted by pairwise comparison with ties broken by index, so there is no TopK and ``k`` may be
+  a tensor (the real-token count of each group, so padding never takes a slot);
+- the slot list's *length* is the group size scaled by a constant rational (``_slot_positions``):
+  a constant-step slice of a vector of ones, so the graph has no Range, no shape arithmetic and
+  no data-dependent shape, and the block follows the group size at run time;
+- slot r of expert e holds the token whose rank (or capacity position) is r, found as
+  ``sum_t t * (rank[e, t] == r)``, so there is no ArgSort, TopK or ScatterElements either;
+- positions come from ``ones_like(...).cumsum(-1) - 1``, never ``arange``.
 
-The experts run *densely*: every expert processes every token of its group and the result is
-``sum_e selected[e] * gate[e] * expert_e(x)``. That is numerically identical to gathering each
-expert's tokens, running the expert, and scattering the weighted outputs back with ``index_add``
-(an unselected token contributes exactly 0), but it keeps every shape static relative to the
-input, so import into TVM is robust with dynamic shapes. The cost is E times the FFN FLOPs; a
-sparse gather/scatter path for static shape buckets can come later.
+With padding, a group's own k (from its real tokens) may be smaller than the slot list (from the
+padded length); the extra slots get gate weight 0 and so add exactly 0. The routing outputs are
+``rank < k`` as before, bit for bit.
 
 Groups: in an encoder a group is one sequence (group size = seq). In a decoder a group is the
 tokens at one position across the batch (group size = batch), so future tokens never compete
-with the present for an expert.
+with the present for an expert. At batch 1 a decoder group is one token, every expert-choice
+expert takes it (k = 1), and sparse dispatch saves nothing over running every expert; the saving
+grows with the batch.
 """
 
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import torch
 import torch.nn as nn
@@ -32,11 +44,6 @@ import torch.nn.functional as F
 from .activations import activation_fn
 
 _PAD_SCORE = -1.0  # softmax scores lie in [0, 1], so a padding token ranks below every real token
-
-
-def expert_choice_k(group_size: int, capacity_factor: float, n_experts: int) -> int:
-    """Tokens each expert takes per group: ceil(group_size * capacity_factor / n_experts), <= group_size."""
-    return min(group_size, math.ceil(group_size * capacity_factor / n_experts * _CEIL_SHRINK))
 
 
 # ceil(x * (1 - 1e-6)): float rounding (10 * 1.2 / 4 = 3.0000000000000004 in float64, and
@@ -62,8 +69,58 @@ def _rank(scores: torch.Tensor) -> torch.Tensor:
     return beats.float().sum(-1)  # (..., n)
 
 
+def _slot_ratio(value: float) -> Fraction:
+    """``value`` as a small fraction rounded up, so a slot list is never shorter than k."""
+    ratio = Fraction(value).limit_denominator(1000)
+    return ratio if ratio >= value * _CEIL_SHRINK else Fraction(math.ceil(value * 1000), 1000)
+
+
+def trace_shift(model: nn.Module) -> int:
+    """How much to enlarge every symbolic trace size so that each MoE slot list has >= 2 slots.
+
+    torch.export specialises a dim that is 1 at trace time: a slot list of one slot (a group of
+    2 tokens at k = ceil(2 * 2 / 32) = 1, say) would freeze the graph to groups of that size.
+    The exporters trace batch at 2 and sequences above it; shifting all of them by this amount
+    keeps them distinct and puts every group at the smallest size with two slots or more.
+    """
+    need = 2
+    for layer in model.modules():
+        if isinstance(layer, MoE) and layer.slot_ratio < 1:
+            need = max(need, math.floor(1 / layer.slot_ratio) + 1)  # n * ratio > 1
+    return need - 2
+
+
+def _slot_positions(like: torch.Tensor, ratio: Fraction) -> torch.Tensor:
+    """Slots 0..s-1 (float), s = min(n, ceil(n * ratio)) for n = len(like): the length carries s.
+
+    ceil(n * p / q) is the length of a vector of n * p ones sliced with step q; both are constant
+    in the graph, so s follows n at run time without shape arithmetic (see module doc).
+    """
+    ones = torch.ones_like(like)  # (n,)
+    if ratio < 1:
+        if ratio.numerator > 1:
+            ones = ones.repeat(ratio.numerator)  # (n * p,)
+        ones = ones[:: ratio.denominator]  # (ceil(n * p / q),)
+    return ones.cumsum(0) - 1  # (s,)
+
+
+def _slot_contents(slot_of: torch.Tensor, slots: torch.Tensor, token_index: torch.Tensor,
+                   weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which token fills each slot, and its gate weight.
+
+    slot_of (G, E, n): the slot each token takes in each expert (any value >= len(slots), or a
+    weight of 0, where it takes none); slots (s,); token_index (G, n) flat token positions;
+    weights (G, E, n). Returns token (G, E, s) int64 and weight (G, E, s); an empty slot holds
+    token 0 with weight 0.
+    """
+    onehot = (slot_of.unsqueeze(2) == slots.unsqueeze(-1)).to(weights.dtype)  # (G, E, s, n)
+    token = (onehot * token_index[:, None, None, :]).sum(-1)  # (G, E, s) exact: one term at most
+    weight = (onehot * weights.unsqueeze(2)).sum(-1)  # (G, E, s)
+    return token.to(torch.int64), weight
+
+
 class Experts(nn.Module):
-    """E two-layer FFNs with stacked weights, all applied to every token (dense, see module doc)."""
+    """E two-layer FFNs with stacked weights, run as one batched FFN on each expert's own tokens."""
 
     def __init__(self, config):
         super().__init__()
@@ -75,13 +132,19 @@ class Experts(nn.Module):
         self.act = activation_fn(config.activation)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """x (G, n, D), weights (G, n, E) = selected * gate -> (G, n, D)."""
-        h = x.unsqueeze(1) @ self.w1 + self.b1  # (G, E, n, F)
-        h = self.act(h)
-        y = self.dropout(h) @ self.w2 + self.b2  # (G, E, n, D)
-        w = weights.transpose(1, 2).unsqueeze(-1)  # (G, E, n, 1)
-        return (y * w).sum(1)  # (G, n, D)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (E, M, D), row block e for expert e -> (E, M, D)."""
+        h = self.act(torch.bmm(x, self.w1) + self.b1)  # (E, M, F)
+        return torch.bmm(self.dropout(h), self.w2) + self.b2  # (E, M, D)
+
+    def dispatch(self, x: torch.Tensor, token: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """x (N, D) all tokens, token/weight (G, E, s) slots -> sum of weighted expert outputs (N, D)."""
+        E, D = self.w1.shape[0], self.w1.shape[1]
+        index = token.transpose(0, 1).reshape(E, -1)  # (E, G*s)
+        y = self(x[index]) * weight.transpose(0, 1).reshape(E, -1, 1)  # (E, G*s, D)
+        # index_add exports as ScatterND with reduction add (dynamo exporter): a token taken by
+        # several experts gets the sum of their outputs.
+        return torch.zeros_like(x).index_add(0, index.reshape(-1), y.reshape(-1, D))  # (N, D)
 
 
 class MoE(nn.Module):
@@ -97,6 +160,8 @@ class MoE(nn.Module):
         self.gate = nn.Linear(config.d_model, config.n_experts, bias=False)
         self.experts = Experts(config)
         self.aux_loss = torch.zeros(())  # token choice: Switch load-balancing loss of the last forward
+        picks = 1 if config.router == "expert_choice" else config.router_top_k
+        self.slot_ratio = _slot_ratio(picks * config.capacity_factor / config.n_experts)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None):
         # Encoder: a group is a sequence. Decoder: a group is one position across the batch.
@@ -106,29 +171,36 @@ class MoE(nn.Module):
         elif self.causal:
             mask = mask.transpose(0, 1)  # (G, n)
         scores = F.softmax(self.gate(xg).float(), dim=-1)  # (G, n, E)
-        if self.router_kind == "expert_choice":
-            selected = self._expert_choice(scores, mask)
-            weights = selected * scores  # (G, n, E) gate value where selected, else 0
-        else:
-            selected, weights = self._token_choice(scores, mask)
-        y = self.experts(xg, weights.to(x.dtype))  # (G, n, D)
+        route = self._expert_choice if self.router_kind == "expert_choice" else self._token_choice
+        selected, gate, slot_of = route(scores, mask)  # (G, n, E), (G, n, E), (G, E, n)
+        weights = (selected * gate).transpose(1, 2)  # (G, E, n) gate value where selected, else 0
+        slots = _slot_positions(mask[0], self.slot_ratio)  # (s,)
+        token, weight = _slot_contents(slot_of, slots, _token_positions(mask), weights.to(x.dtype))
+        y = self.experts.dispatch(xg.reshape(-1, xg.shape[-1]), token, weight).view_as(xg)  # (G, n, D)
         routing = selected.to(torch.int64)  # (G, n, E)
         if self.causal:
             y, routing = y.transpose(0, 1), routing.transpose(0, 1)  # (B, T, *)
         return y, routing
 
-    def _expert_choice(self, scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Each expert takes its top-k real tokens of the group; returns selected (G, n, E) float."""
+    def _expert_choice(self, scores: torch.Tensor, mask: torch.Tensor):
+        """Each expert takes its top-k real tokens of the group; slot r of an expert holds its rank-r token.
+
+        Returns selected (G, n, E) float, the gate (the scores) and slot_of = rank (G, E, n).
+        """
         n = mask.sum(-1, keepdim=True)  # (G, 1) real tokens per group
         k = torch.minimum(_ceil_tensor(n * self.capacity_factor / self.n_experts), n)  # (G, 1)
         m = mask.unsqueeze(-1)  # (G, n, 1)
         ranked = torch.where(m > 0, scores, torch.full_like(scores, _PAD_SCORE))  # (G, n, E)
         rank = _rank(ranked.transpose(1, 2))  # (G, E, n) rank of each token within each expert
         selected = (rank < k.unsqueeze(-1)).float().transpose(1, 2)  # (G, n, E)
-        return selected * m
+        return selected * m, scores, rank
 
     def _token_choice(self, scores: torch.Tensor, mask: torch.Tensor):
-        """Each token picks its top-k experts, within per-expert capacity; returns (selected, weights)."""
+        """Each token picks its top-k experts, within per-expert capacity.
+
+        Returns kept (G, n, E) float, the gate (G, n, E) and slot_of (G, E, n): the capacity slot a
+        kept token fills in its expert, -1 where it fills none (not chosen, or dropped).
+        """
         E, top_k = self.n_experts, self.top_k
         m = mask.unsqueeze(-1)  # (G, n, 1)
         rank = _rank(scores)  # (G, n, E) rank of each expert for each token
@@ -138,7 +210,7 @@ class MoE(nn.Module):
         capacity = _ceil_tensor(n * top_k * self.capacity_factor / E)  # (G, 1, 1)
         # GShard priority: all first choices by position, then all second choices, and so on.
         # (No zeros_like/slices here: they reach TVM with unknown shapes that it cannot lower.)
-        kept, taken = None, None  # taken: (G, 1, E) slots used by earlier choice levels
+        kept, taken, slot = None, None, None  # taken: (G, 1, E) slots used by earlier choice levels
         for level in range(top_k):
             level_mask = (rank == float(level)).float() * m  # (G, n, E)
             position = level_mask.cumsum(1) - 1  # (G, n, E) slot index within the expert
@@ -146,13 +218,23 @@ class MoE(nn.Module):
                 position = position + taken
             level_kept = level_mask * (position < capacity).float()  # (G, n, E)
             kept = level_kept if kept is None else kept + level_kept
+            slot = level_kept * position if slot is None else slot + level_kept * position
             level_taken = level_mask.sum(1, keepdim=True)  # (G, 1, E)
             taken = level_taken if taken is None else taken + level_taken
-        # Switch load-balancing loss over real tokens: E * sum_e f_e * P_e, f from first choices.
+        self._record_aux_loss(scores, rank, m, mask)
+        return kept, gate, (slot + kept - 1).transpose(1, 2)  # slot where kept, else -1
+
+    def _record_aux_loss(self, scores: torch.Tensor, rank: torch.Tensor, m: torch.Tensor, mask: torch.Tensor):
+        """Switch load-balancing loss over real tokens: E * sum_e f_e * P_e, f from first choices."""
         n_real = mask.sum().clamp_min(1.0)
         first = (rank == 0.0).float() * m
         f = first.sum((0, 1)) / n_real  # (E,)
         p = (scores * m).sum((0, 1)) / n_real  # (E,)
         if not torch.compiler.is_exporting():  # an attribute set while exporting draws a torch warning
-            self.aux_loss = E * (f * p).sum()
-        return kept, kept * gate
+            self.aux_loss = self.n_experts * (f * p).sum()
+
+
+def _token_positions(mask: torch.Tensor) -> torch.Tensor:
+    """(G, n) -> flat index g * n + t of every token, float (exact below 2^24 tokens)."""
+    ones = torch.ones_like(mask)  # (G, n)
+    return (ones.cumsum(-1) - 1) + (ones.cumsum(0) - 1) * ones.sum(-1, keepdim=True)  # (G, n)

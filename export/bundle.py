@@ -7,7 +7,6 @@ PyTorch, so the bundle states from the start how far its graph is from the model
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from forgeline.runtime.errors import ArtifactError, ConfigError
 from forgeline.runtime.format import (
     DEFAULT_TOLERANCE,
     GOLDEN_FILE,
-    MANIFEST_FILE,
     ORT_STAGE,
     WEIGHTS_FILE,
     Manifest,
@@ -27,9 +25,12 @@ from forgeline.runtime.format import (
     Tolerance,
     set_shareable_mode,
 )
+from forgeline.runtime.artifact_io import staged_artifact
 from forgeline.runtime.golden import GoldenCase, save_golden
 from forgeline.runtime.kv_check import with_generation_rows
 from forgeline.runtime.model import load
+from forgeline.runtime.parity import raise_if_failed
+from forgeline.runtime.validate import graph_dim_limits
 
 from .eager import case_sizes, golden_dims, make_case, output_specs
 from .kv_graphs import export_generation_graphs
@@ -55,8 +56,18 @@ class ExportOptions:
 
 
 def export_model(name: str, out_dir: str | Path, options: ExportOptions = ExportOptions()) -> Manifest:
-    """Export model ``name`` at ``options.preset`` into the bundle folder ``out_dir``."""
-    out = _prepare_dir(Path(out_dir), options.overwrite)
+    """Export model ``name`` at ``options.preset`` into the bundle folder ``out_dir``.
+
+    The bundle is written in a staging folder beside ``out_dir`` and moved in whole once complete;
+    with ``overwrite`` an existing forgeline artifact there is replaced only then (and a folder that
+    is not a forgeline artifact never is).
+    """
+    with staged_artifact(Path(out_dir), options.overwrite) as staged:
+        return export_into(name, staged, options)
+
+
+def export_into(name: str, out: Path, options: ExportOptions = ExportOptions()) -> Manifest:
+    """Export into the empty folder ``out`` (a staging folder: see ``export_model``)."""
     model = _make_model(name, options)
     log.info("export %s/%s -> %s (seed %d, %d golden cases)", name, options.preset, out, options.seed, options.golden_cases)
     save_checkpoint(model, out / WEIGHTS_FILE)
@@ -68,9 +79,10 @@ def export_model(name: str, out_dir: str | Path, options: ExportOptions = Export
     save_golden(out / GOLDEN_FILE, cases)
     manifest = _new_manifest(model, options, cases)
     manifest.graphs = graphs
+    manifest.dim_limits = graph_dim_limits(manifest)  # past, src_seq, ...: bounded like seq
     manifest.tokenizer = _ship_tokenizer(out, model, options)
     for path in sorted(out.iterdir()):
-        if path.is_file() and path.name != MANIFEST_FILE:
+        if path.is_file() and path.name != "manifest.json":
             manifest.record_file(out, path.name)
     manifest.save(out)
     record_ort_parity(out, manifest)
@@ -79,10 +91,11 @@ def export_model(name: str, out_dir: str | Path, options: ExportOptions = Export
 
 def record_ort_parity(root: Path, manifest: Manifest) -> None:
     """Measure ONNX Runtime against the eager outputs and store the result in the manifest."""
-    model = load(root, backend="ort")
-    manifest.stages[ORT_STAGE] = with_generation_rows(model.selfcheck(), model)
+    with load(root, backend="ort") as model:
+        manifest.stages[ORT_STAGE] = with_generation_rows(model.selfcheck(), model)
     manifest.save(root)
     log.info("ONNX Runtime vs eager: %s", "pass" if manifest.stages[ORT_STAGE].passed else "FAIL")
+    raise_if_failed(manifest.stages[ORT_STAGE])  # the error names every output that missed
 
 
 def _ship_tokenizer(out: Path, model: ForgelineModel, options: ExportOptions) -> str | None:
@@ -145,14 +158,3 @@ def _versions() -> dict[str, str]:
 
     return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
             "numpy": np.__version__}
-
-
-def _prepare_dir(out: Path, overwrite: bool) -> Path:
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ArtifactError(f"{out} already exists and is not empty; choose another folder or pass --overwrite.")
-        if not (out / MANIFEST_FILE).is_file():
-            raise ArtifactError(f"{out} is not a forgeline artifact, so it will not be overwritten; choose another folder.")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from forgeline.define import ForgelineModel
+from forgeline.define.moe import trace_shift
 from forgeline.runtime.errors import ExportError, error_summary
 from forgeline.runtime.format import GraphSpec, TensorSpec
 
@@ -101,8 +102,8 @@ def export_generation_graphs(model: ForgelineModel, out_dir: Path) -> dict[str, 
     return specs
 
 
-def _example(spec: TensorSpec, gen: torch.Generator) -> torch.Tensor:
-    shape = tuple(d if isinstance(d, int) else _TRACE[d] for d in spec.dims)
+def _example(spec: TensorSpec, gen: torch.Generator, sizes: dict[str, int]) -> torch.Tensor:
+    shape = tuple(d if isinstance(d, int) else sizes[d] for d in spec.dims)
     if spec.dtype == "float32":
         return torch.randn(shape, generator=gen)
     lo, hi = spec.value_range
@@ -114,7 +115,9 @@ def _export(model: ForgelineModel, graph: _Graph, path: Path) -> None:
     dims = {n: torch.export.Dim(n, min=1, max=(1 << 20) if n == "batch" else limit) for n in _TRACE}
     dynamic_shapes = tuple({a: dims[d] for a, d in enumerate(s.dims) if isinstance(d, str)} for s in graph.inputs)
     gen = torch.Generator().manual_seed(0)
-    example = tuple(_example(s, gen) for s in graph.inputs)
+    shift = trace_shift(model)  # MoE slot lists must not trace at one slot
+    sizes = {n: v + shift if n == "batch" else min(v + shift, limit - 1) for n, v in _TRACE.items()}
+    example = tuple(_example(s, gen, sizes) for s in graph.inputs)
     start = time.perf_counter()
     try:
         with warnings.catch_warnings(), torch.no_grad():

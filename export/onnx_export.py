@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from forgeline.define.moe import trace_shift
 from forgeline.runtime.errors import ExportError, error_summary
 from forgeline.runtime.format import ONNX_FILE
 from forgeline.runtime.inputs import symbolic_dims
@@ -26,11 +27,14 @@ TRACE_SIZES = {"batch": 2}
 TRACE_SEQ = 8
 
 
-def trace_dims(dim_names: list[str], dim_limits: dict[str, int | None]) -> dict[str, int]:
-    """A size for every symbolic dim: small, at least 2, within its limit, distinct per dim."""
+def trace_dims(dim_names: list[str], dim_limits: dict[str, int | None], shift: int = 0) -> dict[str, int]:
+    """A size for every symbolic dim: small, at least 2, within its limit, distinct per dim.
+
+    ``shift`` enlarges them all alike (MoE slot lists must not trace at one slot: moe.trace_shift).
+    """
     dims = {}
     for offset, name in enumerate(dim_names):
-        size = TRACE_SIZES.get(name, TRACE_SEQ + offset)
+        size = TRACE_SIZES.get(name, TRACE_SEQ + offset) + shift
         limit = dim_limits.get(name)
         dims[name] = min(size, limit) if limit else size
     return dims
@@ -44,7 +48,8 @@ def export_onnx(model: torch.nn.Module, out_dir: Path, dim_limits: dict[str, int
     dynamic_shapes = tuple(
         {axis: torch_dims[d] for axis, d in enumerate(s.dims) if isinstance(d, str)} for s in specs
     )
-    example = model.example_inputs(trace_dims(dim_names, dim_limits), torch.Generator().manual_seed(0))
+    sizes = trace_dims(dim_names, dim_limits, trace_shift(model))
+    example = model.example_inputs(sizes, torch.Generator().manual_seed(0))
     path = Path(out_dir) / ONNX_FILE
     start = time.perf_counter()
     log.info("exporting %s to ONNX (dynamic dims: %s)", type(model).__name__, ", ".join(dim_names))

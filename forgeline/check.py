@@ -1,7 +1,10 @@
 """`check`: every stage of an artifact against eager PyTorch, on golden and fresh inputs.
 
-The eager model is rebuilt from the artifact's own checkpoint, so the comparison is made now, on
-this machine, and not read back from what the manifest recorded at build time.
+The eager model is rebuilt from the artifact's own checkpoint and run now, on this machine, on
+the golden inputs and on fresh random ones: nothing is read back from what the manifest or
+golden.npz recorded at build time. Every stage is checked: the stored golden outputs themselves
+(what the torch-free ``selfcheck`` relies on), ONNX Runtime, each TVM build this host can run
+(with its KV-cache graphs), and each tuned bucket build at its own shape.
 """
 
 from __future__ import annotations
@@ -10,17 +13,21 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from forgeline.define import load_checkpoint
-from forgeline.export.eager import golden_dims, make_case
-from forgeline.runtime.format import GOLDEN_FILE, WEIGHTS_FILE, Manifest, StageRecord
+from forgeline.define import ForgelineModel, load_checkpoint
+from forgeline.export.eager import golden_dims, make_case, run_eager
+from forgeline.runtime.errors import ArtifactError
+from forgeline.runtime.format import GOLDEN_FILE, TVM_DIR, WEIGHTS_FILE, StageRecord
 from forgeline.runtime.golden import GoldenCase, load_golden
 from forgeline.runtime.host import can_run, describe_host
 from forgeline.runtime.kv_check import with_generation_rows
-from forgeline.runtime.model import load
+from forgeline.runtime.model import Model, load
+from forgeline.runtime.parity import compare_outputs, stage_record
 
 log = logging.getLogger(__name__)
 
 FRESH_SEED = 1_000  # fresh inputs use seeds the golden cases never use
+BUCKET_SEED = 3_000  # bucket cases: seeds neither the golden nor the fresh cases use
+BUCKET_CASES = 2  # random input sets per tuned bucket
 
 
 @dataclass
@@ -33,34 +40,60 @@ class CheckReport:
         return all(s.passed for s in self.stages)
 
 
-def check_artifact(path: str | Path, fresh_cases: int = 2) -> CheckReport:
-    """Compare ONNX Runtime and every TVM build this host can run with eager PyTorch."""
+def check_artifact(path: str | Path, fresh_cases: int = 2, verify_key=None) -> CheckReport:
+    """Compare the golden outputs, ONNX Runtime, every TVM build this host can run and their buckets
+    with eager PyTorch run now.
+
+    ``verify_key`` (a PEM public key or its path): the artifact must carry a valid signature by it.
+    """
     root = Path(path)
-    manifest = Manifest.load(root)
-    manifest.verify_files(root)
-    cases = _cases(root, manifest, fresh_cases)
-    report = CheckReport(stages=[_stage(load(root, backend="ort"), cases)])
+    with load(root, backend="ort", verify_key=verify_key) as ort_model:  # signature, paths, hashes first
+        manifest = ort_model.manifest
+        eager = load_checkpoint(root / WEIGHTS_FILE).eval()
+        golden = load_golden(root / GOLDEN_FILE)
+        cases = _cases(golden, eager, fresh_cases)
+        # The stored golden outputs are what `selfcheck` compares with where there is no torch:
+        # they must still be what eager computes.
+        stored = [row for kept, now in zip(golden, cases)
+                  for row in compare_outputs(now.outputs, kept.outputs, manifest.tolerance, kept.name)]
+        report = CheckReport(stages=[stage_record(GOLDEN_FILE, stored, manifest.tolerance),
+                                     _stage(ort_model, cases)])
     host = describe_host()
     for tag, build in manifest.builds.items():
         runnable, why = can_run(build.requires, host)
         if build.codegen_only or not runnable:
-            report.skipped[f"tvm/{tag}"] = why or build.note
+            report.skipped[f"{TVM_DIR}/{tag}"] = why or build.note
             continue
-        report.stages.append(_stage(load(root, backend="tvm", target=tag), cases))
+        with load(root, backend="tvm", target=tag, verify_key=verify_key) as model:
+            report.stages.append(_stage(model, cases))
+            for key, bucket in build.buckets.items():
+                report.stages.append(_bucket_stage(model, key, bucket["dims"], eager))
     return report
 
 
-def _stage(model, cases: list[GoldenCase]) -> StageRecord:
+def _stage(model: Model, cases: list[GoldenCase]) -> StageRecord:
     """A backend on every case, plus its KV-cache graphs against the golden logits."""
-    return with_generation_rows(model.selfcheck(cases), model)
+    return with_generation_rows(model.selfcheck(cases), model, cases[0])
 
 
-def _cases(root: Path, manifest: Manifest, fresh_cases: int) -> list[GoldenCase]:
-    """The golden cases as stored, plus fresh random ones computed by eager PyTorch now."""
-    cases = load_golden(root / GOLDEN_FILE)
-    model = load_checkpoint(root / WEIGHTS_FILE)
+def _bucket_stage(model: Model, key: str, dims: dict[str, int], eager: ForgelineModel) -> StageRecord:
+    """A tuned bucket build on fresh eager cases at exactly its shape (so it, not the fallback, serves)."""
+    rows = []
+    for i in range(BUCKET_CASES):
+        case = make_case(eager, dims, BUCKET_SEED + i, f"bucket{i}")
+        got = model.run(**case.inputs)
+        if model.last_build != key:
+            raise ArtifactError(f"bucket {key} of {model.build.tag} did not serve a call at its own shape "
+                                f"{dims} (the {model.last_build} build did); the manifest's bucket record is wrong.")
+        rows += compare_outputs(case.outputs, got, model.manifest.tolerance, case.name)
+    return stage_record(f"{model.stage}/{key}", rows, model.manifest.tolerance)
+
+
+def _cases(golden: list[GoldenCase], eager: ForgelineModel, fresh_cases: int) -> list[GoldenCase]:
+    """The golden inputs and fresh random ones, each with eager PyTorch's outputs computed now."""
+    cases = [GoldenCase(case.name, case.inputs, run_eager(eager, case.inputs)) for case in golden]
     start = len(cases)
     for i in range(start, start + fresh_cases):
-        cases.append(make_case(model, golden_dims(model, i), FRESH_SEED + i, f"fresh{i - start}"))
-    log.info("checking on %d golden and %d fresh cases", start, fresh_cases)
+        cases.append(make_case(eager, golden_dims(eager, i), FRESH_SEED + i, f"fresh{i - start}"))
+    log.info("checking on %d golden and %d fresh cases, eager PyTorch rerun on all", start, fresh_cases)
     return cases

@@ -11,6 +11,11 @@ Layout of an artifact folder::
     weights.safetensors    the eager checkpoint (lets `forgeline check` re-run eager PyTorch)
     golden.npz             reference inputs and eager outputs, case{i}/in/<name>, case{i}/out/<name>
     tvm/<tag>/model.so     one compiled build per target
+    manifest.sig           optional ed25519 signature of manifest.json's bytes (signing.py)
+    .forgeline.lock        the writers' lock file (artifact_io.py)
+
+Every path in the manifest is relative and confined to the folder (confine.py); its fields are
+type-checked before use (schema.py); writers go through artifact_io.py's transactions.
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic import FORMAT_MARKER, MAX_MANIFEST_BYTES, atomic_write_bytes, current_umask
 from .errors import ArtifactError
+from .paths import confined
+from .schema import check_manifest_dict
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -82,8 +89,22 @@ class Tolerance:
 # from PyTorch by ~1e-6 relative per op; a few layers of that stays well inside 1e-4 absolute on
 # logits of order 1, while a real bug (a wrong mask, a swapped weight) is orders of magnitude larger.
 DEFAULT_TOLERANCE = Tolerance(atol=1e-4, rtol=1e-3)
-# Stated for reduced precisions so that a manifest can carry them; fp32 is the reference.
-REDUCED_PRECISION_TOLERANCE = {"float16": Tolerance(1e-2, 1e-2), "bfloat16": Tolerance(5e-2, 5e-2)}
+# The tolerance of each build precision, against eager fp32 (the reference); a build records its
+# own in the manifest. bf16 rounds both operands of every dense matmul to 8 significant bits
+# (relative error up to 2^-9 each) and accumulates in fp32. Measured with AMX's numerics against
+# eager fp32 on held-out inputs at 1x128 and 8x128 (benchmarks/bf16_accuracy.py): worst max abs
+# 2.7e-2 on a briefly trained Shakespeare gpt's logits (|logits| <= 8.9), 1.1e-2 on random-init
+# gpt-small's (<= 1.8), 6.5e-3 on bert-small's; the fp32 builds stay within 6e-6. The bound
+# 5e-2 + 5e-2 * |x| is at least 1.8x the worst bf16 error while a real bug (a swapped weight, a
+# wrong mask) still moves outputs by 0.1-1.
+PRECISION_TOLERANCE = {"fp32": DEFAULT_TOLERANCE, "bf16": Tolerance(atol=5e-2, rtol=5e-2)}
+
+
+def precision_tolerance(precision: str) -> Tolerance:
+    if precision not in PRECISION_TOLERANCE:
+        raise ArtifactError(f"precision {precision!r} has no tolerance; this forgeline knows "
+                            f"{', '.join(PRECISION_TOLERANCE)}.")
+    return PRECISION_TOLERANCE[precision]
 
 
 @dataclass
@@ -136,6 +157,14 @@ class BuildRecord:
     # {dims, lib, trials, tasks_tuned, tasks_default, tuning_seconds, database_sha256}. The
     # runtime serves one when every symbolic dim of a call equals its dims exactly.
     buckets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    unscheduled: list[str] = field(default_factory=list)  # kernels no CPU schedule took (naive loops)
+    precision: str = "fp32"  # of the matmuls: "fp32" or "bf16" (routers, norms, softmax stay fp32)
+    tolerance: dict[str, float] = field(default_factory=dict)  # {atol, rtol} this build is held to
+
+    @property
+    def parity_tolerance(self) -> Tolerance | None:
+        """The build's own tolerance (reduced precision), or None: the manifest's applies."""
+        return Tolerance(**self.tolerance) if self.tolerance else None
 
     @property
     def device(self) -> str:
@@ -193,7 +222,7 @@ class Manifest:
         d["inputs"] = [s.to_dict() for s in self.inputs]
         d["outputs"] = [s.to_dict() for s in self.outputs]
         d["graphs"] = {k: g.to_dict() for k, g in self.graphs.items()}
-        return d
+        return {"format": FORMAT_MARKER, **d}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Manifest:
@@ -203,6 +232,10 @@ class Manifest:
                 f"manifest format_version is {version!r} but this forgeline reads version "
                 f"{FORMAT_VERSION}; rebuild the artifact with this forgeline."
             )
+        if d.get("format", FORMAT_MARKER) != FORMAT_MARKER:
+            raise ArtifactError(f"manifest.json has format {d.get('format')!r}, not {FORMAT_MARKER!r}: it is not "
+                                "a forgeline manifest.")
+        check_manifest_dict(d)
         try:
             return cls(
                 name=d["name"],
@@ -221,11 +254,24 @@ class Manifest:
                 tokenizer=d.get("tokenizer"),
                 graphs={k: GraphSpec.from_dict(v) for k, v in d.get("graphs", {}).items()},
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"manifest.json is missing or has a malformed field ({exc}).") from exc
 
     def save(self, root: Path) -> None:
         _atomic_write_text(Path(root) / MANIFEST_FILE, json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str | os.PathLike[str] = MANIFEST_FILE) -> Manifest:
+        """Parse manifest bytes (the exact bytes a signature covers)."""
+        try:
+            parsed = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ArtifactError(f"{where} is not valid JSON ({exc}); the artifact is corrupt, rebuild it.") from exc
+        except RecursionError as exc:
+            raise ArtifactError(f"{where} nests its JSON too deeply to be a manifest; the artifact is corrupt.") from exc
+        if not isinstance(parsed, dict):
+            raise ArtifactError(f"{where} does not hold a JSON object; the artifact is corrupt, rebuild it.")
+        return cls.from_dict(parsed)
 
     @classmethod
     def load(cls, root: str | os.PathLike[str]) -> Manifest:
@@ -238,24 +284,18 @@ class Manifest:
                 f"{root} has no {MANIFEST_FILE}, so it is not a forgeline bundle or artifact; "
                 "create one with `forgeline export` or `forgeline build`."
             )
-        try:
-            data = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ArtifactError(f"{path} is not valid JSON ({exc}); the artifact is corrupt, rebuild it.") from exc
-        if not isinstance(data, dict):
-            raise ArtifactError(f"{path} does not hold a JSON object; the artifact is corrupt, rebuild it.")
-        return cls.from_dict(data)
+        return cls.from_bytes(read_manifest_bytes(root), path)
 
     def record_file(self, root: Path, relpath: str) -> None:
         """Add (or refresh) a file's sha256 in the manifest."""
         self.files[relpath] = sha256_file(Path(root) / relpath)
 
     def verify_files(self, root: Path, only: list[str] | None = None) -> None:
-        """Check that every listed file exists and still has its recorded sha256."""
+        """Check that every listed file exists, lies inside the artifact and still has its recorded sha256."""
         for relpath, expected in self.files.items():
             if only is not None and relpath not in only:
                 continue
-            path = Path(root) / relpath
+            path = confined(root, relpath, "a listed file")
             if not path.is_file():
                 raise ArtifactError(f"{relpath} is listed in the manifest but missing from {root}; rebuild the artifact.")
             actual = sha256_file(path)
@@ -268,9 +308,18 @@ class Manifest:
 
 def set_shareable_mode(path: Path) -> None:
     """rw for the owner, readable by all, as a plain `open` would create it under this umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    os.chmod(path, 0o666 & ~current_umask())
+
+
+def read_manifest_bytes(root: Path) -> bytes:
+    """The manifest file's bytes, refusing a symlink or a file far larger than any manifest."""
+    path = Path(root) / MANIFEST_FILE
+    if path.is_symlink():
+        raise ArtifactError(f"{path} is a symbolic link; an artifact's manifest must be a plain file in it.")
+    size = path.stat().st_size
+    if size > MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"{path} is {size} bytes, far more than a manifest holds; the artifact is corrupt.")
+    return path.read_bytes()
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -282,13 +331,5 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a crash never leaves half a manifest."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        set_shareable_mode(Path(tmp))  # mkstemp makes 0600; artifacts are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write via a temporary file, fsync and rename, so a crash never leaves half a manifest."""
+    atomic_write_bytes(path, text.encode())

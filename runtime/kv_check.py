@@ -14,29 +14,35 @@ import logging
 import numpy as np
 
 from .format import GOLDEN_FILE, OutputParity, StageRecord
-from .golden import load_golden
+from .golden import GoldenCase, load_golden
 from .parity import compare_outputs, stage_record
 
 log = logging.getLogger(__name__)
 
 
-def with_generation_rows(record: StageRecord, model) -> StageRecord:
-    """``record`` (a backend's golden selfcheck) plus the generation graphs' rows, case "<case>/generation"."""
-    rows = generation_parity(model)
+def with_generation_rows(record: StageRecord, model, case: GoldenCase | None = None) -> StageRecord:
+    """``record`` (a backend's golden selfcheck) plus the generation graphs' rows, case "<case>/generation".
+
+    ``case`` is the reference (golden case 0 with eager outputs computed now, from ``forgeline
+    check``); by default golden.npz's case 0 as stored.
+    """
+    rows = generation_parity(model, case)
     if not rows:
         return record
     log.info("%s generation graphs vs eager: %s", record.stage, "pass" if all(r.passed for r in rows) else "FAIL")
     return stage_record(record.stage, record.parity + rows, record.tolerance)
 
 
-def generation_parity(model) -> list[OutputParity]:
-    """Rows for a loaded Model's generation graphs; empty when it has none."""
+def generation_parity(model, case: GoldenCase | None = None) -> list[OutputParity]:
+    """Rows for a loaded Model's generation graphs; empty when the artifact has none."""
     manifest = model.manifest
     if "decode" not in manifest.graphs or GOLDEN_FILE not in manifest.files:
         return []
-    if model.build is not None and set(manifest.graphs) - set(model.build.graph_libs):
-        return []  # a build whose generation graphs did not compile (compile/artifact.py warned)
-    case = load_golden(model.path / GOLDEN_FILE)[0]
+    missing = sorted(set(manifest.graphs) - set(model.build.graph_libs)) if model.build is not None else []
+    if missing:  # a build without its generation graphs cannot generate: that fails the stage
+        note = f"build {model.build.tag} has no library for the {', '.join(missing)} graph(s)"
+        return [OutputParity("logits", "generation", float("inf"), float("inf"), 1.0, False, note=note)]
+    case = case if case is not None else load_golden(model.path / GOLDEN_FILE)[0]
     if manifest.family == "gpt":
         ids = case.inputs["input_ids"]  # (B, T)
         ones = np.ones_like(ids)
@@ -48,7 +54,7 @@ def generation_parity(model) -> list[OutputParity]:
         out = model.run_graph("prefill", tgt_ids=tgt[:, :-1], memory=memory)
         step = model.run_graph("decode", tgt_ids=tgt[:, -1:], memory=memory, past_kv=out["present"])
     got = {"logits": np.concatenate([out["logits"], step["logits"]], axis=1)}  # (B, T, V)
-    return compare_outputs({"logits": case.outputs["logits"]}, got, manifest.tolerance, f"{case.name}/generation")
+    return compare_outputs({"logits": case.outputs["logits"]}, got, model.tolerance, f"{case.name}/generation")
 
 
 _ROOM = 3  # unwritten cache columns past the prefill's: they must change nothing

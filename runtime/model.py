@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
+from .amx import needs_amx, request_amx_permission
+from .artifact_io import artifact_lock
+from .confine import check_confinement, confined
 from .errors import ArtifactError, ConfigError, TargetMismatchError
-from .format import GOLDEN_FILE, ONNX_FILE, ORT_STAGE, BuildRecord, Manifest, StageRecord, TensorSpec
+from .format import (GOLDEN_FILE, ONNX_FILE, ORT_STAGE, BuildRecord, Manifest, StageRecord,
+                     TensorSpec, Tolerance)
 from .golden import GoldenCase, load_golden
 from .parity import compare_outputs, stage_record
-from .validate import validate_inputs
+from .validate import complete_dim_limits, validate_inputs
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +34,11 @@ class Executor(Protocol):
 
 
 class Model:
-    """A loaded artifact bound to one backend (and, for TVM, one build)."""
+    """A loaded artifact bound to one backend (and, for TVM, one build).
+
+    Safe to use from several threads at once (each backend serialises or separates what must be).
+    ``close()``, or ``with load(...) as model:``, releases the libraries and their memory.
+    """
 
     def __init__(self, path: Path, manifest: Manifest, backend: str, executor: Executor, build: BuildRecord | None):
         self.path = path
@@ -39,6 +48,27 @@ class Model:
         self._executor = executor
         self._graphs: dict[str, Executor] = {}  # extra graphs (manifest.graphs), opened on first use
         self._tokenizer = None
+        self._open_lock = threading.Lock()  # two threads' first run_graph must not open a graph twice
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release every executor (TVM libraries and VMs, ORT sessions); the model cannot run after."""
+        with self._open_lock:
+            for executor in [self._executor, *self._graphs.values()]:
+                close = getattr(executor, "close", None)
+                if close is not None:
+                    close()
+            self._executor, self._graphs, self._tokenizer = None, {}, None
+
+    def _live(self) -> Executor:
+        if self._executor is None:
+            raise ArtifactError(f"{self!r} was closed; load the artifact again to run it.")
+        return self._executor
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -54,13 +84,23 @@ class Model:
         return getattr(self._executor, "last_build", "dynamic" if self.build is not None else None)
 
     @property
+    def tolerance(self) -> Tolerance:
+        """What parity holds this backend to: the build's precision tolerance, else the manifest's."""
+        own = self.build.parity_tolerance if self.build is not None else None
+        return own or self.manifest.tolerance
+
+    @property
+    def reduced_precision(self) -> bool:
+        return self.build is not None and self.build.precision != "fp32"
+
+    @property
     def stage(self) -> str:
         return ORT_STAGE if self.build is None else f"tvm/{self.build.tag}"
 
     def run(self, **arrays: np.ndarray) -> dict[str, np.ndarray]:
         """Validate the inputs, run the backend, and name the outputs."""
         ordered = validate_inputs(arrays, self.manifest.inputs, self.manifest.dim_limits)
-        results = self._executor.run(ordered)
+        results = self._live().run(ordered)
         return dict(zip(self.manifest.output_names(), results))
 
     def selfcheck(self, cases: list[GoldenCase] | None = None) -> StageRecord:
@@ -69,8 +109,9 @@ class Model:
             cases = load_golden(self.path / _golden_file(self.manifest))
         rows = []
         for case in cases:
-            rows += compare_outputs(case.outputs, self.run(**case.inputs), self.manifest.tolerance, case.name)
-        return stage_record(self.stage, rows, self.manifest.tolerance)
+            rows += compare_outputs(case.outputs, self.run(**case.inputs), self.tolerance, case.name,
+                                    routing_flips_fail=not self.reduced_precision)
+        return stage_record(self.stage, rows, self.tolerance)
 
     def fill_mask(self, text_or_ids, top_k: int = 5, mask_id: int | None = None):
         """BERT: for each [MASK], the top_k tokens with probabilities (see runtime/tasks/bert.py)."""
@@ -110,11 +151,13 @@ class Model:
     def graph_executor(self, name: str) -> Executor:
         """The executor of an extra graph, opened on first use: positional inputs, no validation
         (the decoding loop calls it with buffers it made itself, runtime/tasks/kv_cache.py)."""
-        if name not in self._graphs:
-            from .tasks.graphs import open_graph
+        from .tasks.graphs import open_graph
 
-            self._graphs[name] = open_graph(self, name)
-        return self._graphs[name]
+        with self._open_lock:
+            self._live()
+            if name not in self._graphs:
+                self._graphs[name] = open_graph(self, name)
+            return self._graphs[name]
 
     def generate(self, prompt, max_new_tokens: int = 32, **options):
         """GPT: continue prompt(s) with the KV cache; see runtime/tasks/generate.py for the options."""
@@ -132,17 +175,38 @@ class Model:
         return f"Model({self.manifest.name}/{self.manifest.preset}, backend={self.stage})"
 
 
-def load(path: str | os.PathLike[str], backend: str = "tvm", target: str | None = None) -> Model:
-    """Open an artifact folder, verify every file's sha256, and bind it to a backend.
+def load(path: str | os.PathLike[str], backend: str = "tvm", target: str | None = None, *,
+         verify_key: str | os.PathLike[str] | bytes | None = None) -> Model:
+    """Open an artifact folder, check it, and bind it to a backend.
+
+    Before any library is loaded: the manifest's signature is verified when there is one (and must
+    exist, by that key, when ``verify_key``, a PEM public key or its path, is given); every path is
+    checked to lie inside the folder and to be listed; every file's sha256 is checked. A TVM build
+    is native code: load only artifacts you trust.
 
     ``target`` picks a TVM build by tag ("cpu-znver4") or kind ("cpu", "cuda"); by default the
     first build this host can run is used, a CUDA one first when a GPU is present.
     """
+    from .format import read_manifest_bytes
+    from .signing import verify_manifest_signature
+
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
     root = Path(path)
-    manifest = Manifest.load(root)
-    manifest.verify_files(root)
+    Manifest.load(root)  # a sentence for a missing folder or manifest
+    with artifact_lock(root, shared=True):  # a concurrent compile commits whole, before or after
+        data = read_manifest_bytes(root)
+        verify_manifest_signature(root, data, verify_key)
+        manifest = Manifest.from_bytes(data, root)
+        check_confinement(root, manifest)
+        manifest.verify_files(root)
+        return open_model(root, manifest, backend, target)
+
+
+def open_model(root: Path, manifest: Manifest, backend: str = "tvm", target: str | None = None) -> Model:
+    """Bind an already checked manifest to a backend (``load`` without the checks; compile uses it
+    to measure a build that is not yet in the artifact's manifest)."""
+    complete_dim_limits(manifest)
     if backend == "ort":
         from .backends.ort import OrtExecutor
 
@@ -152,11 +216,14 @@ def load(path: str | os.PathLike[str], backend: str = "tvm", target: str | None 
 
     device = build.device
     log.info("loading TVM build %s for %s", build.tag, manifest.name)
+    if needs_amx(build.requires):
+        request_amx_permission()  # before the first tile instruction, or the process gets SIGILL
     if build.buckets:  # tuned static-shape builds: dispatch by shape, the dynamic lib as fallback
         from .backends.buckets import BucketedExecutor
 
         return Model(root, manifest, backend, BucketedExecutor(root, build, manifest.inputs, device), build)
-    return Model(root, manifest, backend, TvmExecutor(root / build.lib, device=device), build)
+    return Model(root, manifest, backend, TvmExecutor(confined(root, build.lib, "the build library"),
+                                                      device=device), build)
 
 
 def select_build(manifest: Manifest, target: str | None) -> BuildRecord:
@@ -174,7 +241,8 @@ def select_build(manifest: Manifest, target: str | None) -> BuildRecord:
         )
     host = describe_host()
     reasons = []
-    for build in sorted(candidates, key=lambda b: b.kind != "cuda"):
+    # CUDA first when present; fp32 before reduced precision unless a tag asks for one.
+    for build in sorted(candidates, key=lambda b: (b.kind != "cuda", b.precision != "fp32")):
         ok, why = can_run(build.requires, host)
         if ok and not build.codegen_only:
             return build
@@ -192,7 +260,7 @@ def _kind_name(build: BuildRecord) -> str:
 def _onnx_path(root: Path, manifest: Manifest) -> Path:
     if ONNX_FILE not in manifest.files:
         raise ArtifactError(f"the manifest of {root} lists no {ONNX_FILE}; rebuild the artifact.")
-    return root / ONNX_FILE
+    return confined(root, ONNX_FILE, "the ONNX graph")
 
 
 def _golden_file(manifest: Manifest) -> str:

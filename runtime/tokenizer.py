@@ -129,7 +129,9 @@ def load_tokenizer(root: Path, manifest) -> Tokenizer:
             f"the artifact at {root} carries no tokenizer; pass token ids instead of text, or re-export it "
             "(export writes the byte tokenizer by default, or ships the tokenizer.json you give it)."
         )
-    return read_tokenizer(Path(root) / relpath)
+    from .paths import confined
+
+    return read_tokenizer(confined(Path(root), relpath, "the tokenizer"))
 
 
 def encode_checked(tokenizer: Tokenizer, text: str, vocab_size: int) -> list[int]:

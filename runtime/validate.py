@@ -100,3 +100,32 @@ def _check_range(spec: TensorSpec, array: np.ndarray) -> None:
             f"input {spec.name} holds {int(array[index])} at index {index}, outside the valid range "
             f"[{lo}, {hi}) (the vocabulary or type table size); {int(bad.sum())} value(s) are out of range."
         )
+
+
+def graph_dim_limits(manifest) -> dict[str, int | None]:
+    """A limit for every symbolic dim of every graph (main, prefill, decode, encode).
+
+    Dims the manifest already bounds keep their limit. Any other dim counts positions, so it is
+    bounded by the position table: ``past`` (the KV cache length) by max_positions - 1, since the
+    token a decode step adds takes position ``past``; beyond that the compiled graph would read past
+    its position table (garbage, or a crash). ``batch`` stays unbounded (None) as exported.
+    """
+    positions = manifest.config.get("max_positions")
+    limits = dict(manifest.dim_limits)
+    specs = [*manifest.inputs, *(s for g in manifest.graphs.values() for s in g.inputs)]
+    for dim in (d for spec in specs for d in spec.dims if isinstance(d, str)):
+        if dim in limits:
+            continue
+        if dim == "batch":
+            limits[dim] = None
+        elif not isinstance(positions, int) or isinstance(positions, bool) or positions < 2:
+            raise InputError(f"the artifact declares no limit for the dimension {dim!r} and no max_positions "
+                             "to derive one from; rebuild it with this forgeline.")
+        else:
+            limits[dim] = positions - 1 if dim == "past" else positions
+    return limits
+
+
+def complete_dim_limits(manifest) -> None:
+    """Give older manifests (which bounded only the main graph's dims) a limit for every dim."""
+    manifest.dim_limits = graph_dim_limits(manifest)

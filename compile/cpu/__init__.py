@@ -3,5 +3,6 @@
 ``pipeline`` assembles them into the pass pipeline every CPU build uses; ``matmul`` is the
 register-blocked GEMM schedule; ``weights`` packs constant weights at build time; ``fast_math``
 swaps libm calls for vectorizable polynomials; ``rules`` schedules softmax, layer norm, transposes
-and whatever else is left.
+and whatever else is left. ``--precision bf16``: ``precision`` resolves the target, ``bf16`` puts
+the dense layers on ``amx``'s AMX bf16 GEMM, whose tile steps ``amx_tiles`` emits.
 """

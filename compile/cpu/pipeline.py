@@ -29,6 +29,7 @@ import logging
 
 from forgeline.runtime.backends.cpu_kernels import MATMUL_FUNC
 
+from .bf16 import bf16_dense_matmuls
 from .fast_math import fast_math
 from .matmul import matmul_rule
 from .rules import fallback_rule, row_reduction_rule
@@ -91,7 +92,16 @@ def schedule_cpu_kernels(mod, target, *, gemm_rows: int | None = None):
         return dl.ApplyDefaultSchedule(*rules)(mod)
 
 
-def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: int | None = None):
+def unscheduled_kernels(mod) -> list[str]:
+    """Names of the PrimFuncs no rule scheduled: they run as naive loops, about 100x slower."""
+    import tvm
+
+    return sorted(gvar.name_hint for gvar, func in mod.functions.items()
+                  if isinstance(func, tvm.tirx.PrimFunc) and not (func.attrs and func.attrs.get("tirx.is_scheduled")))
+
+
+def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: int | None = None,
+                       precision: str = "fp32"):
     """Make ``mod`` fast on an llvm ``target`` without tuning; returns the transformed module.
 
     Input: a Relax IRModule as the ONNX importer gives it (high-level ops, symbolic shapes
@@ -115,6 +125,8 @@ def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: 
         raise ValueError(f"apply_cpu_defaults is for llvm targets, not {target.kind.name}.")
     if offload_matmul:
         mod = offload_matmuls(mod)
+    if precision != "fp32":
+        mod = bf16_dense_matmuls(mod, emulate=precision == "bf16-emulated")
     mod = fast_math(mod)
     with target:
         mod = tvm.transform.Sequential(cpu_generic.library_dispatch_passes(target)
@@ -123,14 +135,25 @@ def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: 
         return fold_packed_weights(schedule_cpu_kernels(mod, target, gemm_rows=gemm_rows))
 
 
-def cpu_pipeline(target, *, offload_matmul: bool = False, gemm_rows: int | None = None):
-    """The default Relax CPU pipeline with ``apply_cpu_defaults`` in place of its first half."""
+def cpu_pipeline(target, *, offload_matmul: bool = False, gemm_rows: int | None = None,
+                 unscheduled: list[str] | None = None, precision: str = "fp32"):
+    """The default Relax CPU pipeline with ``apply_cpu_defaults`` in place of its first half.
+
+    Kernels left without a schedule are logged as a warning and appended to ``unscheduled``.
+    """
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     @tvm.transform.module_pass(opt_level=0, name="ForgelineCpuPipeline")
     def _pipeline(mod, _ctx):
-        mod = apply_cpu_defaults(mod, target, offload_matmul=offload_matmul, gemm_rows=gemm_rows)
+        mod = apply_cpu_defaults(mod, target, offload_matmul=offload_matmul, gemm_rows=gemm_rows,
+                                 precision=precision)
+        missed = unscheduled_kernels(mod)
+        if missed:
+            logger.warning("%d kernel(s) got no CPU schedule and will run as naive loops: %s",
+                           len(missed), ", ".join(missed))
+        if unscheduled is not None:
+            unscheduled.extend(missed)
         with target:
             return tvm.transform.Sequential(cpu_generic.dataflow_lower_passes(target)
                                             + cpu_generic.finalize_passes(target))(mod)
@@ -138,5 +161,5 @@ def cpu_pipeline(target, *, offload_matmul: bool = False, gemm_rows: int | None 
     return _pipeline
 
 
-__all__ = ["apply_cpu_defaults", "cpu_pipeline", "offload_matmuls", "schedule_cpu_kernels",
+__all__ = ["apply_cpu_defaults", "cpu_pipeline", "offload_matmuls", "schedule_cpu_kernels", "unscheduled_kernels",
            "schedule_matmul_kernels"]

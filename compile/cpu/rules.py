@@ -47,8 +47,12 @@ def cpu_rule(name: str, schedule):
                 return None
             try:
                 taken = schedule(sch, infos, vector_lanes(target))
-            except Exception as exc:  # noqa: BLE001 - a shape this rule can't take
-                logger.debug("%s did not take a kernel: %s", name, exc)
+            except Exception as exc:  # noqa: BLE001 - the rule claimed the kernel, then failed
+                # A warning, not debug: if no later rule takes it, this kernel runs unscheduled
+                # (~100x slower), and pipeline.py records it in the build as such.
+                logger.warning("the %s schedule failed on %s (%s); the next rule gets it",
+                               name, func.attrs.get("global_symbol", "a kernel") if func.attrs else "a kernel",
+                               str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__)
                 return None
             return sch if taken else None
 

@@ -2,8 +2,9 @@
 
 Each bucket build is checked before the artifact keeps it: on random valid inputs at the bucket's
 shape it must match ONNX Runtime (the reference the export stage already matched against eager
-PyTorch) within the artifact's tolerance. The result goes to ``manifest.stages`` under
-``tvm/<tag>/<bucket>``; a bucket that misses is removed again and the failure raised.
+PyTorch) within the artifact's tolerance, in a staging folder beside its place. Only a bucket that
+passes is moved in and recorded (result in ``manifest.stages`` under ``tvm/<tag>/<bucket>``), under
+the artifact's lock; one that misses, or a tune that is killed, leaves the artifact as it was.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from forgeline.runtime.errors import ArtifactError
 from forgeline.runtime.format import ONNX_FILE, TVM_DIR, BuildRecord, Manifest, StageRecord
 from forgeline.runtime.inputs import random_inputs
 from forgeline.runtime.parity import compare_outputs, raise_if_failed, stage_record
@@ -42,12 +44,17 @@ def tune_buckets(root: Path, manifest: Manifest, build: BuildRecord, tuning: Res
     db = TuningDatabase(tuning.database)
     for index, dims in enumerate(tuning.buckets, 1):
         logger.info("bucket %d/%d: %s", index, len(tuning.buckets), bucket_key(dims))
-        _tune_bucket(root, manifest, build, dims, db, Target(build.target), settings)
+        manifest = _tune_bucket(root, manifest, build, dims, db, Target(build.target), settings)
+        build = manifest.builds[build.tag]
     return manifest
 
 
 def _tune_bucket(root, manifest: Manifest, build: BuildRecord, dims: dict[str, int],
-                 db: TuningDatabase, target, settings) -> None:
+                 db: TuningDatabase, target, settings) -> Manifest:
+    """Tune one bucket in a staging folder, check it there, then move it in and record it (artifact_io)."""
+    from forgeline.runtime.artifact_io import staging_dir, update_manifest
+    from forgeline.runtime.format import sha256_file
+
     from .search import tune_module
 
     key = bucket_key(dims)
@@ -57,26 +64,36 @@ def _tune_bucket(root, manifest: Manifest, build: BuildRecord, dims: dict[str, i
         tuned = tune_module(mod, target, db, settings)
         database_sha = db.sha256()
     lib = f"{TVM_DIR}/{build.tag}/bucket-{key}.so"
-    tuned.executable.export_library(str(root / lib))
-    build.buckets[key] = {
-        "dims": dict(dims), "lib": lib, "trials": tuned.trials, "reused_trials": tuned.reused_trials,
-        "tasks_tuned": tuned.tasks_tuned, "tasks_default": tuned.tasks_default,
-        "gemm_schedule": tuned.gemm_schedule,
-        "tuning_seconds": round(tuned.seconds, 2), "database": str(db.folder),
-        "database_sha256": database_sha,
-    }
-    manifest.record_file(root, lib)
-    manifest.save(root)
+    stage = f"{TVM_DIR}/{build.tag}/{key}"
+    with staging_dir(root / lib) as staged:
+        tuned.executable.export_library(str(staged / "bucket.so"))
+        record = check_bucket(root, manifest, str((staged / "bucket.so").relative_to(root)), dims, stage=stage)
+        raise_if_failed(record)  # a bucket that misses is never kept; the artifact stays as it was
+        bucket = {
+            "dims": dict(dims), "lib": lib, "trials": tuned.trials, "reused_trials": tuned.reused_trials,
+            "tasks_tuned": tuned.tasks_tuned, "tasks_default": tuned.tasks_default,
+            "gemm_schedule": tuned.gemm_schedule,
+            "tuning_seconds": round(tuned.seconds, 2), "database": str(db.folder),
+            "database_sha256": database_sha,
+        }
+        digest = sha256_file(staged / "bucket.so")
+
+        def drop(current: Manifest) -> None:
+            if build.tag not in current.builds:
+                raise ArtifactError(f"build {build.tag} was removed from {root} while bucket {key} was tuned; "
+                                    "compile it again, then tune.")
+            current.builds[build.tag].buckets.pop(key, None)
+            current.files.pop(lib, None)
+
+        def add(current: Manifest) -> None:
+            current.builds[build.tag].buckets[key] = bucket
+            current.files[lib] = digest
+            current.stages[stage] = record
+
+        manifest = update_manifest(root, add, drop=drop, moves=[(staged / "bucket.so", root / lib)])
     logger.info("bucket %s: %d trials run, %d reused; %d task(s) tuned, %d left at defaults",
                 key, tuned.trials, tuned.reused_trials, len(tuned.tasks_tuned), len(tuned.tasks_default))
-    record = check_bucket(root, manifest, lib, dims, stage=f"{TVM_DIR}/{build.tag}/{key}")
-    manifest.stages[record.stage] = record
-    if not record.passed:
-        build.buckets.pop(key)
-        manifest.files.pop(lib, None)
-        (root / lib).unlink(missing_ok=True)
-    manifest.save(root)
-    raise_if_failed(record)
+    return manifest
 
 
 def check_bucket(root: Path, manifest: Manifest, lib: str, dims: dict[str, int], stage: str) -> StageRecord:

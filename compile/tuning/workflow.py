@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from forgeline.runtime.errors import ArtifactError, ConfigError
+from forgeline.runtime.confine import check_confinement
 from forgeline.runtime.format import Manifest
 
 from .buckets import tune_buckets
@@ -15,6 +16,7 @@ def tune_artifact(path: str | Path, target_tag: str, options: TuneOptions) -> Ma
     """Add a tuned build per bucket to the artifact's existing CPU build ``target_tag``."""
     root = Path(path)
     manifest = Manifest.load(root)
+    check_confinement(root, manifest)
     manifest.verify_files(root)
     build = manifest.builds.get(target_tag)
     if build is None:

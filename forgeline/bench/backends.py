@@ -9,6 +9,8 @@ from typing import Any
 from forgeline.runtime.errors import ConfigError
 from forgeline.runtime.format import Manifest
 
+from .peers import PEER_RUNNERS
+
 
 def _run_ort(root: Path, manifest: Manifest, inputs, options) -> Callable[[], Any]:
     from forgeline.runtime import load
@@ -63,4 +65,5 @@ def _run_eager(root: Path, manifest: Manifest, inputs, options) -> Callable[[], 
     return lambda: run_eager(model, inputs)
 
 
-RUNNERS = {"eager": _run_eager, "ort": _run_ort, "tvm": _run_tvm, "tvm-tuned": _run_tvm_tuned}
+RUNNERS = {"eager": _run_eager, "ort": _run_ort, "tvm": _run_tvm, "tvm-tuned": _run_tvm_tuned,
+           **PEER_RUNNERS}  # tvm-bf16, openvino, openvino-f32 (peers.py)

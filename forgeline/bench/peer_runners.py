@@ -128,7 +128,7 @@ def tvm_runner(which: str) -> Callable[..., Runner]:
         from forgeline.runtime.format import symbolic_sizes
         from forgeline.runtime.model import select_build
 
-        build = manifest.builds[which] if which in manifest.builds else select_build(manifest, "cpu")
+        build = manifest.builds.get(which) or _fp32_cpu_build(manifest) or select_build(manifest, "cpu")
         lib = build.lib
         if which == "bucket":
             dims = symbolic_sizes(manifest.inputs, [inputs[n] for n in manifest.input_names()])
@@ -143,3 +143,9 @@ def tvm_runner(which: str) -> Callable[..., Runner]:
 
     return load
 
+
+
+def _fp32_cpu_build(manifest: Manifest):
+    """The first fp32 CPU build (builds without a ``precision`` field are fp32), or None."""
+    return next((b for b in manifest.builds.values() if b.kind == "llvm" and not b.codegen_only
+                 and (getattr(b, "precision", None) or "fp32") in ("fp32", "float32")), None)

@@ -9,7 +9,10 @@ Backends:
 - ``ort``: ONNX Runtime's CPU provider on model.onnx, through ``forgeline.runtime.load``;
 - ``tvm``: the artifact's dynamic-shape TVM build for this host (untuned);
 - ``tvm-tuned``: the tuned shape-bucket build for exactly (batch, seq), when the artifact has one
-  (``BuildRecord.buckets["BxT"]["lib"]``); otherwise reported as not available.
+  (``BuildRecord.buckets["BxT"]["lib"]``); otherwise reported as not available;
+- ``tvm-bf16``: the artifact's ``--precision bf16`` build (AMX), where this host can run it;
+- ``openvino`` / ``openvino-f32``: OpenVINO's CPU plugin at its default precision (bf16 on AMX
+  CPUs) and at fp32, on model.onnx (peers.py; ``pip install forgeline[peers]``).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from .workload import bench_inputs, estimate_flops
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("eager", "ort", "tvm", "tvm-tuned")
+BACKENDS = ("eager", "ort", "tvm", "tvm-tuned", "tvm-bf16", "openvino", "openvino-f32")
 REFERENCE_BACKEND = "ort"  # every ratio is latency / ONNX Runtime's latency
 
 
@@ -130,9 +133,9 @@ def bench_artifact(path: str | Path, options: BenchOptions = BenchOptions()) -> 
             results[backend] = BackendResult(backend, False, note=str(exc))
     samples = interleaved_samples(runners, iters=options.iters, warmup=options.warmup)
     for backend, times in samples.items():
-        results[backend] = _summarize(backend, times, options, flops)
+        results[backend] = summarize_samples(backend, times, options, flops)
     results = [results[b] for b in options.backends]
-    _add_ratios(results)
+    add_ratios(results)
     return BenchReport(artifact=str(root), model=manifest.name, preset=manifest.preset,
                        batch=options.batch, seq=options.seq, flops=flops, host=host_info(),
                        date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -167,7 +170,7 @@ def interleaved_samples(runners: dict[str, Callable[[], Any]], *, iters: int,
     return samples
 
 
-def _summarize(backend: str, samples: list[float], options: BenchOptions,
+def summarize_samples(backend: str, samples: list[float], options: BenchOptions,
                flops: float | None) -> BackendResult:
     p50, p90 = (float(np.percentile(samples, q)) for q in (50, 90))
     tokens = options.batch * options.seq
@@ -178,7 +181,7 @@ def _summarize(backend: str, samples: list[float], options: BenchOptions,
                          samples_ms=[round(s, 4) for s in samples])
 
 
-def _add_ratios(results: list[BackendResult]) -> None:
+def add_ratios(results: list[BackendResult]) -> None:
     ref = next((r for r in results if r.backend == REFERENCE_BACKEND and r.available), None)
     for r in results:
         if ref is not None and r.available:

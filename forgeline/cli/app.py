@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 
 from forgeline.runtime.errors import ForgelineError
 
 # Every module that registers commands, imported here once so that `forgeline --help` and
 # `python -m forgeline.cli --help` list the same commands.
-from . import pipeline, tune, generate, bert, bench, train  # noqa: F401, I001  (they register on import, in this order)
+from . import pipeline, tune, generate, bert, bench, train, trust  # noqa: F401, I001  (they register on import, in this order)
 from .registry import COMMANDS
 
 
@@ -43,8 +44,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except ForgelineError as exc:
+        if args.verbose and exc.__cause__ is not None:
+            traceback.print_exception(exc, file=sys.stderr)  # what caused it, for a bug report
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("error: interrupted.", file=sys.stderr)
+        print("error: interrupted; nothing was changed.", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - not a user mistake: a bug, or a library failing
+        if args.verbose:
+            traceback.print_exception(exc, file=sys.stderr)  # the whole chain
+        summary = str(exc).strip().splitlines()[-1:] or [""]
+        print(f"error: internal error, {type(exc).__name__}: {summary[0][:300]} (run with -v for details).",
+              file=sys.stderr)
+        return 1

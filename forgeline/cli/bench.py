@@ -14,7 +14,8 @@ from forgeline.runtime.errors import MissingDependencyError
 def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", type=Path, help="artifact folder")
     p.add_argument("--backends", default="eager,ort,tvm,tvm-tuned",
-                   help="comma-separated: eager, ort, tvm, tvm-tuned (default: all four)")
+                   help="comma-separated: eager, ort, tvm, tvm-tuned, tvm-bf16, openvino, "
+                        "openvino-f32 (default: the first four)")
     p.add_argument("--batch", type=int, default=1, help="batch size (default: 1)")
     p.add_argument("--seq", type=int, default=128, help="sequence length (default: 128)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs per backend (default: 5)")
@@ -29,6 +30,11 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from forgeline.bench import BenchOptions, bench_artifact
 
+    from .files import check_output_file
+
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is not None:  # before the benchmark runs, not after
+            check_output_file(path, flag, inside=args.path)
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
     options = BenchOptions(backends=backends, batch=args.batch, seq=args.seq,
                            warmup=args.warmup, iters=args.iters)

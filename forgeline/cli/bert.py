@@ -29,7 +29,7 @@ def _next_sentence_args(p: argparse.ArgumentParser) -> None:
 def _fill_mask(args: argparse.Namespace) -> int:
     from forgeline.runtime import load
 
-    model = load(args.path, backend=args.backend, target=args.target)
+    model = load(args.path, backend=args.backend, target=args.target, verify_key=args.verify_key)
     for prediction in model.fill_mask(args.text, top_k=args.top_k):
         print(f"[MASK] at position {prediction.position}:")
         rows = [(c.token if c.token is not None else "", c.token_id, f"{c.probability:.4f}")
@@ -42,6 +42,6 @@ def _fill_mask(args: argparse.Namespace) -> int:
 def _next_sentence(args: argparse.Namespace) -> int:
     from forgeline.runtime import load
 
-    model = load(args.path, backend=args.backend, target=args.target)
+    model = load(args.path, backend=args.backend, target=args.target, verify_key=args.verify_key)
     print(f"P(b follows a) = {model.next_sentence(args.a, args.b):.4f}")
     return 0

@@ -51,7 +51,7 @@ def _print_result(result) -> None:
 def _generate(args: argparse.Namespace) -> int:
     from forgeline.runtime import load
 
-    model = load(args.path, backend=args.backend, target=args.target)
+    model = load(args.path, backend=args.backend, target=args.target, verify_key=args.verify_key)
     prompt = args.prompt if args.prompt is not None else _parse_ids(args.ids)
     result = model.generate(prompt, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                             top_p=args.top_p, seed=args.seed, eos_id=args.eos_id)
@@ -63,7 +63,7 @@ def _generate(args: argparse.Namespace) -> int:
 def _translate(args: argparse.Namespace) -> int:
     from forgeline.runtime import load
 
-    model = load(args.path, backend=args.backend, target=args.target)
+    model = load(args.path, backend=args.backend, target=args.target, verify_key=args.verify_key)
     src = args.src if args.src is not None else _parse_ids(args.ids)
     _print_result(model.translate(src, args.max_new_tokens, eos_id=args.eos_id))
     return 0

@@ -27,6 +27,9 @@ def compile_args(p: argparse.ArgumentParser, with_path: bool = True) -> None:
     p.add_argument("--target", default="cpu", help="target preset: cpu (this host's CPU) or cuda (default: cpu)")
     p.add_argument("--arch", help="CUDA architecture for --target cuda (default: sm_90)")
     p.add_argument("--mcpu", help="LLVM CPU name for --target cpu (default: detected from this host)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="precision of the dense matmuls: fp32 (default) or bf16 on AMX CPUs; "
+                        "routers, norms and softmax stay fp32")
     add_tuning_flags(p)
 
 
@@ -38,6 +41,12 @@ def build_args(p: argparse.ArgumentParser) -> None:
 def backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="tvm", choices=["tvm", "ort"], help="runtime backend (default: tvm)")
     p.add_argument("--target", help="TVM build tag or kind (cpu, cuda); default: the best one this host can run")
+    verify_key_arg(p)
+
+
+def verify_key_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verify-key", type=Path, metavar="PUBKEY",
+                   help="refuse the artifact unless it carries a valid signature by this ed25519 public key (PEM)")
 
 
 def export_options(args: argparse.Namespace):
@@ -50,7 +59,7 @@ def export_options(args: argparse.Namespace):
 def compile_options(args: argparse.Namespace):
     from forgeline.compile import CompileOptions
 
-    return CompileOptions(target=args.target, arch=args.arch, mcpu=args.mcpu)
+    return CompileOptions(target=args.target, arch=args.arch, mcpu=args.mcpu, precision=args.precision)
 
 
 def add_tuning_flags(p: argparse.ArgumentParser, *, with_switch: bool = True) -> None:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from forgeline.runtime.errors import InputError
-
-from .options import backend_args, build_args, compile_args, compile_options, export_args, export_options, tune_options
+from .files import check_output_file, read_npz
+from .options import backend_args, verify_key_arg, build_args, compile_args, compile_options, export_args, export_options, tune_options
 from .output import print_buckets, print_report, print_stages, print_table
 from .registry import command
 
@@ -22,6 +21,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 def _check_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", type=Path, help="artifact folder")
     p.add_argument("--fresh", type=int, default=2, help="fresh random input cases besides the golden ones (default: 2)")
+    verify_key_arg(p)
 
 
 # ------------------------------------------------------------------------------------------ commands
@@ -71,21 +71,17 @@ def _build(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from forgeline.runtime import load
+    from forgeline.runtime import Manifest, load
 
-    if not args.inputs.is_file():
-        raise InputError(f"inputs file {args.inputs} does not exist; pass an .npz with one array per model input.")
-    model = load(args.path, backend=args.backend, target=args.target)
-    try:
-        with np.load(args.inputs, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{args.inputs} is not a readable .npz file ({exc}).") from exc
-    outputs = model.run(**arrays)
-    np.savez(args.output, **outputs)
+    arrays = read_npz(args.inputs)
+    Manifest.load(args.path)  # a sentence for a folder that is no artifact, before the output's checks
+    output = check_output_file(args.output, "-o", inside=args.path, suffix=".npz")
+    with load(args.path, backend=args.backend, target=args.target, verify_key=args.verify_key) as model:
+        outputs = model.run(**arrays)
+    np.savez(output, **outputs)
     for name, value in outputs.items():
         print(f"{name}: {value.dtype} {tuple(value.shape)}")
-    print(f"ran {model.stage}; wrote {args.output}")
+    print(f"ran {model.stage}; wrote {output}")
     return 0
 
 
@@ -93,4 +89,4 @@ def _run(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from forgeline.check import check_artifact
 
-    return print_report(check_artifact(args.path, fresh_cases=args.fresh))
+    return print_report(check_artifact(args.path, fresh_cases=args.fresh, verify_key=args.verify_key))

@@ -9,6 +9,7 @@ shape loads one library.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,7 @@ class BucketedExecutor:
             self._libs[key] = bucket["lib"]
             self._by_dims[tuple(sorted(bucket["dims"].items()))] = key
         self._executors: dict[str, object] = {}
+        self._lock = threading.Lock()  # opening a library is not done twice by racing threads
         self.last_build: str | None = None  # DYNAMIC or the bucket key that served the last call
 
     @property
@@ -50,12 +52,21 @@ class BucketedExecutor:
         return self._executor(key).run(arrays)
 
     def _executor(self, key: str):
-        if key not in self._executors:
-            from .tvm import TvmExecutor
+        with self._lock:
+            if key not in self._executors:
+                from ..paths import confined
+                from .tvm import TvmExecutor
 
-            log.info("loading %s build %s", "the dynamic" if key == DYNAMIC else "bucket", self._libs[key])
-            self._executors[key] = TvmExecutor(self._root / self._libs[key], device=self._device)
-        return self._executors[key]
+                log.info("loading %s build %s", "the dynamic" if key == DYNAMIC else "bucket", self._libs[key])
+                path = confined(self._root, self._libs[key], f"the {key} library")
+                self._executors[key] = TvmExecutor(path, device=self._device)
+            return self._executors[key]
+
+    def close(self) -> None:
+        with self._lock:
+            for executor in self._executors.values():
+                executor.close()
+            self._executors.clear()
 
 
 __all__ = ["DYNAMIC", "BucketedExecutor"]

@@ -3,11 +3,19 @@
 Nothing here imports torch, onnx or the TVM compiler (``tvm.relax``). A CPU build is loaded
 through tvm_ffi and ``libtvm_runtime`` alone, without ``import tvm`` (tvm_io.py says why); a CUDA
 build through ``import_tvm_runtime``, which loads only ``libtvm_runtime`` (plus CUDA's) and keeps
-tvm_ffi's optional imports (torch, ml_dtypes) from loading.
+tvm_ffi's optional imports (torch, ml_dtypes) from loading. The environment variables that
+select this are set only around the import and restored after, and the thread count goes
+through TVM's thread-pool API, so nothing outlives the call.
+
+Threads: a Relax VM is not thread-safe (concurrent calls corrupt its storage allocator and
+crash), so one executor serialises its calls with a lock. A VM per calling thread was measured
+against the lock and was no faster: TVM already spreads each call over all cores, so concurrent
+calls only compete for them (README, "Threads").
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -27,6 +35,32 @@ from .tvm_io import FfiCpuIO, PackageIO, without_optional_imports
 logger = logging.getLogger(__name__)
 
 _THREAD_MODE_BIG_CORES = 1  # threading::ThreadGroup::kBig: all "big" cores, no pinning games
+_ENV_LOCK = threading.Lock()  # scoped_environ changes os.environ; one block at a time
+# TVM 0.27 keeps ~180 KiB of every load_module for the life of the process, even after the module
+# is freed (measured: +181 KiB per load, +108 MB over 600 loads). So each library file is loaded
+# once per process and shared: key (path, inode, size, mtime) tells a rebuilt file from the old.
+_MODULES: dict[str, tuple[tuple[int, int, int], Any]] = {}
+_MODULES_LOCK = threading.Lock()
+
+
+def load_library(load_module, path: Path):
+    """The TVM module of ``path`` (``load_module(path)``), loaded once per process per version of the file."""
+    resolved = str(Path(path).resolve())
+    st = os.stat(resolved)
+    version = (st.st_ino, st.st_size, st.st_mtime_ns)
+    with _MODULES_LOCK:
+        for gone in [p for p in _MODULES if not os.path.exists(p)]:  # e.g. a compile's staging folder
+            _MODULES.pop(gone)
+        cached = _MODULES.get(resolved)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        # A rebuilt file at the same path: drop the old module first, or dlopen (which matches
+        # libraries by name) would hand back the old code.
+        _MODULES.pop(resolved, None)
+        del cached
+        module = load_module(resolved)
+        _MODULES[resolved] = (version, module)
+        return module
 
 
 def import_tvm_runtime():
@@ -35,15 +69,10 @@ def import_tvm_runtime():
     Must run before anything else imports tvm to take full effect. If tvm is already imported
     (e.g. by the compiler in the same process) that module is returned unchanged.
     """
-    # TVM's thread pool reads TVM_NUM_THREADS when it is first used; unset, it takes half the
-    # logical CPUs on x86, which on a 2-core machine is one thread. All physical cores is the
-    # sane default.
-    os.environ.setdefault("TVM_NUM_THREADS", str(cpu_core_count()))
     if "tvm" in sys.modules:
         import tvm.runtime.vm  # noqa: F401 - the VM class lives in a submodule
 
         return sys.modules["tvm"]
-    os.environ.setdefault("TVM_USE_RUNTIME_LIB", "1")
     started = time.perf_counter()
 
     def load():
@@ -52,10 +81,25 @@ def import_tvm_runtime():
 
         return tvm
 
-    tvm = without_optional_imports(load)
+    # Read by tvm/base.py and tvm_ffi at import only; restored so that a compile in a child
+    # process (or this one, if it imports the compiler first) gets the whole of TVM.
+    with _ENV_LOCK, scoped_environ(TVM_USE_RUNTIME_LIB="1", TVM_FFI_DISABLE_TORCH_C_DLPACK="1"):
+        tvm = without_optional_imports(load)
     logger.info("Imported the TVM runtime in %.2f s (runtime library only: %s).",
-                time.perf_counter() - started, os.environ.get("TVM_USE_RUNTIME_LIB") == "1")
+                time.perf_counter() - started, "tvm_compiler" not in tvm.base._LOADED_LIBS)
     return tvm
+
+
+@contextlib.contextmanager
+def scoped_environ(**values: str):
+    """Set environment variables (where unset) for the duration of the block only."""
+    added = [name for name in values if name not in os.environ]
+    os.environ.update({name: values[name] for name in added})
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
 
 
 def _load_cuda_runtime(tvm) -> None:
@@ -97,11 +141,6 @@ class TvmExecutor:
         self.num_threads = num_threads or cpu_core_count()
         if self.num_threads < 1:
             raise InputError(f"num_threads={num_threads} must be at least 1.")
-        if num_threads:
-            os.environ.setdefault("TVM_NUM_THREADS", str(max(num_threads, cpu_core_count())))
-        # TVM's thread pool reads TVM_NUM_THREADS when it is first used; unset, it takes half the
-        # logical CPUs on x86 (one thread on a 2-core machine). All physical cores is the default.
-        os.environ.setdefault("TVM_NUM_THREADS", str(cpu_core_count()))
         self.device = device
         if device == "cuda":
             tvm = import_tvm_runtime()
@@ -112,8 +151,9 @@ class TvmExecutor:
         self._ffi = ffi = self._io.ffi
         register_cpu_kernels()  # CPU builds may call forgeline.cpu.matmul (compile/cpu/pipeline.py)
         started = time.perf_counter()
+        self._lock = threading.Lock()  # one call at a time: the VM is not thread-safe
         try:
-            self._vm = self._io.load_module(self.lib_path)["vm_load_executable"]()
+            self._vm = load_library(self._io.load_module, self.lib_path)["vm_load_executable"]()
             self._vm["vm_initialization"](*self._io.init_args)
         except Exception as exc:  # noqa: BLE001 - TVM raises its own error classes
             raise ArtifactError(
@@ -131,22 +171,35 @@ class TvmExecutor:
                     time.perf_counter() - started)
 
     def _configure_threads(self) -> None:
-        # TVM keeps one thread pool per calling thread, so configure each caller's pool once.
+        # TVM keeps one thread pool per calling thread, so configure each caller's pool once,
+        # through its API: TVM_NUM_THREADS would outlive the call and reach child processes.
         caller = threading.get_ident()
         if self.device != "cpu" or caller in self._configured_threads:
             return
         config = self._ffi.get_global_func("runtime.config_threadpool")
-        config(_THREAD_MODE_BIG_CORES, self.num_threads)
+        # A pool's size is fixed when TVM creates it (here, for this thread), from TVM_NUM_THREADS or
+        # else half the logical CPUs; so the variable is set for that one call and restored.
+        with _ENV_LOCK, scoped_environ(TVM_NUM_THREADS=str(max(self.num_threads, cpu_core_count()))):
+            config(_THREAD_MODE_BIG_CORES, self.num_threads)
         in_use = int(self._ffi.get_global_func("runtime.NumThreads")())
         if in_use != self.num_threads:
-            logger.warning(
-                "TVM runs %d threads, not the %d asked for; its pool was created earlier with "
-                "TVM_NUM_THREADS=%s.", in_use, self.num_threads, os.environ.get("TVM_NUM_THREADS"))
+            logger.warning("TVM runs %d threads, not the %d asked for.", in_use, self.num_threads)
         self._configured_threads.add(caller)
+
+    def close(self) -> None:
+        """Drop the VM and the library; the executor cannot run afterwards."""
+        with self._lock:
+            self._main = self._vm = None
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         """Run the model on inputs in ONNX graph order; return outputs in ONNX graph order."""
-        self._configure_threads()
+        with self._lock:
+            if self._vm is None:
+                raise ArtifactError(f"{self.lib_path} was closed; load the artifact again to run it.")
+            self._configure_threads()
+            return self._run_locked(arrays)
+
+    def _run_locked(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         if len(arrays) != len(self.input_names):
             raise InputError(f"The model takes {self._describe_params()}, but {len(arrays)} were "
                              "given; pass them in ONNX graph order.")

@@ -13,10 +13,9 @@ loads the CUDA runtime library and copies between host and device.
 from __future__ import annotations
 
 import importlib.util
-import os
+import logging
 import sys
 import time
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,6 @@ _ffi = None
 
 def without_optional_imports(load):
     """Run ``load()`` with tvm_ffi's optional imports (torch, ml_dtypes) made to fail fast."""
-    os.environ.setdefault("TVM_FFI_DISABLE_TORCH_C_DLPACK", "1")
     blocked = [name for name in OPTIONAL_IMPORTS_OF_TVM_FFI if name not in sys.modules]
     for name in blocked:
         sys.modules[name] = None
@@ -49,7 +47,10 @@ def load_ffi_runtime():
     global _ffi
     if _ffi is None:
         started = time.perf_counter()
-        _ffi = without_optional_imports(_load_runtime_library)
+        from .tvm import _ENV_LOCK, scoped_environ  # tvm.py imports this module: import here
+
+        with _ENV_LOCK, scoped_environ(TVM_FFI_DISABLE_TORCH_C_DLPACK="1"):  # read at import only
+            _ffi = without_optional_imports(_load_runtime_library)
         log.info("Loaded libtvm_runtime through tvm_ffi in %.2f s.", time.perf_counter() - started)
     return _ffi
 

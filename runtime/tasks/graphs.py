@@ -17,11 +17,13 @@ def graph_spec(manifest: Manifest, name: str) -> GraphSpec:
 
 def open_graph(model, name: str):
     """An executor for graph ``name`` on the model's backend (and TVM build)."""
+    from ..paths import confined
+
     spec = graph_spec(model.manifest, name)
     if model.build is None:
         from ..backends.ort import OrtExecutor
 
-        return OrtExecutor(model.path / spec.onnx)
+        return OrtExecutor(confined(model.path, spec.onnx, f"graph {name!r}"))
     lib = model.build.graph_libs.get(name)
     if lib is None:
         raise ArtifactError(
@@ -30,4 +32,4 @@ def open_graph(model, name: str):
         )
     from ..backends.tvm import TvmExecutor
 
-    return TvmExecutor(model.path / lib, device=model.build.device)
+    return TvmExecutor(confined(model.path, lib, f"the {name!r} library"), device=model.build.device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,9 @@ class Sampler:
     seed: int | None = None
 
     def __post_init__(self):
+        if not isinstance(self.temperature, (int, float, np.floating, np.integer)) or isinstance(self.temperature, bool) \
+                or not math.isfinite(self.temperature):
+            raise ConfigError(f"temperature={self.temperature!r} must be a finite number: 0 (greedy) or positive.")
         if self.temperature < 0:
             raise ConfigError(f"temperature={self.temperature} must be 0 (greedy) or positive.")
         if self.top_k is not None and self.top_k < 1:

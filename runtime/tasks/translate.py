@@ -9,7 +9,7 @@ import numpy as np
 from ..errors import ConfigError
 from .generate import Generation
 from .graphs import graph_spec
-from .prompts import check_budget, decode_texts, prompt_ids
+from .prompts import check_budget, check_prompt_lengths, decode_texts, prompt_ids
 
 
 def translate(model, src, max_new_tokens: int = 32, *, bos_id: int | None = None,
@@ -27,8 +27,8 @@ def translate(model, src, max_new_tokens: int = 32, *, bos_id: int | None = None
         graph_spec(manifest, name)
     sources = prompt_ids(model, src)
     bos_id, eos_id = _bos_eos(model, bos_id, eos_id)
-    check_budget(manifest, [len(s) for s in sources], 0)
-    check_budget(manifest, [1], max_new_tokens)
+    check_prompt_lengths(manifest, [len(s) for s in sources])
+    check_budget(manifest, [1], max_new_tokens)  # the target starts from bos alone
     started = time.perf_counter()
     rows = [_translate_one(model, s, max_new_tokens, bos_id, eos_id) for s in sources]
     seconds = {"decode": time.perf_counter() - started}

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from forgeline.bench.peer_runners import PeerUnavailable, _require
-from forgeline.bench.peers import PEER_LOADERS, PeerOptions, bench_peers, markdown_table, reduced_precision_builds
+from forgeline.bench.peer_report import (PEER_LOADERS, PeerOptions, bench_peers, markdown_table,
+                                         reduced_precision_builds)
 from forgeline.runtime.format import Manifest
 
 BATCH, SEQ = 2, 8
@@ -82,9 +83,9 @@ def test_ratios_and_json(report):
     assert data["batch"] == BATCH and data["model"] == "gpt" and "onnxruntime" in "".join(data["versions"])
 
 
-def test_no_precision_field_means_no_reduced_builds(tiny_artifact):
+def test_reduced_precision_builds_are_listed(tiny_artifact):
     manifest = Manifest.load(tiny_artifact("gpt"))
     assert reduced_precision_builds(manifest) == {}
     build = next(iter(manifest.builds.values()))
-    build.precision = "bf16"  # a manifest from a forgeline that records precisions
+    build.precision = "bf16"  # as a --precision bf16 compile records it
     assert reduced_precision_builds(manifest) == {"tvm-bf16": build.tag}

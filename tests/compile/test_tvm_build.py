@@ -9,13 +9,14 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+import torch
 
 from forgeline.compile.targets import resolve_target
 from forgeline.compile.tvm_build import build_tvm
 from forgeline.runtime.errors import CompileError
 
-torch = pytest.importorskip("torch")
 
 
 class TinyBlock(torch.nn.Module):
@@ -108,7 +109,6 @@ def test_cuda_build_without_nvcc_ships_source_and_says_so(tiny_onnx, tmp_path, m
 
 
 def test_importer_failure_is_a_compile_error_naming_the_op(tmp_path):
-    onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(

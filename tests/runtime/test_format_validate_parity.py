@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from forgeline.runtime.errors import ArtifactError, InputError
+from forgeline.runtime.errors import ArtifactError, InputError, ParityError
 from forgeline.runtime.format import Manifest, OutputParity, StageRecord, TensorSpec, Tolerance
 from forgeline.runtime.golden import GoldenCase, load_golden, save_golden
 from forgeline.runtime.parity import compare_outputs, raise_if_failed, stage_record
@@ -127,7 +127,7 @@ def test_parity_gathers_names_shapes_and_routing_flips():
     assert "shape" in by_name["logits"].note
     assert by_name["routing.0"].exact and "1 routing decisions differ" in by_name["routing.0"].note
     record = stage_record("tvm/x", rows, Tolerance(1e-4, 1e-3))
-    with pytest.raises(Exception) as info:
+    with pytest.raises(ParityError) as info:
         raise_if_failed(record)
     for name in ("logits", "routing.0", "gone", "extra"):
         assert name in str(info.value)

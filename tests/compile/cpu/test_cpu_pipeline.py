@@ -54,7 +54,7 @@ def compiled_block(request):
     register_cpu_kernels()
     pipeline = cpu_pipeline(target, offload_matmul=request.param)
     executable = tvm.compile(Module, target=target, relax_pipeline=pipeline)
-    return relax.VirtualMachine(executable, tvm.cpu()), Module
+    return relax.VirtualMachine(executable, tvm.cpu()), request.param
 
 
 def _reference(x, w, bias):
@@ -72,14 +72,23 @@ def _reference(x, w, bias):
 def test_symbolic_build_matches_numpy_at_two_shapes(compiled_block, shape):
     import tvm
 
-    vm, module = compiled_block
-    assert "call_dps_packed" not in module.script()  # the rewrite happens in the pipeline
+    vm, offloaded = compiled_block
+    called: list[str] = []
+
+    def instrument(func, symbol, before_run, ret_value, *args):
+        if before_run:
+            called.append(str(symbol))
+        return 0  # run the call as usual
+
+    vm.set_instrument(instrument)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((*shape, 8)).astype(np.float32)
     w = rng.standard_normal((8, 8)).astype(np.float32)
     bias = rng.standard_normal(8).astype(np.float32)
     got = vm["main"](*(tvm.runtime.tensor(a) for a in (x, w, bias))).numpy()
     np.testing.assert_allclose(got, _reference(x, w, bias), atol=1e-4, rtol=1e-3)
+    # The BLAS variant really hands its matmuls to the packed function; the GEMM schedule never does.
+    assert called.count("forgeline.cpu.matmul") == (3 if offloaded else 0), called
 
 
 @pytest.mark.parametrize("offload", [False, True])
@@ -114,3 +123,28 @@ def test_gpu_check_exits_zero_with_a_clear_message_without_a_gpu(monkeypatch, ca
     spec.loader.exec_module(gpu_check)
     assert gpu_check.main([]) == 0
     assert "skipped, no NVIDIA GPU" in capsys.readouterr().out
+
+
+def test_unscheduled_kernels_are_found_and_every_model_kernel_is_scheduled(tiny_artifact):
+    import tvm
+    from tvm.script import ir as I, relax as R
+
+    from forgeline.compile.cpu.pipeline import apply_cpu_defaults, unscheduled_kernels
+    from forgeline.runtime.format import Manifest
+
+    @I.ir_module
+    class Module:
+        @R.function
+        def main(x: R.Tensor(("n", 16), "float32")):
+            with R.dataflow():
+                y = R.nn.softmax(x, axis=-1)
+                R.output(y)
+            return y
+
+    target = tvm.target.Target({"kind": "llvm", "num-cores": 2})
+    with target:
+        legalized = tvm.relax.transform.LegalizeOps()(Module)  # PrimFuncs, but no schedule yet
+    assert unscheduled_kernels(legalized) == ["softmax"]
+    assert unscheduled_kernels(apply_cpu_defaults(Module, target)) == []
+    manifest = Manifest.load(tiny_artifact("gpt"))
+    assert [b.unscheduled for b in manifest.builds.values()] == [[]]  # recorded, and empty

@@ -81,3 +81,36 @@ def test_second_compile_reuses_the_database(tuned, capsys):
     assert bucket["trials"] == 0 and bucket["tuning_seconds"] == 0
     assert bucket["reused_trials"] >= 1 and bucket["tasks_tuned"] == tuned_before
     assert records.read_text() == measured_before  # not one new measurement
+
+
+def test_check_reruns_eager_and_checks_the_bucket_at_its_shape(tuned):
+    from forgeline.check import check_artifact
+
+    root, tag, _ = tuned
+    report = check_artifact(root, fresh_cases=1)
+    stages = {s.stage: s for s in report.stages}
+    assert set(stages) == {"golden.npz", "onnxruntime", f"tvm/{tag}", f"tvm/{tag}/{BUCKET}"}
+    bucket = stages[f"tvm/{tag}/{BUCKET}"]
+    assert bucket.passed and {row.case for row in bucket.parity} == {"bucket0", "bucket1"}
+    assert report.passed
+
+
+def test_check_compares_with_eager_now_not_with_the_stored_golden(tuned, tmp_path):
+    """golden.npz outputs edited (hash fixed up): the backends still match eager, which `check`
+    reruns, and the stored golden itself is reported as no longer eager's."""
+    from forgeline.check import check_artifact
+    from forgeline.runtime.golden import load_golden, save_golden
+
+    root, _, _ = tuned
+    copy = tmp_path / "edited"
+    shutil.copytree(root, copy)
+    cases = load_golden(copy / "golden.npz")
+    for case in cases:
+        case.outputs["logits"] = case.outputs["logits"] + 1.0
+    save_golden(copy / "golden.npz", cases)
+    manifest = Manifest.load(copy)
+    manifest.record_file(copy, "golden.npz")
+    manifest.save(copy)
+    assert not load(copy, backend="ort").selfcheck().passed  # selfcheck reads the stored outputs
+    report = check_artifact(copy, fresh_cases=0)
+    assert [s.stage for s in report.stages if not s.passed] == ["golden.npz"]

@@ -87,7 +87,9 @@ def test_gpt2_logits_and_greedy_text_match_transformers(hf_gpt2):
     ids = torch.randint(0, 101, (2, 20), generator=torch.Generator().manual_seed(4))
     (logits,) = ours(ids)
     expected = reference(input_ids=ids).logits
-    torch.testing.assert_close(logits, expected, atol=ATOL, rtol=RTOL)
+    # The README states "within 1e-5" (measured 3e-6 to 3.4e-6 on two machines): the same math in
+    # fp32, so a bound ten times tighter than the artifact tolerance holds.
+    assert float((logits - expected).abs().max()) <= 1e-5
     steps = 24
     generated = prompt
     for _ in range(steps):  # greedy with a full recompute each step

@@ -1,0 +1,174 @@
+"""``--precision bf16`` on CPU: dense layers become calls of the AMX bf16 GEMM (amx.py).
+
+Runs on the imported Relax module, before legalization. Every ``matmul(x, W)`` whose weight is a
+constant ``(K, N)`` fp32 matrix, with the ``+ bias`` that follows it when the bias is a constant
+``(N,)`` vector, becomes ``reshape(call_tir(amx_dense_KxN, [reshape(x, (m, K)), W_packed, bias]))``, and a residual
+``r + (x @ W + bias)`` of the same shape joins the kernel's write-back (``amx_dense_KxN_residual``):
+
+- ``W_packed`` is the weight rounded to bf16 and packed into the kernel's VNNI panels here, at
+  build time, so the library embeds half the bytes of the fp32 weight.
+- ``m`` is the product of x's leading dimensions and stays symbolic (batch x sequence).
+- What stays fp32: MoE routers (a matmul that feeds a softmax: the expert choice must not move
+  with bf16 rounding), attention's batched matmuls (no constant operand), the experts' stacked
+  3-D weights, layer norm, softmax and every reduction. Those keep the fp32 schedules.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .amx import amx_dense, pack_weight
+
+logger = logging.getLogger(__name__)
+
+
+def _router_matmuls(func) -> list:
+    """The matmul calls whose result feeds a softmax, directly or through one bias add."""
+    from tvm import relax
+
+    values: dict = {}
+    routers: list = []
+
+    def visit(node) -> None:
+        if isinstance(node, relax.VarBinding):
+            values[node.var] = node.value
+
+    def visit_softmax(node) -> None:
+        if isinstance(node, relax.Call) and getattr(node.op, "name", "") == "relax.nn.softmax":
+            source = values.get(node.args[0])
+            if source is not None and getattr(source.op, "name", "") == "relax.add":
+                source = values.get(source.args[0], source)
+            if source is not None and getattr(source.op, "name", "") == "relax.matmul":
+                routers.append(source)
+
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            visit(binding)
+    relax.analysis.post_order_visit(func.body, visit_softmax)
+    return routers
+
+
+def _dense_shape(x, weight):
+    """(K, N) when ``x @ weight`` is a dense layer the kernel takes, else None."""
+    from tvm import relax
+
+    w_info, x_info = weight.ty, x.ty
+    if not isinstance(x_info, relax.TensorType) or x_info.dtype != "float32":
+        return None
+    if w_info.dtype != "float32" or w_info.ndim != 2 or x_info.ndim < 2:
+        return None
+    k, n = (int(v) for v in weight.value.numpy().shape)
+    from tvm import tirx
+
+    last = x_info.shape.values[-1] if isinstance(x_info.shape, relax.ShapeExpr) else None
+    if not isinstance(last, tirx.IntImm) or int(last) != k:
+        return None
+    return k, n
+
+
+class _Rewriter:
+    """Builds the replacement calls and collects one kernel per (K, N)."""
+
+    def __init__(self, mod, emulate: bool):
+        from tvm import relax
+
+        self.builder = relax.BlockBuilder(mod)  # add_func gives GlobalVars typed as PrimFuncs
+        self.emulate = emulate
+        self.kernels: dict = {}  # (K, N, residual) -> GlobalVar of its kernel
+        self.count = 0
+
+    def kernel(self, k: int, n: int, residual: bool):
+        key = (k, n, residual)
+        if key not in self.kernels:
+            func = amx_dense(k, n, residual=residual, emulate=self.emulate)
+            name = f"amx_dense_{k}x{n}" + ("_residual" if residual else "")
+            self.kernels[key] = self.builder.add_func(func, name)
+        return self.kernels[key]
+
+    def dense(self, x, weight, bias, residual=None):
+        """The bf16 replacement of ``x @ weight + bias (+ residual)`` (bias a constant or None)."""
+        import numpy as np
+        from tvm import relax, tirx
+
+        k, n = _dense_shape(x, weight)
+        lead = list(x.ty.shape.values[:-1])
+        rows = lead[0]
+        for dim in lead[1:]:
+            rows = rows * dim
+        bias_const = bias if bias is not None else relax.const(np.zeros(n, np.float32))
+        packed = relax.const(pack_weight(weight.value.numpy()))
+        flat = relax.op.reshape(x, relax.ShapeExpr([rows, tirx.IntImm("int64", k)]))
+        args = [flat, packed, bias_const]
+        if residual is not None:
+            args.append(relax.op.reshape(residual, relax.ShapeExpr([rows, tirx.IntImm("int64", n)])))
+        out = relax.call_tir(self.kernel(k, n, residual is not None), args,
+                             relax.TensorType([rows, n], "float32"))
+        self.count += 1
+        return relax.op.reshape(out, relax.ShapeExpr([*lead, tirx.IntImm("int64", n)]))
+
+
+def _bias_of(weight, bias) -> bool:
+    info = bias.ty
+    return (info.dtype == "float32" and info.ndim == 1
+            and int(bias.value.numpy().shape[0]) == int(weight.value.numpy().shape[1]))
+
+
+def _is_skip(call, other) -> bool:
+    """Whether ``other`` is a same-shaped fp32 addend of ``call`` (no broadcast): a residual."""
+    import tvm_ffi
+
+    info = other.ty
+    return (getattr(info, "dtype", None) == "float32" and info.shape is not None
+            and call.ty.shape is not None and tvm_ffi.structural_equal(info.shape, call.ty.shape))
+
+
+def bf16_dense_matmuls(mod, *, emulate: bool = False):
+    """Rewrite the dense layers of every Relax function in ``mod`` to the AMX bf16 kernel."""
+    from tvm import relax
+    from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+    rewriter = _Rewriter(mod.clone(), emulate)
+    rewritten = {}
+    x, weight, bias = wildcard(), is_const(), is_const()
+    matmul = is_op("relax.matmul")(x, weight)
+    with_bias = is_op("relax.add")(matmul, bias)
+    skip = wildcard()
+    residuals = [is_op("relax.add")(skip, with_bias), is_op("relax.add")(with_bias, skip)]
+    for gvar, func in list(mod.functions.items()):
+        if not isinstance(func, relax.Function):
+            continue
+        routers = _router_matmuls(func)
+
+        def eligible(matches) -> bool:
+            call = matches[matmul]
+            return (not any(call.same_as(r) for r in routers)
+                    and _dense_shape(matches[x], matches[weight]) is not None)
+
+        def fuse_bias(call, matches):
+            if not eligible(matches) or not _bias_of(matches[weight], matches[bias]):
+                return call
+            return rewriter.dense(matches[x], matches[weight], matches[bias])
+
+        def plain(call, matches):
+            return rewriter.dense(matches[x], matches[weight], None) if eligible(matches) else call
+
+        def fuse_residual(call, matches):
+            if not (_is_skip(call, matches[skip]) and eligible(matches)
+                    and _bias_of(matches[weight], matches[bias])):
+                return call
+            return rewriter.dense(matches[x], matches[weight], matches[bias], matches[skip])
+
+        for pattern in residuals:
+            func = rewrite_call(pattern, fuse_residual, func)
+        func = rewrite_call(with_bias, fuse_bias, func)
+        func = rewrite_call(matmul, plain, func)
+        rewritten[gvar] = func
+    mod = rewriter.builder.get()
+    for gvar, func in rewritten.items():
+        mod[gvar] = func
+    logger.info("bf16: %d dense matmuls on the AMX kernel (%d kernel shapes)%s.", rewriter.count,
+                len(rewriter.kernels), ", emulated in TIR loops" if emulate else "")
+    return relax.transform.DeadCodeElimination()(mod)
+
+
+__all__ = ["bf16_dense_matmuls"]
