@@ -29,12 +29,19 @@ class Block(nn.Module):
         y, routing = self.mlp(self.ln_2(x))  # (B, T, D), (B, T, E) or None
         return x + self.dropout(y), routing
 
-    def forward_kv(self, x: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor, past_k=None, past_v=None):
-        """x (B, T, D), mask (B, T) float 1 = real (MoE never routes padding) -> x, k, v (B, nh, P+T, hs)."""
-        a, k, v = self.attn.forward_kv(self.ln_1(x), bias, past_k, past_v)
-        x = x + self.dropout(a)  # (B, T, D)
-        y, _ = self.mlp(self.ln_2(x), mask)
-        return x + self.dropout(y), k, v
+    def forward_kv(self, x: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor):
+        """x (B, T, D), mask (B, T) float 1 = real (MoE never routes padding) -> x, k, v (B, nh, T, hs)."""
+        a, k, v = self.attn.forward_kv(self.ln_1(x), bias)
+        return self._feed_forward(x + self.dropout(a), mask), k, v
+
+    def forward_step(self, x: torch.Tensor, past_bias: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor):
+        """x (B, 1, D) one real token per row, past k/v (B, nh, C, hs) read only -> x, k, v (B, nh, 1, hs)."""
+        a, k, v = self.attn.forward_step(self.ln_1(x), past_bias, past_k, past_v)
+        return self._feed_forward(x + self.dropout(a), torch.ones_like(x[..., 0])), k, v
+
+    def _feed_forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        y, _ = self.mlp(self.ln_2(x), mask)  # (B, T, D); MoE never routes where mask is 0
+        return x + self.dropout(y)
 
 
 class GPT(ForgelineModel):
@@ -73,32 +80,35 @@ class GPT(ForgelineModel):
 
     # Incremental decoding. Prompts are left-padded: attention_mask is 1 for real tokens, 0 for
     # padding; a token's position is the number of real tokens before it, so padding shifts
-    # nothing. MoE layers get the mask, so no expert ever takes a padding token. Caches are one
-    # tensor per graph, present (L, 2, B, nh, P, hs): k and v of every layer stacked.
+    # nothing. MoE layers get the mask, so no expert ever takes a padding token. The prefill
+    # returns one cache tensor, present (L, 2, B, nh, T, hs); decode steps read per-layer caches
+    # (B, nh, C, hs) that the caller preallocates, and return only the new token's k and v, so a
+    # step costs O(new tokens) in copies (runtime/tasks/kv_cache.py writes them in place).
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        """input_ids, attention_mask (B, T) int64 -> logits (B, T, V), present (L, 2, B, nh, T, hs).
-
-        Without a cache this is also the full-recompute reference of padded generation."""
+        """input_ids, attention_mask (B, T) int64 -> logits (B, T, V), present (L, 2, B, nh, T, hs)."""
         T = input_ids.size(1)
         pos_ids = (attention_mask.cumsum(1) - 1).clamp_min(0)  # (B, T); pads sit at 0, masked anyway
         bias = self.causal_bias[:T, :T] + padding_bias(attention_mask)  # (B, 1, T, T)
-        return self._forward_kv(input_ids, pos_ids, bias, attention_mask, None)
-
-    def decode_step(self, input_ids: torch.Tensor, past_mask: torch.Tensor, past_kv: torch.Tensor):
-        """input_ids (B, 1), past_mask (B, P), past_kv (L, 2, B, nh, P, hs)
-        -> logits (B, 1, V), present (L, 2, B, nh, P+1, hs). The new token is always real."""
-        new = torch.ones_like(input_ids)  # (B, 1)
-        pos_ids = past_mask.sum(1, keepdim=True)  # (B, 1) real tokens before it
-        bias = padding_bias(torch.cat([past_mask, new], dim=1))  # (B, 1, 1, P+1); no future to hide
-        return self._forward_kv(input_ids, pos_ids, bias, new, past_kv)
-
-    def _forward_kv(self, input_ids, pos_ids, bias, mask, past_kv):
         x = self.drop(self.wte(input_ids) + self.wpe(pos_ids))  # (B, T, D)
-        m = mask.to(x.dtype)  # (B, T)
+        m = attention_mask.to(x.dtype)  # (B, T)
         presents = []
+        for block in self.h:
+            x, k, v = block.forward_kv(x, bias, m)
+            presents.append(torch.stack([k, v]))  # (2, B, nh, T, hs)
+        return self.lm_head(self.ln_f(x)), torch.stack(presents)  # (B, T, V), (L, 2, B, nh, T, hs)
+
+    def decode_step(self, input_ids: torch.Tensor, past_mask: torch.Tensor, *past: torch.Tensor):
+        """input_ids (B, 1), past_mask (B, C) 1 = a real token in that cache column, past = k_0, v_0,
+        k_1, v_1, ... each (B, nh, C, hs) -> logits (B, 1, V), new_kv (L, 2, B, nh, 1, hs).
+
+        Columns whose mask is 0 (padding, or room not yet written) are never attended to, so the
+        caller may pass a cache longer than what it holds. The new token is always real."""
+        pos_ids = past_mask.sum(1, keepdim=True)  # (B, 1) real tokens before it
+        bias = padding_bias(past_mask)  # (B, 1, 1, C); the token attends to itself as well
+        x = self.drop(self.wte(input_ids) + self.wpe(pos_ids))  # (B, 1, D)
+        news = []
         for i, block in enumerate(self.h):
-            past_k, past_v = (None, None) if past_kv is None else (past_kv[i, 0], past_kv[i, 1])
-            x, k, v = block.forward_kv(x, bias, m, past_k, past_v)
-            presents.append(torch.stack([k, v]))  # (2, B, nh, P+T, hs)
-        return self.lm_head(self.ln_f(x)), torch.stack(presents)  # (B, T, V), (L, 2, B, nh, P+T, hs)
+            x, k, v = block.forward_step(x, bias, past[2 * i], past[2 * i + 1])
+            news.append(torch.stack([k, v]))  # (2, B, nh, 1, hs)
+        return self.lm_head(self.ln_f(x)), torch.stack(news)  # (B, 1, V), (L, 2, B, nh, 1, hs)

@@ -3,16 +3,20 @@
 GPT (dense and MoE):
   prefill  input_ids, attention_mask (batch, seq)               -> logits (batch, seq, V), present
   decode   input_ids (batch, 1), past_mask (batch, past),
-           past_kv (L, 2, batch, nh, past, hs)                  -> logits (batch, 1, V), present
+           past_k_0, past_v_0, ... (batch, nh, past, hs)       -> logits (batch, 1, V),
+                                                                   new_kv (L, 2, batch, nh, 1, hs)
 Transformer (encoder-decoder):
   encode   src_ids (batch, src_seq)                             -> memory (batch, src_seq, D)
   prefill  tgt_ids (batch, tgt_seq), memory                     -> logits, present
   decode   tgt_ids (batch, 1), memory, past_kv                  -> logits (batch, 1, V), present
 
 ``present`` stacks every layer's k and v, (L, 2, batch, nh, length, hs), so a cache is one array.
-The decode graph never computes a length from shapes: past+1 comes from a concatenation and the
-new position from the mask (GPT) or the cache (Transformer), which keeps one symbolic ``past``
-that TVM can tie (docs/tvm-notes.md). BERT has no generation graphs.
+GPT's decode graph only reads its per-layer caches, which the runtime preallocates and may make
+longer than what they hold (masked columns), and returns the new token's k and v for the runtime
+to write in place: a step copies O(new tokens), not the cache (runtime/tasks/kv_cache.py). The
+Transformer's decode step still returns the whole grown cache. The decode graphs never compute a
+length from shapes: the new position comes from the mask (GPT) or the cache (Transformer), which
+keeps one symbolic ``past`` that TVM can tie (docs/tvm-notes.md). BERT has no generation graphs.
 """
 
 from __future__ import annotations
@@ -72,8 +76,8 @@ def generation_graphs(model: ForgelineModel) -> list[_Graph]:
                    [flt("logits", "batch", "seq", V), flt("present", L, 2, "batch", nh, "seq", hs)]),
             _Graph("decode", "decode_step",
                    [ids("input_ids", "batch", 1), TensorSpec("past_mask", "int64", ("batch", "past"), (0, 2)),
-                    flt("past_kv", L, 2, "batch", nh, "past", hs)],
-                   [flt("logits", "batch", 1, V), flt("present", L, 2, "batch", nh, "past+1", hs)]),
+                    *(flt(f"past_{kv}_{i}", "batch", nh, "past", hs) for i in range(L) for kv in "kv")],
+                   [flt("logits", "batch", 1, V), flt("new_kv", L, 2, "batch", nh, 1, hs)]),
         ]
     if c.family == "transformer":
         L = c.n_decoder_layers

@@ -3,7 +3,8 @@
 Golden case 0 holds the eager logits of the plain forward pass. Run through the generation
 graphs as prefill of all but the last token followed by one cached decode step (GPT), or encode
 + prefill + one decode step (Transformer), it must give the same logits within the artifact's
-tolerance: the cache, the positions and the masks are then all in play.
+tolerance: the cache, the positions and the masks are then all in play. GPT's step gets a cache
+with unwritten (masked) room after the prefill's columns, as the decoding loop's cache has.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def generation_parity(model, case: GoldenCase | None = None) -> list[OutputParit
         ids = case.inputs["input_ids"]  # (B, T)
         ones = np.ones_like(ids)
         out = model.run_graph("prefill", input_ids=ids[:, :-1], attention_mask=ones[:, :-1])
-        step = model.run_graph("decode", input_ids=ids[:, -1:], past_mask=ones[:, :-1], past_kv=out["present"])
+        step = model.run_graph("decode", input_ids=ids[:, -1:], **_roomy_cache(out["present"]))
     else:
         memory = model.run_graph("encode", src_ids=case.inputs["src_ids"])["memory"]
         tgt = case.inputs["tgt_ids"]  # (B, T)
@@ -54,3 +55,17 @@ def generation_parity(model, case: GoldenCase | None = None) -> list[OutputParit
         step = model.run_graph("decode", tgt_ids=tgt[:, -1:], memory=memory, past_kv=out["present"])
     got = {"logits": np.concatenate([out["logits"], step["logits"]], axis=1)}  # (B, T, V)
     return compare_outputs({"logits": case.outputs["logits"]}, got, model.tolerance, f"{case.name}/generation")
+
+
+_ROOM = 3  # unwritten cache columns past the prefill's: they must change nothing
+
+
+def _roomy_cache(present: np.ndarray) -> dict[str, np.ndarray]:
+    """GPT decode inputs from a prefill's present (L, 2, B, nh, T, hs): mask and per-layer caches
+    (B, nh, T + _ROOM, hs), the extra columns zero and masked."""
+    L, _, B, nh, T, hs = present.shape
+    mask = np.zeros((B, T + _ROOM), dtype=np.int64)
+    mask[:, :T] = 1
+    cache = np.zeros((L, 2, B, nh, T + _ROOM, hs), dtype=present.dtype)
+    cache[..., :T, :] = present
+    return {"past_mask": mask, **{f"past_{kv}_{i}": cache[i, j] for i in range(L) for j, kv in enumerate("kv")}}

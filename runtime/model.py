@@ -144,16 +144,22 @@ class Model:
 
     def run_graph(self, name: str, **arrays: np.ndarray) -> dict[str, np.ndarray]:
         """Run an extra graph of the artifact (manifest.graphs, e.g. "prefill", "decode") on this backend."""
-        from .tasks.graphs import graph_spec, open_graph
+        from .tasks.graphs import graph_spec
 
         spec = graph_spec(self.manifest, name)
         ordered = validate_inputs(arrays, spec.inputs, self.manifest.dim_limits)
+        return dict(zip([o.name for o in spec.outputs], self.graph_executor(name).run(ordered)))
+
+    def graph_executor(self, name: str) -> Executor:
+        """The executor of an extra graph, opened on first use: positional inputs, no validation
+        (the decoding loop calls it with buffers it made itself, runtime/tasks/kv_cache.py)."""
+        from .tasks.graphs import open_graph
+
         with self._open_lock:
             self._live()
             if name not in self._graphs:
                 self._graphs[name] = open_graph(self, name)
-            executor = self._graphs[name]
-        return dict(zip([o.name for o in spec.outputs], executor.run(ordered)))
+            return self._graphs[name]
 
     def generate(self, prompt, max_new_tokens: int = 32, **options):
         """GPT: continue prompt(s) with the KV cache; see runtime/tasks/generate.py for the options."""

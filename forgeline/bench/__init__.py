@@ -6,8 +6,9 @@ the FLOP model; ``backends`` one runner per backend; ``profile`` the per-kernel 
 """
 
 from .profile import KernelTime, profile_tvm_kernels
-from .timing import BACKENDS, BackendResult, BenchOptions, BenchReport, bench_artifact, host_info
+from .timing import (BACKENDS, BackendResult, BenchOptions, BenchReport, bench_artifact, host_info,
+                     interleaved_samples)
 from .workload import bench_inputs, estimate_flops
 
 __all__ = ["BACKENDS", "BackendResult", "BenchOptions", "BenchReport", "KernelTime", "bench_artifact",
-           "bench_inputs", "estimate_flops", "host_info", "profile_tvm_kernels"]
+           "bench_inputs", "estimate_flops", "host_info", "interleaved_samples", "profile_tvm_kernels"]

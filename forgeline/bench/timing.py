@@ -131,7 +131,7 @@ def bench_artifact(path: str | Path, options: BenchOptions = BenchOptions()) -> 
         except ForgelineError as exc:
             log.info("%s not run: %s", backend, exc)
             results[backend] = BackendResult(backend, False, note=str(exc))
-    samples = _interleaved_samples(runners, options)
+    samples = interleaved_samples(runners, iters=options.iters, warmup=options.warmup)
     for backend, times in samples.items():
         results[backend] = summarize_samples(backend, times, options, flops)
     results = [results[b] for b in options.backends]
@@ -145,9 +145,9 @@ def bench_artifact(path: str | Path, options: BenchOptions = BenchOptions()) -> 
 _BLOCK = 5  # timed runs per backend per round
 
 
-def _interleaved_samples(runners: dict[str, Callable[[], Any]],
-                         options: BenchOptions) -> dict[str, list[float]]:
-    """Rounds of a few runs per backend, each round's first run of a backend untimed.
+def interleaved_samples(runners: dict[str, Callable[[], Any]], *, iters: int,
+                        warmup: int) -> dict[str, list[float]]:
+    """ms per run of each runner: rounds of a few runs per runner, each round's first untimed.
 
     On a shared machine the load changes from second to second; rounds give every backend the
     same mix of quiet and busy moments, so the ratios stay fair. Runs stay in blocks, after an
@@ -155,14 +155,14 @@ def _interleaved_samples(runners: dict[str, Callable[[], Any]],
     after a run and would slow whichever backend ran next.
     """
     for runner in runners.values():
-        for _ in range(options.warmup):
+        for _ in range(warmup):
             runner()
     samples: dict[str, list[float]] = {name: [] for name in runners}
-    rounds = -(-options.iters // _BLOCK)
+    rounds = -(-iters // _BLOCK)
     for index in range(rounds):
         for name, runner in runners.items():
             runner()  # untimed: lets the previous backend's spinning threads go idle
-            for _ in range(min(_BLOCK, options.iters - len(samples[name]))):
+            for _ in range(min(_BLOCK, iters - len(samples[name]))):
                 started = time.perf_counter()
                 runner()
                 samples[name].append((time.perf_counter() - started) * 1e3)

@@ -47,6 +47,12 @@ class OrtExecutor:
             f"the ORT backend cannot use device {device!r} on this host; use device='cpu'."
         )
 
+    @staticmethod
+    def shared_buffer(shape: tuple[int, ...], dtype: str) -> tuple[np.ndarray, np.ndarray]:
+        """A zeroed input buffer and its numpy view (the same array: ORT reads CPU numpy in place)."""
+        array = np.zeros(shape, dtype=dtype)
+        return array, array
+
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         feeds = dict(zip(self._input_names, arrays))
         return [np.asarray(out) for out in self._session.run(None, feeds)]

@@ -1,9 +1,11 @@
 """Run a TVM-compiled forgeline build with the TVM *runtime* only.
 
-Nothing here imports torch, onnx or the TVM compiler (``tvm.relax``): ``import_tvm_runtime``
-loads only ``libtvm_runtime`` and keeps tvm_ffi's optional torch bridge from importing torch.
-The environment variables that select this are set only around the import and restored after,
-and the thread count goes through TVM's thread-pool API, so nothing outlives the call.
+Nothing here imports torch, onnx or the TVM compiler (``tvm.relax``). A CPU build is loaded
+through tvm_ffi and ``libtvm_runtime`` alone, without ``import tvm`` (tvm_io.py says why); a CUDA
+build through ``import_tvm_runtime``, which loads only ``libtvm_runtime`` (plus CUDA's) and keeps
+tvm_ffi's optional imports (torch, ml_dtypes) from loading. The environment variables that
+select this are set only around the import and restored after, and the thread count goes
+through TVM's thread-pool API, so nothing outlives the call.
 
 Threads: a Relax VM is not thread-safe (concurrent calls corrupt its storage allocator and
 crash), so one executor serialises its calls with a lock. A VM per calling thread was measured
@@ -28,6 +30,8 @@ from forgeline.runtime.backends.cpu_kernels import register_cpu_kernels
 from forgeline.runtime.errors import ArtifactError, InputError, TargetMismatchError
 from forgeline.runtime.host import cpu_core_count, cuda_compute_capabilities, cuda_driver_problem
 
+from .tvm_io import FfiCpuIO, PackageIO, without_optional_imports
+
 logger = logging.getLogger(__name__)
 
 _THREAD_MODE_BIG_CORES = 1  # threading::ThreadGroup::kBig: all "big" cores, no pinning games
@@ -39,8 +43,8 @@ _MODULES: dict[str, tuple[tuple[int, int, int], Any]] = {}
 _MODULES_LOCK = threading.Lock()
 
 
-def load_library(tvm, path: Path):
-    """The TVM module of ``path``, loaded once per process per version of the file."""
+def load_library(load_module, path: Path):
+    """The TVM module of ``path`` (``load_module(path)``), loaded once per process per version of the file."""
     resolved = str(Path(path).resolve())
     st = os.stat(resolved)
     version = (st.st_ino, st.st_size, st.st_mtime_ns)
@@ -54,7 +58,7 @@ def load_library(tvm, path: Path):
         # libraries by name) would hand back the old code.
         _MODULES.pop(resolved, None)
         del cached
-        module = tvm.runtime.load_module(resolved)
+        module = load_module(resolved)
         _MODULES[resolved] = (version, module)
         return module
 
@@ -69,19 +73,18 @@ def import_tvm_runtime():
         import tvm.runtime.vm  # noqa: F401 - the VM class lives in a submodule
 
         return sys.modules["tvm"]
-    block_torch = "torch" not in sys.modules
     started = time.perf_counter()
-    if block_torch:
-        sys.modules["torch"] = None  # tvm_ffi does `try: import torch`; make that fail fast
-    try:
-        # Read by tvm/base.py and tvm_ffi at import only; restored so that a compile in a child
-        # process (or this one, if it imports the compiler first) gets the whole of TVM.
-        with _ENV_LOCK, scoped_environ(TVM_USE_RUNTIME_LIB="1", TVM_FFI_DISABLE_TORCH_C_DLPACK="1"):
-            import tvm
-            import tvm.runtime.vm  # noqa: F401 - not an attribute of tvm.runtime in runtime-only mode
-    finally:
-        if block_torch and sys.modules.get("torch", 0) is None:
-            del sys.modules["torch"]
+
+    def load():
+        import tvm
+        import tvm.runtime.vm  # noqa: F401 - not an attribute of tvm.runtime in runtime-only mode
+
+        return tvm
+
+    # Read by tvm/base.py and tvm_ffi at import only; restored so that a compile in a child
+    # process (or this one, if it imports the compiler first) gets the whole of TVM.
+    with _ENV_LOCK, scoped_environ(TVM_USE_RUNTIME_LIB="1", TVM_FFI_DISABLE_TORCH_C_DLPACK="1"):
+        tvm = without_optional_imports(load)
     logger.info("Imported the TVM runtime in %.2f s (runtime library only: %s).",
                 time.perf_counter() - started, "tvm_compiler" not in tvm.base._LOADED_LIBS)
     return tvm
@@ -164,26 +167,31 @@ class TvmExecutor:
         self.num_threads = num_threads or cpu_core_count()
         if self.num_threads < 1:
             raise InputError(f"num_threads={num_threads} must be at least 1.")
-        self._tvm = tvm = import_tvm_runtime()
-        register_cpu_kernels()  # CPU builds call forgeline.cpu.matmul (compile/cpu/pipeline.py)
-        if device == "cuda":
-            _load_cuda_runtime(tvm)
         self.device = device
-        self._dev = tvm.cuda(device_id) if device == "cuda" else tvm.cpu(0)
+        if device == "cuda":
+            tvm = import_tvm_runtime()
+            _load_cuda_runtime(tvm)
+            self._io = PackageIO(tvm, tvm.cuda(device_id))
+        else:
+            self._io = FfiCpuIO()  # no `import tvm`: see tvm_io.py
+        self._ffi = ffi = self._io.ffi
+        register_cpu_kernels()  # CPU builds may call forgeline.cpu.matmul (compile/cpu/pipeline.py)
         started = time.perf_counter()
         self._lock = threading.Lock()  # one call at a time: the VM is not thread-safe
         try:
-            lib = load_library(tvm, self.lib_path)
-            self._vm = tvm.runtime.vm.VirtualMachine(lib, self._dev)
+            self._vm = load_library(self._io.load_module, self.lib_path)["vm_load_executable"]()
+            self._vm["vm_initialization"](*self._io.init_args)
         except Exception as exc:  # noqa: BLE001 - TVM raises its own error classes
             raise ArtifactError(
                 f"TVM could not load {self.lib_path} on {device} ({exc}); it may be truncated, "
                 "built for another target, or built by another TVM version. Recompile it."
             ) from exc
         self._main = self._vm["main"]
-        arity = int(self._vm._get_function_arity("main"))
+        arity = int(self._vm["get_function_arity"]("main"))
         # Relax keeps the ONNX graph inputs' names and order as main's parameters.
-        self.input_names = [str(self._vm._get_function_param_name("main", i)) for i in range(arity)]
+        param_name = self._vm["get_function_param_name"]
+        self.input_names = [str(param_name("main", i)) for i in range(arity)]
+        self._tensor_type = ffi.Tensor
         self._configured_threads: set[int] = set()
         logger.info("Loaded %s on %s in %.2f s.", self.lib_path.name, device,
                     time.perf_counter() - started)
@@ -194,12 +202,12 @@ class TvmExecutor:
         caller = threading.get_ident()
         if self.device != "cpu" or caller in self._configured_threads:
             return
-        config = self._tvm.get_global_func("runtime.config_threadpool")
+        config = self._ffi.get_global_func("runtime.config_threadpool")
         # A pool's size is fixed when TVM creates it (here, for this thread), from TVM_NUM_THREADS or
         # else half the logical CPUs; so the variable is set for that one call and restored.
         with _ENV_LOCK, scoped_environ(TVM_NUM_THREADS=str(max(self.num_threads, cpu_core_count()))):
             config(_THREAD_MODE_BIG_CORES, self.num_threads)
-        in_use = int(self._tvm.runtime.num_threads())
+        in_use = int(self._ffi.get_global_func("runtime.NumThreads")())
         if in_use != self.num_threads:
             logger.warning("TVM runs %d threads, not the %d asked for.", in_use, self.num_threads)
         self._configured_threads.add(caller)
@@ -218,12 +226,11 @@ class TvmExecutor:
             return self._run_locked(arrays)
 
     def _run_locked(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
-        tvm = self._tvm
         if len(arrays) != len(self.input_names):
             raise InputError(f"The model takes {self._describe_params()}, but {len(arrays)} were "
                              "given; pass them in ONNX graph order.")
-        try:
-            inputs = [tvm.runtime.tensor(np.ascontiguousarray(a), self._dev) for a in arrays]
+        try:  # a TVM tensor (shared_buffer) is passed as is: no copy
+            inputs = [a if isinstance(a, self._tensor_type) else self._io.to_device(np.asarray(a)) for a in arrays]
         except (TypeError, ValueError) as exc:
             raise InputError(f"An input could not become a TVM tensor ({exc}); pass numpy "
                              "arrays of the dtypes the model was exported with.") from exc
@@ -241,19 +248,31 @@ class TvmExecutor:
                 f"The model rejected inputs ({given}): {detail}. Pass {self._describe_params()}"
                 " in ONNX graph order with the exported dtypes and shapes."
             ) from exc
-        return [np.asarray(t.numpy()) for t in _flatten(result)]
+        return [self._io.to_numpy(t) for t in _flatten(result, self._tensor_type)]
+
+    def shared_buffer(self, shape: tuple[int, ...], dtype: str):
+        """A zeroed input tensor and a numpy view of its memory, for inputs that change a little per
+        call (a KV cache): write through the view, pass the tensor, and nothing is copied. On CUDA
+        there is no host view, so the numpy array itself is returned (copied in per call)."""
+        if self.device != "cpu":
+            array = np.zeros(shape, dtype=dtype)
+            return array, array
+        tensor = self._io.empty(shape, dtype)
+        view = np.from_dlpack(tensor)  # the tensor's own memory
+        view[...] = 0  # masked columns are multiplied by 0 in attention: they must hold no NaN
+        return tensor, view
 
     def _describe_params(self) -> str:
         return f"{len(self.input_names)} array(s) ({', '.join(self.input_names)})"
 
 
-def _flatten(result: Any) -> list[Any]:
+def _flatten(result: Any, tensor_type: type) -> list[Any]:
     """A single-output VM result is one tensor; several come back as a (nested) tuple."""
-    if hasattr(result, "numpy"):
+    if isinstance(result, tensor_type):
         return [result]
     flat: list[Any] = []
     for item in result:
-        flat.extend(_flatten(item))
+        flat.extend(_flatten(item, tensor_type))
     return flat
 
 

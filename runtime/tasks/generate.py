@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ConfigError
+from ..errors import ArtifactError, ConfigError
 from .graphs import graph_spec
+from .kv_cache import KVCache
 from .prompts import check_budget, decode_texts, left_pad, prompt_ids
 from .sampling import Sampler
 
@@ -49,6 +50,9 @@ def generate(model, prompt, max_new_tokens: int = 32, *, temperature: float = 0.
                           "use translate for a transformer.")
     for name in ("prefill", "decode"):
         graph_spec(manifest, name)  # a sentence now rather than after the prefill
+    if "past_kv" in [s.name for s in graph_spec(manifest, "decode").inputs]:
+        raise ArtifactError("this artifact's decode graph rebuilds its whole cache every step (an older "
+                            "export); re-export it with this forgeline to generate with it.")
     sampler = Sampler(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     prompts = prompt_ids(model, prompt)
     check_budget(manifest, [len(p) for p in prompts], max_new_tokens)
@@ -56,22 +60,31 @@ def generate(model, prompt, max_new_tokens: int = 32, *, temperature: float = 0.
     started = time.perf_counter()
     out = model.run_graph("prefill", input_ids=ids, attention_mask=mask)
     seconds = {"prefill": time.perf_counter() - started}
-    logits, cache = out["logits"][:, -1], out["present"]  # (B, V), (L, 2, B, nh, T, hs)
-    new = np.zeros((len(prompts), 0), dtype=np.int64)
+    logits = out["logits"][:, -1]  # (B, V)
     started = time.perf_counter()
-    while True:
-        token = sampler(logits)  # (B,)
-        new = np.concatenate([new, token[:, None]], axis=1)
-        if new.shape[1] == max_new_tokens or (eos_id is not None and _all_done(new, eos_id)):
-            break
-        out = model.run_graph("decode", input_ids=token[:, None], past_mask=mask, past_kv=cache)
-        logits, cache = out["logits"][:, 0], out["present"]
-        mask = np.concatenate([mask, np.ones_like(mask[:, :1])], axis=1)  # (B, P+1)
+    new = _decode(model, logits, out["present"], mask, sampler, max_new_tokens, eos_id)
     seconds["decode"] = time.perf_counter() - started
     rows = [_cut_at_eos(row, eos_id) for row in new.tolist()]
     log.info("generated %d x %d tokens (prefill %.3f s, decode %.3f s)", len(rows), new.shape[1],
              seconds["prefill"], seconds["decode"])
     return Generation(ids=rows, text=decode_texts(model, rows), prompt_ids=prompts, seconds=seconds)
+
+
+def _decode(model, logits, present, mask, sampler, max_new_tokens: int, eos_id: int | None) -> np.ndarray:
+    """Sample, then decode one token per row per step until max_new_tokens or every row's eos:
+    (B, N) new tokens. The cache is written in place (kv_cache.py); only logits come back."""
+    decode = model.graph_executor("decode")
+    cache = KVCache(decode, present, mask, int(model.manifest.config["max_positions"]))
+    new = np.zeros((len(logits), 0), dtype=np.int64)
+    while new.shape[1] < max_new_tokens:
+        token = sampler(logits)  # (B,)
+        new = np.concatenate([new, token[:, None]], axis=1)
+        if new.shape[1] == max_new_tokens or (eos_id is not None and _all_done(new, eos_id)):
+            break
+        step_logits, new_kv = decode.run([token[:, None], *cache.inputs()])  # (B, 1, V), (L, 2, B, nh, 1, hs)
+        logits = step_logits[:, 0]
+        cache.append(new_kv)
+    return new
 
 
 def _all_done(new: np.ndarray, eos_id: int) -> bool:

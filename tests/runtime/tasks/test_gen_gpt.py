@@ -1,5 +1,11 @@
 """KV-cache generation through the compiled TVM artifact and ONNX Runtime against eager PyTorch
-greedy decoding by full recompute (no cache), with left-padded prompts of unequal length."""
+greedy decoding by full recompute with the plain forward (no cache, no mask, no padding).
+
+Dense GPT: left-padded prompts of unequal length, each row against forward on that prompt alone.
+Expert-choice GPT-MoE groups the tokens at one position across the batch, so rows share routing:
+prompts of equal length (no padding) against forward on the whole batch; with padding, the only
+full recompute that can express it is the masked one (prefill over the whole padded batch).
+"""
 
 from __future__ import annotations
 
@@ -12,61 +18,71 @@ from forgeline.define import load_checkpoint
 from forgeline.runtime import InputError, load
 
 PROMPTS = [[5, 9, 200, 13, 7, 1, 2, 40, 41], [100, 3], [44, 45, 46, 47, 48]]
+EQUAL_PROMPTS = [[5, 9, 200, 13, 7], [100, 3, 8, 61, 2], [44, 45, 46, 47, 48]]
 NEW = 36
 
 
-def _eager_greedy(model, prompts, steps):
-    """Greedy decoding recomputing the whole left-padded batch at every step (no cache)."""
-    T = max(map(len, prompts))
-    ids = torch.tensor([[0] * (T - len(p)) + p for p in prompts])
-    mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts])
+def _greedy(next_logits, ids, steps):
+    """Greedy decoding by full recompute: next_logits(ids (B, T)) -> (B, V) at every step."""
     out, margins = [], []
     with torch.no_grad():
         for _ in range(steps):
-            logits = model.prefill(ids, mask)[0][:, -1]  # (B, V), no past
+            logits = next_logits(ids)
             top2 = logits.topk(2).values
             margins.append(float((top2[:, 0] - top2[:, 1]).min()))
             token = logits.argmax(-1)
             out.append(token)
             ids = torch.cat([ids, token[:, None]], 1)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
     return torch.stack(out, 1).tolist(), min(margins)
 
 
-def _eager_alone_unmasked(model, prompt, steps):
-    """One prompt alone through the plain forward(input_ids) (no mask, no padding, no cache)."""
-    ids = torch.tensor([prompt])
-    with torch.no_grad():
-        for _ in range(steps):
-            token = model(ids)[0][:, -1].argmax(-1)
-            ids = torch.cat([ids, token[:, None]], 1)
-    return ids[0, len(prompt):].tolist()
+def _forward_greedy(model, prompts, steps):
+    """Plain forward(input_ids) on unpadded rows: each prompt alone, or equal-length prompts batched."""
+    groups = [prompts] if len({len(p) for p in prompts}) == 1 else [[p] for p in prompts]
+    rows, margins = [], []
+    for group in groups:
+        ids, margin = _greedy(lambda x: model(x)[0][:, -1], torch.tensor(group), steps)
+        rows, margins = rows + ids, margins + [margin]
+    return rows, min(margins)
+
+
+def _masked_greedy(model, prompts, steps):
+    """The masked full recompute of a left-padded batch: prefill over all tokens so far, no cache."""
+    T = max(map(len, prompts))
+    ids = torch.tensor([[0] * (T - len(p)) + p for p in prompts])
+    prompt_mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts])
+    mask_of = lambda x: torch.cat([prompt_mask, torch.ones_like(x[:, T:])], 1)  # noqa: E731
+    return _greedy(lambda x: model.prefill(x, mask_of(x))[0][:, -1], ids, steps)
+
+
+CASES = {("gpt", "padded"): (PROMPTS, _forward_greedy), ("gpt-moe", "equal"): (EQUAL_PROMPTS, _forward_greedy),
+         ("gpt-moe", "padded"): (PROMPTS, _masked_greedy)}
 
 
 @pytest.fixture(scope="module")
 def reference(gen_artifact):
     refs = {}
-    for name in ("gpt", "gpt-moe"):
+    for (name, kind), (prompts, recompute) in CASES.items():
         eager = load_checkpoint(gen_artifact(name) / "weights.safetensors")
-        refs[name] = _eager_greedy(eager, PROMPTS, NEW)
-        assert refs[name][1] > 1e-4, f"{name}: near-tied argmax ({refs[name][1]:.1e}) in the reference"
-        assert len({t for row in refs[name][0] for t in row}) > 10  # a real walk, not one token repeated
+        ids, margin = recompute(eager, prompts, NEW)
+        assert margin > 1e-4, f"{name}/{kind}: near-tied argmax ({margin:.1e}) in the reference"
+        assert len({t for row in ids for t in row}) > 10  # a real walk, not one token repeated
+        refs[name, kind] = ids
     return refs
 
 
 @pytest.mark.parametrize("backend", ["tvm", "ort"])
-@pytest.mark.parametrize("name", ["gpt", "gpt-moe"])
-def test_cached_greedy_equals_full_recompute(gen_artifact, reference, name, backend):
-    result = load(gen_artifact(name), backend=backend).generate(PROMPTS, NEW)
-    assert result.ids == reference[name][0]
-    assert result.text is not None and len(result.text) == len(PROMPTS)
+@pytest.mark.parametrize("case", list(CASES), ids=lambda c: "-".join(c))
+def test_cached_greedy_equals_full_recompute(gen_artifact, reference, case, backend):
+    result = load(gen_artifact(case[0]), backend=backend).generate(CASES[case][0], NEW)
+    assert result.ids == reference[case]
+    assert result.text is not None and len(result.text) == len(CASES[case][0])
 
 
-def test_dense_padding_is_invisible(gen_artifact, reference):
-    """Dense GPT: each left-padded row continues exactly as that prompt alone, unpadded."""
-    eager = load_checkpoint(gen_artifact("gpt") / "weights.safetensors")
-    for prompt, row in zip(PROMPTS, reference["gpt"][0]):
-        assert row == _eager_alone_unmasked(eager, prompt, NEW)
+def test_moe_padding_reference_is_forward_where_rows_are_equal(gen_artifact):
+    """The masked recompute used for padded MoE equals plain forward when nothing is padded."""
+    eager = load_checkpoint(gen_artifact("gpt-moe") / "weights.safetensors")
+    assert _masked_greedy(eager, EQUAL_PROMPTS, 8)[0] == _forward_greedy(eager, EQUAL_PROMPTS, 8)[0]
 
 
 def test_sampling_is_reproducible(gen_artifact):
@@ -80,7 +96,7 @@ def test_sampling_is_reproducible(gen_artifact):
 
 
 def test_eos_stops_each_row(gen_artifact, reference):
-    ref = reference["gpt"][0]
+    ref = reference["gpt", "padded"]
     eos = ref[1][5]  # a token row 1 emits at step 5
     rows = load(gen_artifact("gpt"), backend="ort").generate(PROMPTS, NEW, eos_id=eos).ids
     for row, full in zip(rows, ref):

@@ -72,8 +72,9 @@ def test_every_graph_dim_has_a_limit_in_the_manifest(bundles):
 
 def _decode_inputs(manifest, past: int) -> dict[str, np.ndarray]:
     c = manifest.config
-    kv = np.zeros((c["n_layers"], 2, 1, c["n_heads"], past, c["d_model"] // c["n_heads"]), np.float32)
-    return {"input_ids": np.zeros((1, 1), np.int64), "past_mask": np.ones((1, past), np.int64), "past_kv": kv}
+    kv = np.zeros((1, c["n_heads"], past, c["d_model"] // c["n_heads"]), np.float32)  # one layer's k or v
+    caches = {f"past_{name}_{i}": kv for i in range(c["n_layers"]) for name in "kv"}
+    return {"input_ids": np.zeros((1, 1), np.int64), "past_mask": np.ones((1, past), np.int64), **caches}
 
 
 def test_decode_past_beyond_the_position_table_is_refused_on_tvm(gen_artifact):

@@ -1,0 +1,112 @@
+"""forgeline against the runtimes users already have, on the artifact's own model.onnx.
+
+ONNX Runtime (defaults), OpenVINO (f32 hint, and its default precision: bf16 on AMX CPUs) and
+IREE (llvm-cpu, target cpu host, static shapes) where installed (``pip install ".[peers]"``),
+beside forgeline's untuned dynamic TVM build, the tuned bucket build when there is one, and any
+reduced-precision build the manifest lists. One interleaved run per shape in this process
+(forgeline.bench.peer_report); every output is checked against eager PyTorch. Prints a markdown table
+and writes ``benchmarks/results/peers-<model>-<preset>.json`` and ``.png``.
+
+    python benchmarks/peers.py gpt --preset small --batch 1,8 --seq 128 [--tune-minutes N] [--artifact DIR]
+
+Without ``--artifact`` the model is exported and compiled into a temporary folder first. The
+machine this runs on may be shared: read the ratios, which come from one interleaved run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+SECONDS_PER_TRIAL = 0.6  # steady-state tuning cost per trial on 2 cores (compile/tuning/builder.py)
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model", help="a model name (forgeline models), e.g. gpt or bert")
+    p.add_argument("--preset", default="small")
+    p.add_argument("--batch", default="1", help="comma-separated batch sizes, e.g. 1,8")
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--tune-minutes", type=float, default=0.0,
+                   help="tune one bucket per shape for about this long in all (0: no tuned build)")
+    p.add_argument("--artifact", type=Path, help="an existing artifact folder (default: build one)")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
+    return p.parse_args(argv)
+
+
+def build(model: str, preset: str, out: Path) -> Path:
+    from forgeline.compile import compile_artifact
+    from forgeline.export import ExportOptions, export_model
+
+    export_model(model, out, ExportOptions(preset=preset, overwrite=True, generation_graphs=False))
+    compile_artifact(out)
+    return out
+
+
+def tune(artifact: Path, batches: list[int], seq: int, minutes: float) -> None:
+    from forgeline.compile.tuning import TuneOptions, tune_artifact
+    from forgeline.runtime.format import Manifest
+    from forgeline.runtime.model import select_build
+
+    tag = select_build(Manifest.load(artifact), "cpu").tag
+    trials = max(8, int(minutes * 60 / SECONDS_PER_TRIAL / len(batches)))
+    buckets = [{"batch": b, "seq": seq} for b in batches]
+    tune_artifact(artifact, tag, TuneOptions(buckets=buckets, trials=trials))
+
+
+def plot(reports, path: Path) -> bool:
+    """Bars of p50 latency per backend, one group per shape; False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, len(reports), figsize=(5 * len(reports), 4), squeeze=False)
+    for ax, report in zip(axes[0], reports):
+        ran = [r for r in report.results if r.available]
+        ax.barh([r.backend for r in ran], [r.p50_ms for r in ran], color="tab:blue")
+        for i, r in enumerate(ran):
+            ax.text(r.p50_ms, i, f" {r.p50_ms:.2f}", va="center", fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel("p50 latency, ms (lower is faster)")
+        ax.set_title(f"{report.model}-{report.preset} {report.batch}x{report.seq}")
+    fig.suptitle(f"{reports[0].host['cpu']}, {reports[0].host['cores']} cores, {reports[0].date}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from forgeline.bench.peer_report import PeerOptions, bench_peers, markdown_table
+
+    batches = [int(b) for b in args.batch.split(",")]
+    with tempfile.TemporaryDirectory(prefix="forgeline-peers-art-") as tmp:
+        artifact = args.artifact or build(args.model, args.preset, Path(tmp) / f"{args.model}-{args.preset}")
+        if args.tune_minutes > 0:
+            tune(artifact, batches, args.seq, args.tune_minutes)
+        reports = [bench_peers(artifact, PeerOptions(batch=b, seq=args.seq, iters=args.iters, warmup=args.warmup))
+                   for b in batches]
+    table = markdown_table(reports)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"peers-{reports[0].model}-{reports[0].preset}"
+    stem.with_suffix(".json").write_text(json.dumps([r.to_dict() for r in reports], indent=2))
+    stem.with_suffix(".md").write_text(table + "\n")
+    wrote_png = plot(reports, stem.with_suffix(".png"))
+    print(f"\nwrote {stem}.json, .md{', .png' if wrote_png else ' (no .png: matplotlib is not installed)'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
