@@ -73,8 +73,8 @@ def test_load_close_cycles_do_not_grow_the_process(tiny_artifact):
 
 
 def test_runtime_leaves_no_environment_behind(tiny_artifact):
-    """A process that embeds the runtime: TVM loads runtime-only, yet os.environ (what children inherit)
-    is unchanged, TVM uses every core, and a compile in that process says what to do."""
+    """A process that embeds the runtime: os.environ (what children inherit) is unchanged, TVM uses
+    every core, and a compile in that process still finds the whole of TVM."""
     code = (
         "import json, os, sys, numpy as np\n"
         "before = dict(os.environ)\n"
@@ -98,4 +98,6 @@ def test_runtime_leaves_no_environment_behind(tiny_artifact):
     from forgeline.runtime.artifact_io import current_umask
 
     assert report["umask"] == current_umask()  # as inherited: the runtime changed nothing
-    assert report["err"].startswith("CompileError") and "new process" in report["err"]
+    # A CPU build runs without importing the tvm package (runtime/backends/tvm_io.py), so an
+    # `import tvm` after it gets the whole of TVM and a compile in the same process works.
+    assert report["err"] == ""
