@@ -15,7 +15,6 @@ calls only compete for them (README, "Threads").
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
@@ -30,12 +29,12 @@ from forgeline.runtime.backends.cpu_kernels import register_cpu_kernels
 from forgeline.runtime.errors import ArtifactError, InputError, TargetMismatchError
 from forgeline.runtime.host import cpu_core_count, cuda_compute_capabilities, cuda_driver_problem
 
+from .environ import ENV_LOCK, scoped_environ
 from .tvm_io import FfiCpuIO, PackageIO, without_optional_imports
 
 logger = logging.getLogger(__name__)
 
 _THREAD_MODE_BIG_CORES = 1  # threading::ThreadGroup::kBig: all "big" cores, no pinning games
-_ENV_LOCK = threading.Lock()  # scoped_environ changes os.environ; one block at a time
 # TVM 0.27 keeps ~180 KiB of every load_module for the life of the process, even after the module
 # is freed (measured: +181 KiB per load, +108 MB over 600 loads). So each library file is loaded
 # once per process and shared: key (path, inode, size, mtime) tells a rebuilt file from the old.
@@ -83,23 +82,11 @@ def import_tvm_runtime():
 
     # Read by tvm/base.py and tvm_ffi at import only; restored so that a compile in a child
     # process (or this one, if it imports the compiler first) gets the whole of TVM.
-    with _ENV_LOCK, scoped_environ(TVM_USE_RUNTIME_LIB="1", TVM_FFI_DISABLE_TORCH_C_DLPACK="1"):
+    with ENV_LOCK, scoped_environ(TVM_USE_RUNTIME_LIB="1", TVM_FFI_DISABLE_TORCH_C_DLPACK="1"):
         tvm = without_optional_imports(load)
     logger.info("Imported the TVM runtime in %.2f s (runtime library only: %s).",
                 time.perf_counter() - started, "tvm_compiler" not in tvm.base._LOADED_LIBS)
     return tvm
-
-
-@contextlib.contextmanager
-def scoped_environ(**values: str):
-    """Set environment variables (where unset) for the duration of the block only."""
-    added = [name for name in values if name not in os.environ]
-    os.environ.update({name: values[name] for name in added})
-    try:
-        yield
-    finally:
-        for name in added:
-            os.environ.pop(name, None)
 
 
 def _load_cuda_runtime(tvm) -> None:
@@ -205,7 +192,7 @@ class TvmExecutor:
         config = self._ffi.get_global_func("runtime.config_threadpool")
         # A pool's size is fixed when TVM creates it (here, for this thread), from TVM_NUM_THREADS or
         # else half the logical CPUs; so the variable is set for that one call and restored.
-        with _ENV_LOCK, scoped_environ(TVM_NUM_THREADS=str(max(self.num_threads, cpu_core_count()))):
+        with ENV_LOCK, scoped_environ(TVM_NUM_THREADS=str(max(self.num_threads, cpu_core_count()))):
             config(_THREAD_MODE_BIG_CORES, self.num_threads)
         in_use = int(self._ffi.get_global_func("runtime.NumThreads")())
         if in_use != self.num_threads:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .environ import ENV_LOCK, scoped_environ
+
 log = logging.getLogger(__name__)
 
 # tvm_ffi does `try: import torch` and `try: import ml_dtypes`: block both while it is imported
@@ -47,9 +49,7 @@ def load_ffi_runtime():
     global _ffi
     if _ffi is None:
         started = time.perf_counter()
-        from .tvm import _ENV_LOCK, scoped_environ  # tvm.py imports this module: import here
-
-        with _ENV_LOCK, scoped_environ(TVM_FFI_DISABLE_TORCH_C_DLPACK="1"):  # read at import only
+        with ENV_LOCK, scoped_environ(TVM_FFI_DISABLE_TORCH_C_DLPACK="1"):  # read at import only
             _ffi = without_optional_imports(_load_runtime_library)
         log.info("Loaded libtvm_runtime through tvm_ffi in %.2f s.", time.perf_counter() - started)
     return _ffi

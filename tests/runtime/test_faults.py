@@ -44,7 +44,10 @@ def assert_works(root: Path) -> None:
 def start_and_wait(args: list[str], folder: Path, pattern: str, timeout: float = 240.0,
                    env: dict | None = None) -> subprocess.Popen:
     """Start the CLI; return once ``folder`` holds an entry matching ``pattern`` (the work has begun)."""
-    proc = subprocess.Popen(CLI + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # A shell starts background jobs with SIGINT ignored, and children inherit that; a user's
+    # Ctrl-C meets the default handler, so the child gets it back whoever started the tests.
+    proc = subprocess.Popen(CLI + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if list(folder.glob(pattern)):

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from forgeline.runtime.backends.cpu_kernels import matmul_into
 
-REPO = Path(__file__).resolve().parents[3]
 
 
 def test_matmul_into_folds_broadcast_batches_exactly_like_einsum():
@@ -112,18 +109,6 @@ def test_apply_cpu_defaults_schedules_every_kernel(offload):
     assert ('R.call_dps_packed("forgeline.cpu.matmul"' in mod.script()) == offload
     prim_funcs = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
     assert prim_funcs and all(f.attrs and f.attrs.get("tirx.is_scheduled") for f in prim_funcs)
-
-
-def test_gpu_check_exits_zero_with_a_clear_message_without_a_gpu(monkeypatch, capsys):
-    import forgeline.runtime.host as host
-
-    monkeypatch.setattr(host, "cuda_compute_capabilities", lambda: [])
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks/gpu_check.py")
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
-    assert gpu_check.main([]) == 0
-    assert "skipped, no NVIDIA GPU" in capsys.readouterr().out
-
 
 def test_unscheduled_kernels_are_found_and_every_model_kernel_is_scheduled(tiny_artifact):
     import tvm
