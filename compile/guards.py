@@ -23,11 +23,19 @@ from collections.abc import Iterator
 log = logging.getLogger(__name__)
 
 _interrupted = threading.Event()
+_depth = 0  # watch_interrupts blocks open now (they nest: compile -> build_tvm)
 
 
 @contextlib.contextmanager
 def watch_interrupts() -> Iterator[None]:
-    """Note SIGINTs during the block (main thread only; elsewhere Python delivers none)."""
+    """Note SIGINTs during the block (main thread only; elsewhere Python delivers none).
+
+    A Ctrl-C that lands while TVM runs Python code from C++ (a pass, a log or type callback) can
+    have its KeyboardInterrupt swallowed there, so the compile would run on and land. The note
+    outlives that: leaving the outermost watched block with an interrupt noted raises it again,
+    before anything is committed.
+    """
+    global _depth
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -41,11 +49,16 @@ def watch_interrupts() -> Iterator[None]:
             previous(signum, frame)
         raise KeyboardInterrupt
 
-    _interrupted.clear()
+    if _depth == 0:
+        _interrupted.clear()
+    _depth += 1
     signal.signal(signal.SIGINT, note)
     try:
         yield
+        if _interrupted.is_set():
+            raise KeyboardInterrupt  # noted, but its exception was lost inside a native call
     finally:
+        _depth -= 1
         signal.signal(signal.SIGINT, previous)
 
 
