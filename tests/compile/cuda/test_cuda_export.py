@@ -10,6 +10,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 from forgeline.compile.cuda.fatbin import read_fatbin
 from forgeline.compile.cuda.library import read_cuda_payload
@@ -17,7 +18,6 @@ from forgeline.compile.cuda.nvcc import find_nvcc, nvcc_first_on_path
 from forgeline.compile.targets import resolve_target
 from forgeline.compile.tvm_build import build_tvm
 
-torch = pytest.importorskip("torch")
 
 
 class SmallBlock(torch.nn.Module):
