@@ -106,16 +106,17 @@ def build_artifact(name: str, experts: int, capacity_factor: float, work: Path) 
 
 
 def artifact_cases(root: Path, name: str, experts: int, shapes, backends) -> list[Case]:
-    from forgeline.bench import _RUNNERS, BenchOptions, make_inputs
+    from forgeline.bench import BenchOptions, bench_inputs
+    from forgeline.bench.backends import RUNNERS
     from forgeline.runtime.format import Manifest
 
     manifest = Manifest.load(root)
     cases = []
     for batch, seq in shapes:
         options = BenchOptions(batch=batch, seq=seq)
-        inputs = make_inputs(manifest.inputs, manifest.dim_limits, options)
+        inputs = bench_inputs(manifest, options)
         for backend in backends:
-            run = _RUNNERS[backend](root, manifest, inputs, options)
+            run = RUNNERS[backend](root, manifest, inputs, options)
             cases.append(Case(name, experts, backend, (batch, seq), run))
     return cases
 
@@ -142,11 +143,11 @@ def train_step_case(name: str, experts: int, capacity_factor: float, shape: tupl
     import torch
 
     from forgeline.define import build_model, get_config
-    from forgeline.define.train import TrainOptions, _adamw, forward_loss
+    from forgeline.train.trainer import TrainOptions, adamw_optimizer, forward_loss
 
     model = build_model(get_config(name, "small", **_overrides(experts, capacity_factor))).train()
     options = TrainOptions(nsp=False)
-    optimizer = _adamw(model, options)
+    optimizer = adamw_optimizer(model, options)
     batch, seq = shape
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(5, model.config.vocab_size, (batch, seq), generator=g)

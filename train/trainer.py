@@ -135,7 +135,7 @@ class Trainer:
             raise ConfigError(f"seq_len={options.seq_len} exceeds the model's max_positions={limit}; "
                               f"pass --seq-len {limit} or less.")
         self.model, self.corpus, self.options = model, corpus, options
-        self.optimizer = _adamw(model, options)
+        self.optimizer = adamw_optimizer(model, options)
         self.step = 0  # optimizer steps taken
         self.history: dict[str, list[tuple[int, float]]] = {"train": [], "val": []}
         # The held-out batches are drawn once (windows and masking fixed) so evaluations compare.
@@ -223,7 +223,7 @@ def state_path(checkpoint: str | Path) -> Path:
     return Path(str(checkpoint) + STATE_SUFFIX)
 
 
-def _adamw(model: ForgelineModel, options: TrainOptions) -> torch.optim.AdamW:
+def adamw_optimizer(model: ForgelineModel, options: TrainOptions) -> torch.optim.AdamW:
     # Decay matrices (and stacked expert matrices); not biases, LayerNorm or b1/b2 of the experts.
     decay, no_decay = [], []
     for name, p in model.named_parameters():
