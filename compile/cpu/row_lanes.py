@@ -16,7 +16,7 @@ symbolic sequence) is left to the next rule.
 
 from __future__ import annotations
 
-from .rules import cpu_rule
+from .rules import cpu_rule, holds_bools
 
 
 def row_lanes_rule():
@@ -72,6 +72,8 @@ def _schedule(sch, infos, lanes: int) -> None:
             sch.compute_at(partials[info.block_rv], row, preserve_unit_loops=False)
     for info in infos:
         if not info.is_reduction() and len(sch.get_loops(info.block_rv)) > 1:
+            if holds_bools(sch, info.block_rv):
+                continue  # a scalar stage (rules.holds_bools)
             sch.vectorize(sch.split(sch.get_loops(info.block_rv)[-1], factors=[None, lanes])[1])
     for partial in partials.values():
         *_, lane, chunk = sch.get_loops(partial)

@@ -26,6 +26,17 @@ def vector_lanes(target) -> int:
     return max(1, (bits if bits > 0 else _FALLBACK_VECTOR_BITS) // 32)
 
 
+def holds_bools(sch, block) -> bool:
+    """Whether a block reads or writes a bool buffer: such a stage must stay scalar.
+
+    TVM stores bools as int8 but computes comparisons as i1, and its vectorized LLVM codegen
+    then emits ``and <16 x i8>, <16 x i1>``, which fails LLVM's verifier (token choice's rank
+    kernel, ``x == y & earlier`` with a constant bool matrix, at 16 experts on AVX-512).
+    """
+    stmt = sch.get(block)
+    return any(region.buffer.dtype == "bool" for region in [*stmt.reads, *stmt.writes])
+
+
 def cpu_rule(name: str, schedule):
     """A dlight rule from ``schedule(sch, infos, lanes) -> bool`` (False: not this rule's kernel).
 
@@ -88,7 +99,7 @@ def _schedule_block(sch, info, lanes: int) -> None:
     if reduce:
         sch.parallel(sch.fuse(*spatial))  # rows in parallel; each reduction stays sequential
         return
-    _parallel_vectorized(sch, spatial, lanes)
+    _parallel_vectorized(sch, spatial, 1 if holds_bools(sch, block) else lanes)
 
 
 def _parallel_vectorized(sch, spatial, lanes: int) -> None:
@@ -102,6 +113,9 @@ def _parallel_vectorized(sch, spatial, lanes: int) -> None:
 
     *outer, last = spatial
     extent = sch.get(last).extent
+    if lanes == 1:  # a scalar stage (bools): rows in parallel, nothing vectorized
+        sch.parallel(sch.fuse(*spatial) if len(spatial) > 1 else spatial[0])
+        return
     whole_vectors = isinstance(extent, tirx.IntImm) and int(extent) % lanes == 0
     if not whole_vectors and not outer:
         outer_loop, inner = sch.split(last, factors=[None, lanes])
@@ -164,5 +178,6 @@ def _schedule_rows(sch, infos, lanes: int) -> None:
     for info in infos:
         inner = sch.get_loops(info.block_rv)[-1]
         extent = sch.get(inner).extent
-        if not info.is_reduction() and isinstance(extent, tirx.IntImm) and int(extent) % lanes == 0:
+        if (not info.is_reduction() and isinstance(extent, tirx.IntImm) and int(extent) % lanes == 0
+                and not holds_bools(sch, info.block_rv)):
             sch.vectorize(sch.split(inner, factors=[None, lanes])[1])
