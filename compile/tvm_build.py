@@ -19,6 +19,7 @@ from pathlib import Path
 
 from forgeline.compile.cpu.pipeline import cpu_pipeline
 from forgeline.compile.guards import native_log_to, require_full_tvm, reraise_if_interrupted, watch_interrupts
+from forgeline.compile.onnx_fixups import normalize_for_import
 from forgeline.compile.targets import TargetSpec
 from forgeline.runtime.errors import ArtifactError, CompileError, MissingDependencyError, error_summary
 
@@ -60,6 +61,7 @@ def _import_onnx(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None
     except Exception as exc:  # noqa: BLE001 - onnx raises assorted errors for bad files
         raise ArtifactError(f"{onnx_path} is not a readable ONNX model with its external data "
                             f"({error_summary(exc, last=True)}); export the bundle again.") from exc
+    normalize_for_import(model)
     op_types = sorted({node.op_type for node in model.graph.node})
     try:
         mod = from_onnx(model, shape_dict=shape_dict, keep_params_in_input=False)

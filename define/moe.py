@@ -4,8 +4,8 @@ Each expert processes only the tokens it took. Per routing group the router fill
 an expert-choice expert has k = ceil(group_size * capacity_factor / n_experts) slots, a token-choice
 expert has its capacity C = ceil(group_size * top_k * capacity_factor / n_experts). The tokens in
 the slots are gathered into one (E, G*k, D) block, the E experts run as one batched FFN (a bmm
-over experts, no weight broadcast), and the gate-weighted outputs are added back into their
-tokens with ``index_add``. An MoE layer thus costs about ``capacity_factor`` (expert choice) or
+over experts, no weight broadcast), and each group's gate-weighted outputs come back to its
+tokens through one small matmul with a one-hot combine matrix (``Experts.dispatch``). An MoE layer thus costs about ``capacity_factor`` (expert choice) or
 ``top_k * capacity_factor`` (token choice) dense FFNs, whatever the number of experts.
 
 The same code is the ONNX graph, and it is written so that TVM's ONNX importer compiles it with a
@@ -106,17 +106,19 @@ def _slot_positions(like: torch.Tensor, ratio: Fraction) -> torch.Tensor:
 
 def _slot_contents(slot_of: torch.Tensor, slots: torch.Tensor, token_index: torch.Tensor,
                    weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Which token fills each slot, and its gate weight.
+    """Which token fills each slot, and the gate-weighted matrix that combines the slots.
 
     slot_of (G, E, n): the slot each token takes in each expert (any value >= len(slots), or a
     weight of 0, where it takes none); slots (s,); token_index (G, n) flat token positions;
-    weights (G, E, n). Returns token (G, E, s) int64 and weight (G, E, s); an empty slot holds
-    token 0 with weight 0.
+    weights (G, E, n). Returns token (G, E, s) int64 (an empty slot holds token 0) and combine
+    (G, n, E*s): combine[g, t, e*s + r] is token t's gate weight for slot r of expert e, 0 where
+    that slot does not hold t.
     """
     onehot = (slot_of.unsqueeze(2) == slots.unsqueeze(-1)).to(weights.dtype)  # (G, E, s, n)
     token = (onehot * token_index[:, None, None, :]).sum(-1)  # (G, E, s) exact: one term at most
-    weight = (onehot * weights.unsqueeze(2)).sum(-1)  # (G, E, s)
-    return token.to(torch.int64), weight
+    G, E, s, n = onehot.shape
+    combine = (onehot * weights.unsqueeze(2)).permute(0, 3, 1, 2).reshape(G, n, E * s)  # (G, n, E*s)
+    return token.to(torch.int64), combine
 
 
 class Experts(nn.Module):
@@ -137,14 +139,22 @@ class Experts(nn.Module):
         h = self.act(torch.bmm(x, self.w1) + self.b1)  # (E, M, F)
         return torch.bmm(self.dropout(h), self.w2) + self.b2  # (E, M, D)
 
-    def dispatch(self, x: torch.Tensor, token: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """x (N, D) all tokens, token/weight (G, E, s) slots -> sum of weighted expert outputs (N, D)."""
-        E, D = self.w1.shape[0], self.w1.shape[1]
+    def dispatch(self, xg: torch.Tensor, token: torch.Tensor, combine: torch.Tensor) -> torch.Tensor:
+        """xg (G, n, D) tokens by group, token (G, E, s) slots, combine (G, n, E*s) -> (G, n, D).
+
+        Each group's output is ``combine @ Y``, Y its (E*s, D) expert outputs: a matmul, not a
+        scatter-add. ONNX Runtime's ScatterND adds duplicate indices from several threads at
+        once, and every empty slot points at token 0, so with many experts token 0's output came
+        out wrong, and differently from run to run.
+        """
+        G, E, s = token.shape
+        D = xg.shape[-1]
         index = token.transpose(0, 1).reshape(E, -1)  # (E, G*s)
-        y = self(x[index]) * weight.transpose(0, 1).reshape(E, -1, 1)  # (E, G*s, D)
-        # index_add exports as ScatterND with reduction add (dynamo exporter): a token taken by
-        # several experts gets the sum of their outputs.
-        return torch.zeros_like(x).index_add(0, index.reshape(-1), y.reshape(-1, D))  # (N, D)
+        y = self(xg.reshape(-1, D)[index])  # (E, G*s, D)
+        # An explicit E * s, not -1 or flatten: the exporter then writes a product of sizes that
+        # TVM's importer takes (compile/onnx_fixups.py), not an unsimplified division.
+        y = y.view(E, G, s, D).transpose(0, 1).reshape(G, E * s, D)  # (G, E*s, D)
+        return torch.bmm(combine, y)  # (G, n, D)
 
 
 class MoE(nn.Module):
@@ -175,8 +185,8 @@ class MoE(nn.Module):
         selected, gate, slot_of = route(scores, mask)  # (G, n, E), (G, n, E), (G, E, n)
         weights = (selected * gate).transpose(1, 2)  # (G, E, n) gate value where selected, else 0
         slots = _slot_positions(mask[0], self.slot_ratio)  # (s,)
-        token, weight = _slot_contents(slot_of, slots, _token_positions(mask), weights.to(x.dtype))
-        y = self.experts.dispatch(xg.reshape(-1, xg.shape[-1]), token, weight).view_as(xg)  # (G, n, D)
+        token, combine = _slot_contents(slot_of, slots, _token_positions(mask), weights.to(x.dtype))
+        y = self.experts.dispatch(xg, token, combine)  # (G, n, D)
         routing = selected.to(torch.int64)  # (G, n, E)
         if self.causal:
             y, routing = y.transpose(0, 1), routing.transpose(0, 1)  # (B, T, *)
