@@ -34,7 +34,7 @@ def holds_bools(sch, block) -> bool:
     kernel, ``x == y & earlier`` with a constant bool matrix, at 16 experts on AVX-512).
     """
     stmt = sch.get(block)
-    return any(region.buffer.dtype == "bool" for region in [*stmt.reads, *stmt.writes])
+    return any(region.source.dtype == "bool" for region in [*stmt.reads, *stmt.writes])
 
 
 def cpu_rule(name: str, schedule):

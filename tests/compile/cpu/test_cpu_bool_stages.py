@@ -44,13 +44,18 @@ def _numpy_rank(s, earlier):
 
 
 @pytest.mark.parametrize("mcpu", ["skylake-avx512", "znver4"])
-def test_bool_stages_compile_for_avx512(mcpu):
+def test_bool_stages_compile_for_avx512(mcpu, caplog):
+    import logging
+
     import tvm
 
-    from forgeline.compile.cpu.pipeline import cpu_pipeline
+    from forgeline.compile.cpu.pipeline import apply_cpu_defaults, cpu_pipeline, unscheduled_kernels
 
     module, _ = _rank_module()
     target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
+    with caplog.at_level(logging.WARNING, logger="forgeline.compile.cpu"):
+        assert unscheduled_kernels(apply_cpu_defaults(module, target)) == []  # scheduled, not left as loops
+    assert not [r for r in caplog.records if "schedule failed" in r.getMessage()]  # by our rules, which took it
     tvm.compile(module, target=target, relax_pipeline=cpu_pipeline(target))  # raised before the fix
 
 
