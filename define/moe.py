@@ -100,7 +100,7 @@ def _slot_positions(like: torch.Tensor, ratio: Fraction) -> torch.Tensor:
     if ratio < 1:
         if ratio.numerator > 1:  # Concat, not repeat: TVM's importer rejects the Expand that repeat becomes
             ones = torch.cat([ones] * ratio.numerator)  # (n * p,)
-        ones = ones[:: ratio.denominator]  # (ceil(n * p / q),)
+        ones = ones[: ones.shape[0] : ratio.denominator]  # (ceil(n * p / q),)
     return ones.cumsum(0) - 1  # (s,)
 
 

@@ -68,10 +68,14 @@ def fast_math(mod):
     """``mod`` with GELU written out and exp/tanh/erf/softmax on vectorizable approximations."""
     from tvm import relax
 
+    from forgeline.compile.symbolic_rows import name_compound_rows
+
     from .softmax import lanes_softmax
 
     # Softmax over a symbolic axis first: its lane kernel has its own exp (softmax.py).
-    mod = relax.transform.FastMathTransform()(_decompose_gelu(lanes_softmax(mod)))
+    # Compound row counts are named after the rewrites (rewrite_call re-derives shapes, which would
+    # undo it) and before FastMathTransform legalizes erf with the shapes it sees.
+    mod = relax.transform.FastMathTransform()(name_compound_rows(_decompose_gelu(lanes_softmax(mod))))
     logger.info("Using vectorizable exp/tanh/erf (TVM FastMathTransform).")
     return mod
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 
+from forgeline.compile.symbolic_rows import name_compound_rows
 from forgeline.runtime.backends.cpu_kernels import MATMUL_FUNC
 
 from .bf16 import bf16_dense_matmuls
