@@ -95,11 +95,35 @@ def _schedule_block(sch, info, lanes: int) -> None:
     spatial, reduce = by_kind["S"], by_kind["R"] + by_kind["O"]
     if not spatial:
         return  # a full reduction to a scalar: nothing to split safely across threads
+    if reduce and _lanes_outside_reduction(sch, block, spatial, reduce, lanes):
+        return
     sch.reorder(*spatial, *reduce)
     if reduce:
         sch.parallel(sch.fuse(*spatial))  # rows in parallel; each reduction stays sequential
         return
     _parallel_vectorized(sch, spatial, 1 if holds_bools(sch, block) else lanes)
+
+
+def _lanes_outside_reduction(sch, block, spatial, reduce, lanes: int) -> bool:
+    """A reduction over a non-last axis with a static last axis of whole vectors: the reduction
+    runs inside the last axis' outer loop, one vector of partial results per step (expert
+    choice's token rank sums (G, n, n, E) over the middle axis; reduction innermost, it ran
+    scalar)."""
+    from tvm import tirx
+
+    *outer, last = spatial
+    extent = sch.get(last).extent
+    if not isinstance(extent, tirx.IntImm) or int(extent) % lanes or holds_bools(sch, block):
+        return False
+    last_outer, lane = sch.split(last, factors=[None, lanes])
+    sch.reorder(*outer, last_outer, *reduce, lane)
+    sch.parallel(sch.fuse(*outer, last_outer) if outer else last_outer)
+    init = sch.decompose_reduction(block, reduce[0])
+    sch.vectorize(sch.get_loops(init)[-1])
+    # TVM refuses to vectorize a loop of the update block ("reduction block vars are not used
+    # to index the output buffers"); innermost with a static extent, LLVM vectorizes it: the
+    # (8, 128, 128, 32) rank sum took 0.31 ms instead of 4.9 (znver5, 2 threads).
+    return True
 
 
 def _parallel_vectorized(sch, spatial, lanes: int) -> None:
