@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import statistics
 import sys
 import time
@@ -256,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     text += "\n\n" + "\n".join(f"- {c.key()}: median {c.median:.1f} ms, fastest {c.best:.1f} ms" for c in extras)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "moe_scaling" + (f"_{args.label.split(':')[0]}" if args.label else "")
+    tag = re.sub(r"[^A-Za-z0-9._-]+", "-", args.label.split(":")[0]).strip("-")
+    stem = "moe_scaling" + (f"_{tag}" if tag else "")
     record = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": host_info(),
               "label": args.label, "capacity_factor": args.capacity_factor, "rounds": args.rounds,
               "iters": args.iters, "table": text,
