@@ -26,6 +26,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 from tvm_ffi.structural import structural_hash
 
+from forgeline.runtime.backends.environ import allow_tvm_threads
 from forgeline.runtime.host import cpu_core_count
 
 from ..cpu.pipeline import schedule_cpu_kernels, schedule_matmul_kernels
@@ -125,6 +126,9 @@ def _search(tasks, names: list[str], target: Target, db: TuningDatabase,
                 "%s", len(tasks), trials, per_task, per_round,
                 "through RPC tracker %s:%d key %s" % settings.rpc if settings.rpc else "here")
     progress = TuningProgress(names, trials)
+    # Before the runner's workers start: measured candidates must run on every core, as the
+    # runtime runs them (runtime/backends/environ.py); without it TVM ran them on one of two.
+    allow_tvm_threads(cpu_core_count())
     builder = PooledBuilder(max_workers=cpu_core_count(), timeout_sec=settings.timeout_s)
     runner = make_runner(timeout_sec=settings.timeout_s, rpc=settings.rpc)
     reset_metaschedule_loggers()

@@ -31,11 +31,14 @@ def profile_tvm_kernels(path: str | Path, options: BenchOptions = BenchOptions()
     real model; the hook itself adds a few microseconds per call. Sorted, slowest first.
     """
     from forgeline.runtime.backends.cpu_kernels import register_cpu_kernels
+    from forgeline.runtime.backends.environ import allow_tvm_threads
     from forgeline.runtime.backends.tvm import import_tvm_runtime
+    from forgeline.runtime.host import cpu_core_count
     from forgeline.runtime.model import select_build
 
     root = Path(path)
     manifest = Manifest.load(root)
+    allow_tvm_threads(cpu_core_count())  # as TvmExecutor does: else TVM runs serially on 2 cores
     tvm = import_tvm_runtime()
     register_cpu_kernels()
     lib_path = root / (lib or select_build(manifest, "cpu").lib)

@@ -29,7 +29,7 @@ from forgeline.runtime.backends.cpu_kernels import register_cpu_kernels
 from forgeline.runtime.errors import ArtifactError, InputError, TargetMismatchError
 from forgeline.runtime.host import cpu_core_count, cuda_compute_capabilities, cuda_driver_problem
 
-from .environ import ENV_LOCK, scoped_environ
+from .environ import ENV_LOCK, allow_tvm_threads, scoped_environ
 from .tvm_io import FfiCpuIO, PackageIO, without_optional_imports
 
 logger = logging.getLogger(__name__)
@@ -155,6 +155,8 @@ class TvmExecutor:
         if self.num_threads < 1:
             raise InputError(f"num_threads={num_threads} must be at least 1.")
         self.device = device
+        if device == "cpu":
+            allow_tvm_threads(self.num_threads)
         if device == "cuda":
             tvm = import_tvm_runtime()
             _load_cuda_runtime(tvm)
@@ -190,10 +192,7 @@ class TvmExecutor:
         if self.device != "cpu" or caller in self._configured_threads:
             return
         config = self._ffi.get_global_func("runtime.config_threadpool")
-        # A pool's size is fixed when TVM creates it (here, for this thread), from TVM_NUM_THREADS or
-        # else half the logical CPUs; so the variable is set for that one call and restored.
-        with ENV_LOCK, scoped_environ(TVM_NUM_THREADS=str(max(self.num_threads, cpu_core_count()))):
-            config(_THREAD_MODE_BIG_CORES, self.num_threads)
+        config(_THREAD_MODE_BIG_CORES, self.num_threads)
         in_use = int(self._ffi.get_global_func("runtime.NumThreads")())
         if in_use != self.num_threads:
             logger.warning("TVM runs %d threads, not the %d asked for.", in_use, self.num_threads)

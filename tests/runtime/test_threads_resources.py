@@ -73,8 +73,10 @@ def test_load_close_cycles_do_not_grow_the_process(tiny_artifact):
 
 
 def test_runtime_leaves_no_environment_behind(tiny_artifact):
-    """A process that embeds the runtime: os.environ (what children inherit) is unchanged, TVM uses
-    every core, and a compile in that process still finds the whole of TVM."""
+    """A process that embeds the runtime: os.environ (what children inherit) is unchanged but for
+    TVM_NUM_THREADS, TVM uses every core, and a compile in that process still finds the whole of
+    TVM. TVM_NUM_THREADS stays set on purpose: TVM reads it at every parallel launch, and without
+    it ran every kernel on one thread of a 2-core machine (runtime/backends/environ.py)."""
     code = (
         "import json, os, sys, numpy as np\n"
         "before = dict(os.environ)\n"
@@ -87,13 +89,14 @@ def test_runtime_leaves_no_environment_behind(tiny_artifact):
         "try:\n    resolve_target('cpu'); err = ''\n"
         "except Exception as e:\n    err = f'{type(e).__name__}: {e}'\n"
         "print(json.dumps({'changed': sorted(k for k in set(os.environ) | set(before) if os.environ.get(k) != before.get(k)),"
-        " 'threads': tvm.runtime.num_threads(), 'cores': cpu_core_count(), 'umask': int(open('/proc/self/status').read().split('Umask:')[1].split()[0], 8), 'err': err}))\n"
+        " 'tvm_num_threads': os.environ.get('TVM_NUM_THREADS'), 'threads': tvm.runtime.num_threads(), 'cores': cpu_core_count(), 'umask': int(open('/proc/self/status').read().split('Umask:')[1].split()[0], 8), 'err': err}))\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("TVM_")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.strip().splitlines()[-1])
-    assert report["changed"] == []
+    assert report["changed"] == ["TVM_NUM_THREADS"]
+    assert report["tvm_num_threads"] == str(report["cores"])
     assert report["threads"] == report["cores"]
     from forgeline.runtime.artifact_io import current_umask
 

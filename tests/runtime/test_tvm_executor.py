@@ -75,6 +75,7 @@ _RUN_IN_FRESH_PROCESS = textwrap.dedent("""
         "heavy": sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "onnx", "tvm", "ml_dtypes")),
         "tvm_libs": sorted(n for n in ("libtvm_runtime.so", "libtvm_compiler.so") if n in maps),
         "threads": tvm_ffi.get_global_func("runtime.NumThreads")(),
+        "tvm_num_threads": __import__("os").environ.get("TVM_NUM_THREADS"),
         "shape": list(y.shape), "load_seconds": loaded}))
 """)
 
@@ -93,6 +94,9 @@ def test_runtime_imports_no_torch_onnx_tvm_package_or_compiler(mlp_lib):
     assert report["heavy"] == []
     assert report["tvm_libs"] == ["libtvm_runtime.so"]  # the compiler library was never loaded
     assert report["threads"] == cpu_core_count()  # not TVM's default of half the CPUs
+    # TVM reads the variable at every parallel launch: without it a 2-core x86 machine ran every
+    # kernel serially while NumThreads said 2 (runtime/backends/environ.py).
+    assert report["tvm_num_threads"] == str(cpu_core_count())
     assert report["shape"] == [3, 4]
     print(f"runtime-only import + load: {report['load_seconds']:.2f} s")
 
@@ -104,3 +108,19 @@ def test_input_count_is_checked_by_name(mlp_lib):
     assert executor.input_names == ["x"]
     with pytest.raises(InputError, match=r"takes 1 array\(s\) \(x\), but 2 were given"):
         executor.run([np.zeros((2, 6), np.float32)] * 2)
+
+
+def test_allow_tvm_threads_sets_the_variable_once_and_keeps_a_users_value(monkeypatch, caplog):
+    import logging
+    import os
+
+    from forgeline.runtime.backends.environ import allow_tvm_threads
+
+    monkeypatch.delenv("TVM_NUM_THREADS", raising=False)
+    allow_tvm_threads(1)
+    assert os.environ["TVM_NUM_THREADS"] == str(max(1, cpu_core_count()))
+    monkeypatch.setenv("TVM_NUM_THREADS", "1")
+    with caplog.at_level(logging.WARNING, logger="forgeline.runtime.backends.environ"):
+        allow_tvm_threads(3)
+    assert os.environ["TVM_NUM_THREADS"] == "1"  # the user's value stands
+    assert "allows fewer than the 3 threads" in caplog.text
