@@ -25,14 +25,17 @@ def normalize_for_import(model) -> int:
     for node in model.graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             constants[node.output[0]] = node.attribute[0].t
+    candidates = [node for node in model.graph.node if node.op_type == "Reshape"
+                  and node.input[1] in constants
+                  and numpy_helper.to_array(constants[node.input[1]]).reshape(-1).tolist() in ([-1], [1])]
+    if not candidates:
+        return 0  # no shape inference over a model with nothing to rewrite
     scalars = _rank0_values(model)
     rewritten = 0
-    for index, node in enumerate(list(model.graph.node)):
-        if node.op_type != "Reshape" or node.input[0] not in scalars or node.input[1] not in constants:
+    for node in candidates:
+        if node.input[0] not in scalars:
             continue
-        target = numpy_helper.to_array(constants[node.input[1]]).reshape(-1).tolist()
-        if target not in ([-1], [1]):
-            continue
+        index = list(model.graph.node).index(node)
         model.graph.node.remove(node)
         model.graph.node.insert(index, _unsqueeze0(model, node))
         rewritten += 1

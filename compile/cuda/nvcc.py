@@ -72,16 +72,22 @@ def find_nvcc() -> Nvcc | None:
 @contextmanager
 def nvcc_first_on_path(nvcc: Nvcc):
     """PATH with ``nvcc``'s folder first, for the duration of the block only."""
-    with _PATH_LOCK:
-        saved = os.environ.get("PATH")
-        os.environ["PATH"] = os.pathsep.join([str(nvcc.path.parent), saved or ""])
-        try:
-            yield
-        finally:
-            if saved is None:
-                os.environ.pop("PATH", None)
-            else:
-                os.environ["PATH"] = saved
+    with _PATH_LOCK, _overridden("PATH", os.pathsep.join([str(nvcc.path.parent), os.environ.get("PATH", "")])):
+        yield
+
+
+@contextmanager
+def _overridden(name: str, value: str):
+    """``os.environ[name] = value`` for the block, then as it was (unset if it was unset)."""
+    saved = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved
 
 
 def cuda_runtime_in_process() -> bool:
@@ -99,16 +105,8 @@ def nvcc_for_tvm_codegen():
     if nvcc is None:
         yield
         return
-    saved = os.environ.get("TVM_CUDA_COMPILE_MODE")
-    os.environ["TVM_CUDA_COMPILE_MODE"] = "nvcc"
-    try:
-        with nvcc_first_on_path(nvcc):
-            yield
-    finally:
-        if saved is None:
-            os.environ.pop("TVM_CUDA_COMPILE_MODE", None)
-        else:
-            os.environ["TVM_CUDA_COMPILE_MODE"] = saved
+    with _overridden("TVM_CUDA_COMPILE_MODE", "nvcc"), nvcc_first_on_path(nvcc):
+        yield
 
 
 def compile_fatbin(source: str, arch: str, target, nvcc: Nvcc) -> bytes:

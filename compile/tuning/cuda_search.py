@@ -10,7 +10,6 @@ host and without a tracker there is nothing to measure on: ``check_measurable`` 
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 import time
@@ -22,16 +21,13 @@ from tvm.target import Target
 from tvm_ffi.structural import structural_hash
 
 from forgeline.runtime.errors import ConfigError
-from forgeline.runtime.host import cpu_core_count, cuda_driver_problem
+from forgeline.runtime.host import cuda_driver_problem
 
 from ..cuda.pipeline import fuse_passes, lower_passes
 from ..cuda.rules import default_rules, schedule_gpu_kernels
-from .builder import PooledBuilder, make_runner, make_strategy
 from .database import TuningDatabase
-from .progress import TuningProgress, quiet_metaschedule_console, reset_metaschedule_loggers
-from .search import SearchSettings, TunedModule
+from .search import SearchSettings, TunedModule, run_search
 
-logger = logging.getLogger(__name__)
 
 
 # MetaSchedule's CUDA rules need the limits that dlight assumes by default; every GPU since
@@ -93,29 +89,6 @@ def build_cuda_candidate(mod, target, params) -> str:
     return path
 
 
-def _search(tasks, names, target: Target, db: TuningDatabase, settings: SearchSettings,
-            trials: int, per_task: int) -> list[int]:
-    progress = TuningProgress(names, trials)
-    builder = PooledBuilder(max_workers=cpu_core_count(), timeout_sec=settings.timeout_s,
-                            build_fn=build_cuda_candidate)
-    runner = make_runner(timeout_sec=settings.timeout_s, rpc=settings.rpc)
-    reset_metaschedule_loggers()
-    with tempfile.TemporaryDirectory(prefix="forgeline-tune-logs-") as logs:
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            tasks, work_dir=logs, strategy=make_strategy(), seed=settings.seed)
-        quiet_metaschedule_console()
-        try:
-            ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=logs,
-                          max_trials_global=trials, max_trials_per_task=per_task,
-                          num_trials_per_iter=min(32, max(4, trials // len(tasks))), builder=builder,
-                          runner=runner, database=db.ms, cost_model="xgb",
-                          measure_callbacks=[*ms.MeasureCallback.create("default"), progress])
-        finally:
-            builder.shutdown()
-    logger.info("tuning done: %s", progress.summary())
-    return list(progress.trials)
-
-
 def tune_cuda_module(mod: tvm.IRModule, target: Target, db: TuningDatabase,
                      settings: SearchSettings) -> TunedModule:
     """Tune what the database does not cover, then compile with every record it holds."""
@@ -130,7 +103,8 @@ def tune_cuda_module(mod: tvm.IRModule, target: Target, db: TuningDatabase,
     result = TunedModule(executable=None, trials=0, reused_trials=plan.reused_trials)
     if tasks and plan.trials:
         started = time.perf_counter()
-        done = _search(tasks, names, target, db, settings, plan.trials, per_task)
+        done = run_search(tasks, names, target, db, settings, plan.trials, per_task,
+                          build_fn=build_cuda_candidate, cost_model="xgb")
         db.record(keys, names, done, trials=settings.trials, per_task=per_task)
         result.trials, result.seconds = sum(done), time.perf_counter() - started
     for task, name in zip(tasks, names):

@@ -96,7 +96,7 @@ def tune_module(mod: tvm.IRModule, target: Target, db: TuningDatabase,
                     plan.reused_trials, len(tasks), db.folder)
     else:
         started = time.perf_counter()
-        trials_per_task = _search(tasks, names, target, db, settings, plan.trials, per_task)
+        trials_per_task = run_search(tasks, names, target, db, settings, plan.trials, per_task)
         db.record(keys, names, trials_per_task, trials=settings.trials, per_task=per_task)
         result.trials, result.seconds = sum(trials_per_task), time.perf_counter() - started
     for task, name in zip(tasks, names):
@@ -118,9 +118,14 @@ def _scheduled(task) -> bool:
     return any(f.attrs is not None and bool(f.attrs.get("tirx.is_scheduled", False)) for f in funcs)
 
 
-def _search(tasks, names: list[str], target: Target, db: TuningDatabase,
-            settings: SearchSettings, trials: int, per_task: int) -> list[int]:
-    """Run MetaSchedule for ``trials`` candidates over ``tasks``; return trials per task."""
+def run_search(tasks, names: list[str], target: Target, db: TuningDatabase,
+               settings: SearchSettings, trials: int, per_task: int, *, build_fn=None,
+               cost_model=None) -> list[int]:
+    """Run MetaSchedule for ``trials`` candidates over ``tasks``; return trials per task.
+
+    ``build_fn`` builds one candidate (default: MetaSchedule's local build; CUDA passes its
+    fatbin builder), ``cost_model`` defaults to the warm-up-deferred XGBoost model.
+    """
     per_round = max(4, min(32, math.ceil(trials / len(tasks))))
     logger.info("tuning %d task(s) for %d trials (at most %d per task, %d per round), measuring "
                 "%s", len(tasks), trials, per_task, per_round,
@@ -129,7 +134,8 @@ def _search(tasks, names: list[str], target: Target, db: TuningDatabase,
     # Before the runner's workers start: measured candidates must run on every core, as the
     # runtime runs them (runtime/backends/environ.py); without it TVM ran them on one of two.
     allow_tvm_threads(cpu_core_count())
-    builder = PooledBuilder(max_workers=cpu_core_count(), timeout_sec=settings.timeout_s)
+    builder = PooledBuilder(max_workers=cpu_core_count(), timeout_sec=settings.timeout_s,
+                            **({"build_fn": build_fn} if build_fn is not None else {}))
     runner = make_runner(timeout_sec=settings.timeout_s, rpc=settings.rpc)
     reset_metaschedule_loggers()
     with tempfile.TemporaryDirectory(prefix="forgeline-tune-logs-") as logs:
@@ -140,7 +146,8 @@ def _search(tasks, names: list[str], target: Target, db: TuningDatabase,
             ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=logs,
                           max_trials_global=trials, max_trials_per_task=per_task,
                           num_trials_per_iter=per_round, builder=builder, runner=runner,
-                          database=db.ms, cost_model=WarmupDeferredXGB(num_tuning_cores=cpu_core_count()),
+                          database=db.ms,
+                          cost_model=cost_model or WarmupDeferredXGB(num_tuning_cores=cpu_core_count()),
                           measure_callbacks=[*ms.MeasureCallback.create("default"), progress])
         finally:
             builder.shutdown()
@@ -166,4 +173,4 @@ def compile_with_database(fused: tvm.IRModule, target: Target, db: TuningDatabas
         return tvm.compile(mod, target=target, relax_pipeline=lower)
 
 
-__all__ = ["SearchSettings", "TunedModule", "compile_with_database", "prepare", "tune_module"]
+__all__ = ["SearchSettings", "TunedModule", "compile_with_database", "prepare", "run_search", "tune_module"]
