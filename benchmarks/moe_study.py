@@ -2,9 +2,9 @@
 
 Zhou et al. 2022 (expert-choice routing) report that at equal compute, expert choice with
 capacity factor 2 reaches the perplexity of GShard top-2 token choice in less than half the
-steps, with no auxiliary loss. This script trains, per family, five models with the same seed,
-data order (batches are a function of (seed, step)), step count and *active* FFN parameters per
-token:
+steps, with no auxiliary loss. This script trains, per family and per seed, five models with the same
+initialisation seed, data order (batches are a function of (seed, step)), step count and *active*
+FFN parameters per token:
 
     dense      one FFN of width F
     ec-cf1     expert choice, capacity factor 1: ~1 expert per token, experts of width F
@@ -13,15 +13,16 @@ token:
     tc-top2    token choice top-2 (GShard), capacity factor 1.25, aux loss 0.01, width F/2
 
 Families: BERT-MoE with MLM (no NSP; a routing group is one sequence) and GPT-MoE with the causal
-grouping (a group is one position across the batch). It reports held-out loss per evaluation, the
-step at which each router first reaches the dense model's final held-out loss, wall time per step,
-and load balance at the end (tokens per expert, experts per token, dropped tokens).
+grouping (a group is one position across the batch). It reports, over the seeds, the held-out loss
+per evaluation (mean and range), the step at which each router first reaches the dense model's
+final held-out loss of the same seed, wall time per step, and load balance at the end (tokens per
+expert, experts per token, dropped tokens).
 
 forgeline's MoE layers dispatch sparsely (each expert runs only on the tokens it took, see
 define/moe.py), so wall time per step tracks the active compute, not the number of experts.
 
-    python benchmarks/moe_study.py            # full study, about 20 minutes on an idle 2-core machine
-    python benchmarks/moe_study.py --quick    # a ~2 minute check of the whole pipeline
+    python benchmarks/moe_study.py                 # full study: 3 seeds, about 45 minutes on an idle 2-core machine
+    python benchmarks/moe_study.py --quick --seeds 0   # a ~1 minute check of the whole pipeline
 Writes benchmarks/results/moe_study.json, docs/moe_study.png and docs/moe_study.md.
 """
 
@@ -66,13 +67,13 @@ class Scale:
     warmup_steps: int
 
 
-# The `small` preset (d_model 256, d_ff 1024, seq 256, 8 experts) trimmed so that ten runs fit about
-# 20 minutes on 2 cores (measured when every expert was computed densely): d_model 128, dense FFN width 256,
-# seq 64, 8 experts kept; vocab 8000 -> 264 (bytes) as in all training. Every layer is MoE
-# (moe_every=1): the config has one d_ff, and this way the experts' width is the only width that
-# changes between variants.
-FULL = Scale(d_model=128, n_layers=4, n_heads=4, d_ff=256, n_experts=8, seq_len=64, batch_size=16,
-             steps=250, eval_every=25, eval_batches=4, lr=2e-3, warmup_steps=25)
+# The `small` preset (d_model 256, d_ff 1024, seq 256) trimmed so that thirty runs (2 families x 5
+# routers x 3 seeds) fit under an hour on 2 cores: d_model 128, dense FFN width 256, seq 64, 16 experts,
+# 400 steps; vocab 8000 -> 264 (bytes) as in all training. Every layer is MoE (moe_every=1): the config
+# has one d_ff, and this way the experts' width is the only width that changes between variants.
+# The first study (one seed, 8 experts, 250 steps) ran before dispatch was sparse.
+FULL = Scale(d_model=128, n_layers=4, n_heads=4, d_ff=256, n_experts=16, seq_len=64, batch_size=16,
+             steps=400, eval_every=25, eval_batches=4, lr=2e-3, warmup_steps=25)
 QUICK = Scale(d_model=64, n_layers=2, n_heads=2, d_ff=128, n_experts=4, seq_len=64, batch_size=8,
               steps=60, eval_every=20, eval_batches=2, lr=2e-3, warmup_steps=10)
 
@@ -161,19 +162,54 @@ def reach_step(curve: list, target: float) -> int | None:
     return next((step for step, loss in curve if loss <= target), None)
 
 
-def run_study(scale: Scale, seed: int, families: list[str]) -> dict:
+def run_study(scale: Scale, seeds: list[int], families: list[str]) -> dict:
+    """results["families"][family]["seeds"][str(seed)][variant] is one training run."""
     corpus = load_corpus()
     results = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               "machine": machine(), "scale": asdict(scale), "seed": seed, "families": {}}
+               "machine": machine(), "scale": asdict(scale), "seeds": seeds, "families": {}}
     started = time.perf_counter()
     for family_name in families:
-        runs = {v: run_variant(family_name, v, scale, corpus, seed) for v in VARIANTS}
-        dense_final = runs["dense"]["val"][-1][1]
-        for run in runs.values():
-            run["reaches_dense_final_at"] = reach_step(run["val"], dense_final)
-        results["families"][family_name] = {"objective": FAMILIES[family_name], "runs": runs}
+        per_seed = {}
+        for seed in seeds:
+            runs = {v: run_variant(family_name, v, scale, corpus, seed) for v in VARIANTS}
+            dense_final = runs["dense"]["val"][-1][1]  # each router is compared with its own seed's dense
+            for run in runs.values():
+                run["reaches_dense_final_at"] = reach_step(run["val"], dense_final)
+            per_seed[str(seed)] = runs
+        results["families"][family_name] = {"objective": FAMILIES[family_name], "seeds": per_seed}
     results["total_seconds"] = time.perf_counter() - started
     return results
+
+
+def seed_runs(fam: dict, variant: str) -> list[dict]:
+    """One variant's runs, one per seed, in seed order."""
+    return [runs[variant] for runs in fam["seeds"].values()]
+
+
+def final_losses(fam: dict, variant: str) -> np.ndarray:
+    return np.array([run["val"][-1][1] for run in seed_runs(fam, variant)])
+
+
+def loss_curves(fam: dict, variant: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, held-out loss (seeds, evals)); every seed evaluates at the same steps."""
+    curves = np.array([[loss for _, loss in run["val"]] for run in seed_runs(fam, variant)])
+    return np.array([step for step, _ in seed_runs(fam, variant)[0]["val"]]), curves
+
+
+def gap_to_dense(fam: dict, variant: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(steps, mean, min, max) over seeds of loss - the same seed's dense loss at the same step.
+
+    A seed changes the initialisation, the data order and so the loss level by more than the routers
+    differ; pairing each run with its own seed's dense run removes that shared part.
+    """
+    steps, curves = loss_curves(fam, variant)
+    gap = curves - loss_curves(fam, "dense")[1]  # (seeds, evals)
+    return steps, gap.mean(0), gap.min(0), gap.max(0)
+
+
+def routing_layers(fam: dict, variant: str) -> list[dict]:
+    """Every MoE layer's routing summary, over all seeds."""
+    return [layer for run in seed_runs(fam, variant) for layer in run["routing"]]
 
 
 def machine() -> dict:
@@ -204,23 +240,24 @@ def plot(results: dict, path: Path) -> None:
     families = list(results["families"])
     fig, axes = plt.subplots(2, len(families), figsize=(6.5 * len(families), 8.5), squeeze=False)
     for col, family_name in enumerate(families):
-        runs = results["families"][family_name]["runs"]
+        fam = results["families"][family_name]
         ax = axes[0][col]
-        for name, run in runs.items():
-            steps, losses = zip(*run["val"][1:])
-            ax.plot(steps, losses, marker="o", markersize=3, label=name, color=COLORS[name],
+        for name in VARIANTS:
+            steps, mean, low, high = (a[1:] for a in gap_to_dense(fam, name))
+            ax.plot(steps, mean, marker="o", markersize=3, label=name, color=COLORS[name],
                     linestyle="--" if name == "dense" else "-")
-        ax.axhline(runs["dense"]["val"][-1][1], color="grey", linewidth=0.8, linestyle=":")
+            ax.fill_between(steps, low, high, color=COLORS[name], alpha=0.12, linewidth=0)
         ax.set_title(f"{family_name}: {results['families'][family_name]['objective']}", fontsize=9)
         ax.set_xlabel("step")
-        ax.set_ylabel("held-out loss (nats / byte)")
+        ax.set_ylabel(f"held-out loss - same seed's dense (nats / byte)\nmean and range over {len(fam['seeds'])} seeds",
+                      fontsize=8)
         ax.legend(fontsize=8)
         ax = axes[1][col]
-        moe = [n for n in runs if runs[n]["routing"]]
+        moe = [n for n in VARIANTS if routing_layers(fam, n)]
         width = 0.8 / len(moe)
         for i, name in enumerate(moe):
-            counts = np.sum([layer["experts_per_token"] for layer in runs[name]["routing"]], axis=0)
-            ax.bar(np.arange(len(counts)) + (i - (len(moe) - 1) / 2) * width, counts / counts.sum(), width,
+            share = _hist(fam, name)
+            ax.bar(np.arange(len(share)) + (i - (len(moe) - 1) / 2) * width, share, width,
                    label=name, color=COLORS[name])
         ax.set_xlabel("experts processing a token (all MoE layers, held-out batches)")
         ax.set_ylabel("share of tokens")
@@ -232,6 +269,7 @@ def plot(results: dict, path: Path) -> None:
 
 def markdown(results: dict, command: str, json_path: str) -> str:
     s, m = results["scale"], results["machine"]
+    seeds = ", ".join(str(seed) for seed in results["seeds"])
     lines = [
         "# Expert choice vs token choice at small scale",
         "",
@@ -243,9 +281,10 @@ def markdown(results: dict, command: str, json_path: str) -> str:
         f"{s['n_experts']} experts, byte vocabulary (264); dense FFN width {s['d_ff']}, expert width {s['d_ff']} "
         f"(1 expert per token) or {s['d_ff'] // 2} (2 per token), so every variant has the same active FFN "
         f"parameters per token. Training: {s['steps']} steps of {s['batch_size']} x {s['seq_len']} tokens, AdamW, "
-        f"lr {s['lr']:g}, {s['warmup_steps']} warmup steps then cosine, seed {results['seed']} (same data order "
-        f"for all), held-out loss on {s['eval_batches']} fixed batches every {s['eval_every']} steps. Token "
-        "choice: capacity factor 1.25, load-balancing loss x 0.01. Expert choice: no auxiliary loss.",
+        f"lr {s['lr']:g}, {s['warmup_steps']} warmup steps then cosine, seeds {seeds} (a seed fixes the "
+        f"initialisation and the data order, the same for every router), held-out loss on {s['eval_batches']} "
+        f"fixed batches every {s['eval_every']} steps. Token choice: capacity factor 1.25, load-balancing loss "
+        "x 0.01. Expert choice: no auxiliary loss.",
         "",
         "![held-out loss and experts per token](moe_study.png)",
         "",
@@ -261,69 +300,70 @@ def markdown(results: dict, command: str, json_path: str) -> str:
 
 def _family_table(family_name: str, fam: dict) -> list[str]:
     lines = [f"## {family_name}: {fam['objective']}", "",
-             "| router | params (active) | final held-out loss (± s.e. over eval batches) | reaches dense final at step | s/step | "
+             "| router | params (active) | final held-out loss, mean ± sd over seeds | per seed | "
+             "minus its seed's dense, mean [min, max] | reaches its seed's dense final at step | s/step | "
              "max/mean expert load | experts/token | tokens with no expert | token choices dropped |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for name, run in fam["runs"].items():
-        r = run["routing"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in VARIANTS:
+        runs, r = seed_runs(fam, name), routing_layers(fam, name)
+        losses = final_losses(fam, name)
         mean = lambda key: (f"{np.mean([layer[key] for layer in r]):.2f}" if r else "-")  # noqa: E731
         pct = lambda key: (f"{100 * np.mean([layer[key] for layer in r]):.1f}%" if r and key in r[0] else "-")  # noqa: E731
-        reach = run["reaches_dense_final_at"]
-        lines.append(f"| {name} | {run['parameters'] / 1e6:.2f}M ({run['active_parameters'] / 1e6:.2f}M) | "
-                     f"{run['val'][-1][1]:.4f}{_se(run)} | {reach if reach is not None else 'not reached'} | "
-                     f"{run['seconds_per_step']:.3f} | {mean('expert_share_max_over_mean')} | "
-                     f"{mean('mean_experts_per_token')} | {pct('tokens_with_no_expert')} | {pct('dropped_choices')} |")
-    lines += ["", "Experts per token (share of held-out tokens processed by 0, 1, 2, ... experts, all MoE layers):",
-              "", "| router | " + " | ".join(str(i) for i in range(len(_hist(fam, 'ec-cf1')))) + " |",
-              "|---|" + "---|" * len(_hist(fam, "ec-cf1"))]
-    for name in (n for n in fam["runs"] if fam["runs"][n]["routing"]):
+        reach = ", ".join(_reach_text(run["reaches_dense_final_at"]) for run in runs)
+        gap = losses - final_losses(fam, "dense")
+        lines.append(f"| {name} | {runs[0]['parameters'] / 1e6:.2f}M ({runs[0]['active_parameters'] / 1e6:.2f}M) | "
+                     f"{losses.mean():.4f} ± {_sd(losses):.4f} | {', '.join(f'{x:.3f}' for x in losses)} | "
+                     f"{gap.mean():+.4f} [{gap.min():+.4f}, {gap.max():+.4f}] | {reach} | "
+                     f"{np.median([run['seconds_per_step'] for run in runs]):.3f} | "
+                     f"{mean('expert_share_max_over_mean')} | {mean('mean_experts_per_token')} | "
+                     f"{pct('tokens_with_no_expert')} | {pct('dropped_choices')} |")
+    columns = len(_hist(fam, "ec-cf1"))
+    lines += ["", "Experts per token (share of held-out tokens processed by 0, 1, 2, ... experts, all MoE layers "
+              "and seeds):", "", "| router | " + " | ".join(str(i) for i in range(columns)) + " |",
+              "|---|" + "---|" * columns]
+    for name in (n for n in VARIANTS if routing_layers(fam, n)):
         lines.append(f"| {name} | " + " | ".join(f"{100 * x:.1f}%" for x in _hist(fam, name)) + " |")
     return lines + [""]
 
 
-def _se(run: dict) -> str:
-    se = run.get("final_loss_std_error")
-    return f" ± {se:.4f}" if se is not None else ""
+def _reach_text(step: int | None) -> str:
+    return "never" if step is None else str(step)
+
+
+def _sd(values: np.ndarray) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
 def _hist(fam: dict, name: str) -> np.ndarray:
-    counts = np.sum([layer["experts_per_token"] for layer in fam["runs"][name]["routing"]], axis=0)
+    counts = np.sum([layer["experts_per_token"] for layer in routing_layers(fam, name)], axis=0)
     return counts / counts.sum()
 
 
 def summary(results: dict) -> list[str]:
-    """Plain sentences from the numbers: the paper's claim, checked per family."""
+    """Plain sentences from the numbers: the paper's claim, checked per family and seed."""
     out = []
     for family_name, fam in results["families"].items():
-        runs = fam["runs"]
-        ec, tc = runs["ec-cf2"], runs["tc-top2"]
-        ec_at, tc_at = ec["reaches_dense_final_at"], tc["reaches_dense_final_at"]
-        if ec_at is not None and tc_at is not None:
-            reach = f"EC-CF2 reached the dense model's final loss at step {ec_at}, GShard top-2 at step {tc_at}"
-            held = ec_at <= tc_at / 2
-            verdict = ("in less than half the steps: the paper's claim held" if held
-                       else "faster, but not in half the steps" if ec_at < tc_at
-                       else "at the same evaluation: no difference at this resolution" if ec_at == tc_at
-                       else "later: the paper's direction did not hold")
-        else:
-            reach = (f"EC-CF2 {'reached' if ec_at is not None else 'did not reach'} the dense model's final loss"
-                     f"{f' (step {ec_at})' if ec_at is not None else ''}; GShard top-2 "
-                     f"{'reached it' if tc_at is not None else 'did not'}{f' (step {tc_at})' if tc_at is not None else ''}")
-            verdict = ("the paper's direction held" if ec_at is not None and tc_at is None
-                       else "the paper's direction did not hold" if tc_at is not None and ec_at is None
-                       else "so the step comparison is undecided")
-        better = ec["val"][-1][1] < tc["val"][-1][1]
-        out.append(f"- **{family_name}**: {reach}; {verdict}. Final held-out loss EC-CF2 {ec['val'][-1][1]:.4f} vs "
-                   f"top-2 {tc['val'][-1][1]:.4f} ({'EC lower' if better else 'EC not lower'}); EC-CF1 "
-                   f"{runs['ec-cf1']['val'][-1][1]:.4f} vs Switch top-1 {runs['tc-top1']['val'][-1][1]:.4f}; "
-                   f"dense {runs['dense']['val'][-1][1]:.4f}.")
+        n = len(fam["seeds"])
+        ec_at = [run["reaches_dense_final_at"] for run in seed_runs(fam, "ec-cf2")]
+        tc_at = [run["reaches_dense_final_at"] for run in seed_runs(fam, "tc-top2")]
+        ec, tc = final_losses(fam, "ec-cf2"), final_losses(fam, "tc-top2")
+        halves = sum(e is not None and (t is None or e <= t / 2) for e, t in zip(ec_at, tc_at))
+        sooner = sum(e is not None and (t is None or e < t) for e, t in zip(ec_at, tc_at))
+        later = sum(t is not None and (e is None or t < e) for e, t in zip(ec_at, tc_at))
+        out.append(
+            f"- **{family_name}**: steps to reach the same seed's dense final loss, EC-CF2 "
+            f"{', '.join(map(_reach_text, ec_at))} vs GShard top-2 {', '.join(map(_reach_text, tc_at))}: "
+            f"EC-CF2 first in {sooner} of {n} seeds (in half the steps or less in {halves}), top-2 first in {later}. "
+            f"Final held-out loss EC-CF2 {ec.mean():.4f} ± {_sd(ec):.4f} vs top-2 {tc.mean():.4f} ± {_sd(tc):.4f} "
+            f"(paired EC-CF2 - top-2: {(ec - tc).mean():+.4f}, EC lower in {int((ec < tc).sum())} of {n} seeds); EC-CF1 {final_losses(fam, 'ec-cf1').mean():.4f} vs "
+            f"Switch top-1 {final_losses(fam, 'tc-top1').mean():.4f}; dense {final_losses(fam, 'dense').mean():.4f}.")
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="tiny models and 60 steps (~2 min): checks the pipeline")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; each trains every router once")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--families", default=",".join(FAMILIES), help="comma-separated subset of bert-moe,gpt-moe")
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/moe_study.json")
@@ -333,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = run_study(QUICK if args.quick else FULL, args.seed, args.families.split(","))
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    results = run_study(QUICK if args.quick else FULL, seeds, args.families.split(","))
     for path in (args.json, args.plot, args.doc):
         path.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1))

@@ -128,12 +128,16 @@ def _slot_contents(slot_of: torch.Tensor, slots: torch.Tensor, token_index: torc
 
     slot_of (G, E, n): the slot each token takes in each expert (any value >= len(slots), or a
     weight of 0, where it takes none); slots (s,); token_index (G, n) flat token positions;
-    weights (G, E, n). Returns token (G, E, s) int64 (an empty slot holds token 0) and combine
+    weights (G, E, n). Returns token (G, E, s) int64 (an empty slot holds token -1) and combine
     (G, n, E*s): combine[g, t, e*s + r] is token t's gate weight for slot r of expert e, 0 where
     that slot does not hold t.
+
+    An empty slot's -1 gathers the last token, whose output the combine weights by 0. The CPU
+    build reads the -1 as "empty" and runs the experts on the filled slots only
+    (compile/cpu/moe_rows.py).
     """
     onehot = (slot_of.unsqueeze(2) == slots.unsqueeze(-1)).to(weights.dtype)  # (G, E, s, n)
-    token = (onehot * token_index[:, None, None, :]).sum(-1)  # (G, E, s) exact: one term at most
+    token = (onehot * (token_index[:, None, None, :] + 1)).sum(-1) - 1  # (G, E, s) exact: one term at most
     G, E, s, n = onehot.shape
     combine = (onehot * weights.unsqueeze(2)).permute(0, 3, 1, 2).reshape(G, n, E * s)  # (G, n, E*s)
     return token.to(torch.int64), combine
@@ -162,8 +166,8 @@ class Experts(nn.Module):
 
         Each group's output is ``combine @ Y``, Y its (E*s, D) expert outputs: a matmul, not a
         scatter-add. ONNX Runtime's ScatterND adds duplicate indices from several threads at
-        once, and every empty slot points at token 0, so with many experts token 0's output came
-        out wrong, and differently from run to run.
+        once, and every empty slot points at the same token, so with many experts that token's
+        output came out wrong, and differently from run to run.
         """
         G, E, s = token.shape
         D = xg.shape[-1]

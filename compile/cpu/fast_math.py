@@ -72,7 +72,7 @@ def fast_math(mod):
 
     from .softmax import lanes_softmax
 
-    # Softmax over a symbolic axis first: its lane kernel has its own exp (softmax.py).
+    # Attention softmax first: its lane kernel has its own exp (softmax.py).
     # Compound row counts are named after the rewrites (rewrite_call re-derives shapes, which would
     # undo it) and before FastMathTransform legalizes erf with the shapes it sees.
     mod = relax.transform.FastMathTransform()(name_compound_rows(_decompose_gelu(lanes_softmax(mod))))

@@ -33,6 +33,7 @@ from forgeline.runtime.backends.cpu_kernels import MATMUL_FUNC
 from .bf16 import bf16_dense_matmuls
 from .fast_math import fast_math
 from .matmul import matmul_rule
+from .moe_rows import compact_expert_rows
 from .row_lanes import row_lanes_rule
 from .rules import fallback_rule, row_reduction_rule
 from .weights import fold_packed_weights, mark_weight_operands
@@ -130,7 +131,7 @@ def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: 
         mod = offload_matmuls(mod)
     if precision != "fp32":
         mod = bf16_dense_matmuls(mod, emulate=precision == "bf16-emulated")
-    mod = fast_math(mod)
+    mod = fast_math(compact_expert_rows(mod))
     with target:
         mod = tvm.transform.Sequential(cpu_generic.library_dispatch_passes(target)
                                        + cpu_generic.legalize_passes(target))(mod)

@@ -10,9 +10,11 @@ tail of ``n % LANES`` elements, so neither part carries a predicate: a vector ma
 relative error ~2e-7) with the row sum in a vector, then one scaling pass. 0.039 ms on the
 same softmax (znver4, one thread).
 
-``lanes_softmax`` rewrites ``R.nn.softmax`` over the last axis of a 4-D fp32 tensor whose
-last dimension is symbolic into a ``call_tir`` of this kernel; static rows keep the
-legalized softmax, which the row rules (or MetaSchedule) vectorize already.
+``lanes_softmax`` rewrites ``R.nn.softmax`` over the last axis of a 4-D fp32 tensor (attention)
+into a ``call_tir`` of this kernel. Static rows (tuned buckets) take it too, though the row rules
+or MetaSchedule would vectorize the legalized softmax: TOPI's ``fast_exp`` returns subnormals
+just above its -88.4 clamp, and subnormal attention weights slowed the PV matmul on Intel 60x
+(``UNDERFLOW_TO_ZERO``).
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ import logging
 logger = logging.getLogger(__name__)
 
 LANES = 16  # one AVX-512 register of fp32; LLVM splits it into halves or quarters elsewhere
+# e^v for v = x - max below this is written as exactly 0 (e^-64 = 1.6e-28: far below fp32's
+# resolution next to the row's largest term, which is 1). A causal mask puts -1e9-ish scores in
+# half of every attention row; their e^-87 (the clamp) divided by the row sum is subnormal, and
+# the PV matmul then ran on subnormal operands: on Intel each such FMA takes a microcode assist,
+# and gpt-small's PV matmuls took 23.6 of 38.9 ms (one thread, Xeon; AMD Zen has no such penalty).
+UNDERFLOW_TO_ZERO = -64.0
 
 
 def softmax_rows_kernel():
@@ -29,6 +37,7 @@ def softmax_rows_kernel():
     from tvm.script import tirx as T
 
     lanes = LANES
+    underflow = UNDERFLOW_TO_ZERO
 
     @T.macro
     def vector_exp(out, row, src):
@@ -49,7 +58,8 @@ def softmax_rows_kernel():
         two_k: T.let[T.float32x16] = T.reinterpret(f"float32x{lanes}", T.shift_left(
             T.Cast(f"int32x{lanes}", k) + T.Broadcast(T.int32(127), lanes),
             T.Broadcast(T.int32(23), lanes)))
-        out[row, T.Ramp(0, 1, lanes)] = p0 * two_k
+        out[row, T.Ramp(0, 1, lanes)] = T.Select(src < T.Broadcast(T.float32(underflow), lanes),
+                                                 T.Broadcast(T.float32(0.0), lanes), p0 * two_k)
 
     @T.prim_func(private=True, s_tir=True)
     def softmax_rows(var_x: T.handle, var_y: T.handle):
@@ -87,7 +97,8 @@ def softmax_rows_kernel():
                 for lane in range(lanes):
                     red[row] = red[row] + acc[row, lane]
                 for j in range(n % lanes):
-                    y[i0, i1, i2, tail + j] = T.exp(x[i0, i1, i2, tail + j] - top)
+                    y[i0, i1, i2, tail + j] = T.Select(x[i0, i1, i2, tail + j] - top < T.float32(underflow),
+                                                       T.float32(0.0), T.exp(x[i0, i1, i2, tail + j] - top))
                     red[row] = red[row] + y[i0, i1, i2, tail + j]
                 inv: T.let[T.float32] = T.float32(1.0) / red[row]
                 for j in range(n // lanes):
@@ -99,20 +110,16 @@ def softmax_rows_kernel():
     return softmax_rows
 
 
-def _symbolic_last_axis_softmax(call) -> bool:
-    from tvm import tirx
-
+def _last_axis_softmax(call) -> bool:
     sinfo = call.args[0].ty
     shape = getattr(sinfo, "shape", None)
     if getattr(sinfo, "dtype", None) != "float32" or getattr(sinfo, "ndim", -1) != 4 or shape is None:
         return False
-    axis = int(call.attrs.axis)
-    values = getattr(shape, "values", None)
-    return axis in (-1, 3) and values is not None and not isinstance(values[3], tirx.IntImm)
+    return int(call.attrs.axis) in (-1, 3)
 
 
 def lanes_softmax(mod):
-    """``mod`` with every 4-D fp32 softmax over a symbolic last axis on ``softmax_rows_kernel``."""
+    """``mod`` with every 4-D fp32 softmax over its last axis on ``softmax_rows_kernel``."""
     from tvm import relax
     from tvm.relax.dpl import is_op, rewrite_call, wildcard
 
@@ -122,7 +129,7 @@ def lanes_softmax(mod):
     kernel = []
 
     def rewrite(call, _matches):
-        if not _symbolic_last_axis_softmax(call):
+        if not _last_axis_softmax(call):
             return call
         if not kernel:
             kernel.append(builder.add_func(softmax_rows_kernel(), "softmax_rows"))
@@ -133,7 +140,7 @@ def lanes_softmax(mod):
         if isinstance(func, relax.Function):
             builder.update_func(gvar, rewrite_call(pattern, rewrite, func))
     if found[0]:
-        logger.info("Softmax over a symbolic axis: %d calls on the lane kernel.", found[0])
+        logger.info("Attention softmax: %d calls on the lane kernel.", found[0])
     return builder.get()
 
 

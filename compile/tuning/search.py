@@ -31,6 +31,7 @@ from forgeline.runtime.host import cpu_core_count
 
 from ..cpu.pipeline import schedule_cpu_kernels, schedule_matmul_kernels
 from ..cpu.fast_math import fast_math
+from ..cpu.moe_rows import compact_expert_rows
 from ..cpu.weights import fold_packed_weights
 from .database import TuningDatabase
 from .builder import PooledBuilder, WarmupDeferredXGB, make_runner, make_strategy
@@ -77,11 +78,12 @@ def prepare(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
 def tune_module(mod: tvm.IRModule, target: Target, db: TuningDatabase,
                 settings: SearchSettings) -> TunedModule:
     """Tune what the database does not cover yet, then compile with every record it holds."""
-    fused = prepare(fast_math(mod), target)
+    fused = prepare(fast_math(compact_expert_rows(mod)), target)
     gemm = []
     if not settings.tune_matmuls:
+        hand_written = _scheduled_kernels(fused)  # softmax_rows, the MoE row kernels
         fused = schedule_matmul_kernels(fused, target)  # marked scheduled: not tasks
-        gemm = _gemm_scheduled(fused)
+        gemm = sorted(set(_scheduled_kernels(fused)) - set(hand_written))
     tasks = [t for t in ms.relax_integration.extract_tasks(fused, target) if not _scheduled(t)]
     keys = [f"{structural_hash(t.dispatched[0]) & (2**64 - 1):016x}" for t in tasks]
     names = [t.task_name for t in tasks]
@@ -105,8 +107,8 @@ def tune_module(mod: tvm.IRModule, target: Target, db: TuningDatabase,
     return result
 
 
-def _gemm_scheduled(mod) -> list[str]:
-    """Names of the kernels that ``schedule_matmul_kernels`` scheduled."""
+def _scheduled_kernels(mod) -> list[str]:
+    """Names of the kernels marked scheduled (by a rule, or written that way)."""
     return sorted(gv.name_hint for gv, f in mod.functions.items()
                   if isinstance(f, tvm.tirx.PrimFunc) and f.attrs is not None
                   and bool(f.attrs.get("tirx.is_scheduled", False)))

@@ -86,3 +86,49 @@ def test_kernel_matches_numpy_on_rows_of_every_tail_length():
         lib(tvm.runtime.tensor(x), out)
         want = np.exp(x - x.max(-1, keepdims=True))
         np.testing.assert_allclose(out.numpy(), want / want.sum(-1, keepdims=True), atol=1e-6, rtol=1e-5)
+
+
+def test_kernel_writes_no_subnormals():
+    """Scores 64..120 below the row's largest (a causal mask's e^-87 clamp divided by the row sum
+    was subnormal): exact zeros instead, never a subnormal, which costs Intel a microcode assist
+    per FMA in the PV matmul that follows."""
+    import tvm
+
+    from forgeline.compile.cpu.softmax import softmax_rows_kernel
+
+    lib = tvm.tirx.build(softmax_rows_kernel().with_attr("global_symbol", "main"),
+                         target=tvm.target.Target({"kind": "llvm"}))
+    n = 37  # two whole vectors and a tail of 5
+    x = np.zeros((1, 1, 4, n), np.float32)
+    x[0, 0, 0, 1:] = LOWEST  # causal row 0: one key
+    x[0, 0, 1, :] = -np.linspace(0, 120, n, dtype=np.float32)
+    x[0, 0, 2, :] = -np.linspace(60, 100, n, dtype=np.float32)
+    x[0, 0, 2, 0] = 0.0
+    x[0, 0, 3, ::2] = LOWEST
+    out = tvm.runtime.tensor(np.zeros_like(x))
+    lib(tvm.runtime.tensor(x), out)
+    y = out.numpy()
+    tiny = np.finfo(np.float32).tiny
+    assert np.all((y == 0) | (np.abs(y) >= tiny)), y[(y != 0) & (np.abs(y) < tiny)]
+    want = np.exp(x.astype(np.float64) - x.max(-1, keepdims=True))
+    np.testing.assert_allclose(y, want / want.sum(-1, keepdims=True), atol=1e-6, rtol=1e-5)
+
+
+def test_static_attention_softmax_takes_the_lane_kernel():
+    """A tuned bucket's static rows too: TOPI's fast_exp leaves subnormals above its clamp."""
+    import tvm
+    from tvm.script import ir as I, relax as R
+
+    from forgeline.compile.cpu.softmax import lanes_softmax
+
+    @I.ir_module
+    class Module:
+        @R.function
+        def main(x: R.Tensor((1, 4, 128, 128), "float32")):
+            with R.dataflow():
+                y = R.nn.softmax(x, axis=-1)
+                R.output(y)
+            return y
+
+    names = [gv.name_hint for gv in lanes_softmax(Module).functions]
+    assert "softmax_rows" in names

@@ -1,0 +1,107 @@
+"""Experts on their filled slots only (compile/cpu/moe_rows.py), on the graph the exporter writes.
+
+``Experts.dispatch`` (define/moe.py) is exported as it is in every MoE model: gather the slots'
+tokens (-1 = empty), the E FFNs, the combine matmul. The CPU build rewrites the FFNs to run on
+the filled slots only; its output must equal eager PyTorch's for any routing, including an
+expert that holds every slot, an expert that holds none, and a block with no filled slot.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from forgeline.define import get_config
+from forgeline.define.moe import Experts
+
+EXPERTS, WIDTH, HIDDEN = 4, 8, 16
+RNG = np.random.default_rng(11)
+
+
+class Dispatch(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        config = get_config("gpt-moe", "tiny", n_experts=EXPERTS, d_model=WIDTH, d_ff=HIDDEN, dropout=0.0)
+        self.experts = Experts(config)
+        for p in self.experts.parameters():
+            torch.nn.init.normal_(p, std=0.5)
+
+    def forward(self, xg, token, combine):
+        return self.experts.dispatch(xg, token, combine)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return Dispatch().eval()
+
+
+@pytest.fixture(scope="module")
+def compiled(model, tmp_path_factory):
+    import tvm
+    from tvm import relax
+
+    from forgeline.compile.cpu.moe_rows import compact_expert_rows
+    from forgeline.compile.cpu.pipeline import cpu_pipeline
+    from forgeline.compile.tvm_build import import_relax
+
+    path = tmp_path_factory.mktemp("moe_rows") / "model.onnx"
+    xg, token, combine = _routing(3, 5, 2, fill=0.5)
+    dims = ({0: torch.export.Dim("G"), 1: torch.export.Dim("n")}, {0: torch.export.Dim("G"), 2: torch.export.Dim("s")},
+            {0: torch.export.Dim("G"), 1: torch.export.Dim("n"), 2: torch.export.Dim("Es")})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.from_numpy(xg), torch.from_numpy(token), torch.from_numpy(combine)), str(path),
+                          dynamo=True, dynamic_shapes=dims, verbose=False)
+    mod = import_relax(path)
+    rewritten = compact_expert_rows(mod)
+    target = tvm.target.Target({"kind": "llvm", "num-cores": 2})
+    executable = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
+    return rewritten, relax.VirtualMachine(executable, tvm.cpu())
+
+
+def _routing(groups: int, n: int, slots: int, fill: float, only_expert: int | None = None):
+    """Random xg (G, n, D), token (G, E, s) with -1 for empty slots, combine (G, n, E*s) with weights
+    only where a slot holds that token."""
+    xg = RNG.standard_normal((groups, n, WIDTH)).astype(np.float32)
+    token = np.full((groups, EXPERTS, slots), -1, np.int64)
+    combine = np.zeros((groups, n, EXPERTS * slots), np.float32)
+    for g in range(groups):
+        for e in range(EXPERTS):
+            if only_expert is not None and e != only_expert:
+                continue
+            for r in range(slots):
+                if RNG.random() < fill:
+                    t = int(RNG.integers(n))
+                    token[g, e, r] = g * n + t
+                    combine[g, t, e * slots + r] = RNG.random()
+    return xg, token, combine
+
+
+def test_the_cpu_build_rewrites_the_expert_chain(compiled):
+    rewritten, _ = compiled
+    names = {gv.name_hint for gv in rewritten.functions}
+    assert {"moe_slot_positions", "moe_compact_rows_float32", "moe_expand_rows_float32"} <= names
+    script = rewritten["main"].script(show_meta=False)
+    assert "gather_nd" not in script  # the padded gather is gone, not kept beside the new path
+
+
+@pytest.mark.parametrize("groups,n,slots,fill,only_expert", [
+    (3, 5, 2, 0.5, None),  # the traced shape, half the slots filled
+    (7, 3, 4, 0.2, None),  # other sizes from the same graph, mostly empty (a decoder's token choice)
+    (2, 9, 3, 1.0, None),  # every slot filled (expert choice): nothing to skip
+    (4, 6, 5, 0.9, 2),  # one expert holds the slots, the others none
+    (2, 4, 3, 0.0, None),  # no slot filled at all
+])
+def test_outputs_equal_eager(model, compiled, groups, n, slots, fill, only_expert):
+    import tvm
+
+    _, vm = compiled
+    xg, token, combine = _routing(groups, n, slots, fill, only_expert)
+    with torch.no_grad():
+        want = model(torch.from_numpy(xg), torch.from_numpy(token), torch.from_numpy(combine)).numpy()
+    got = vm["main"](*(tvm.runtime.tensor(a) for a in (xg, token, combine))).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)
