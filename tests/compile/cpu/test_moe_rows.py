@@ -17,7 +17,7 @@ import torch
 from forgeline.define import get_config
 from forgeline.define.moe import Experts
 
-EXPERTS, WIDTH, HIDDEN = 4, 8, 16
+EXPERTS, WIDTH, HIDDEN = 4, 32, 64  # whole 32-column panels, as the grouped kernel needs
 RNG = np.random.default_rng(11)
 
 
@@ -84,9 +84,27 @@ def _routing(groups: int, n: int, slots: int, fill: float, only_expert: int | No
 def test_the_cpu_build_rewrites_the_expert_chain(compiled):
     rewritten, _ = compiled
     names = {gv.name_hint for gv in rewritten.functions}
-    assert {"moe_slot_positions", "moe_compact_rows_float32", "moe_expand_rows_float32"} <= names
+    assert {"moe_expert_counts", "moe_pack_rows", "moe_unpack_rows", f"moe_grouped_matmul_{WIDTH}x{HIDDEN}",
+            f"moe_grouped_matmul_{HIDDEN}x{WIDTH}"} <= names
     script = rewritten["main"].script(show_meta=False)
     assert "gather_nd" not in script  # the padded gather is gone, not kept beside the new path
+
+
+def test_a_width_off_the_panels_keeps_the_padded_chain(tmp_path):
+    """N = 48 is not whole 32-column panels: the chain stays as exported (and still compiles)."""
+    from forgeline.compile.cpu.moe_rows import compact_expert_rows
+    from forgeline.compile.tvm_build import import_relax
+
+    config = get_config("gpt-moe", "tiny", n_experts=EXPERTS, d_model=WIDTH, d_ff=48, dropout=0.0)
+    module = Dispatch()
+    module.experts = Experts(config)
+    xg, token, combine = (torch.from_numpy(a) for a in _routing(3, 5, 2, fill=0.5))
+    path = tmp_path / "model.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (xg, token, combine), str(path), dynamo=True, verbose=False)
+    names = {gv.name_hint for gv in compact_expert_rows(import_relax(path)).functions}
+    assert not any(name.startswith("moe_") for name in names)
 
 
 @pytest.mark.parametrize("groups,n,slots,fill,only_expert", [
@@ -95,6 +113,7 @@ def test_the_cpu_build_rewrites_the_expert_chain(compiled):
     (2, 9, 3, 1.0, None),  # every slot filled (expert choice): nothing to skip
     (4, 6, 5, 0.9, 2),  # one expert holds the slots, the others none
     (2, 4, 3, 0.0, None),  # no slot filled at all
+    (12, 4, 4, 0.9, None),  # ~43 rows per expert: several 7-row tiles each, the last one partial
 ])
 def test_outputs_equal_eager(model, compiled, groups, n, slots, fill, only_expert):
     import tvm
