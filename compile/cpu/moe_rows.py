@@ -42,20 +42,23 @@ LANES = 16
 
 
 def expert_counts_kernel():
-    """PrimFunc: idx (E, M) int64 (-1 = empty) -> counts (E,) filled slots per expert, tiles (1,) =
-    max(1, sum_e ceil(count_e / TILE_ROWS)): the row tiles of the grouped block."""
+    """PrimFunc: idx (E, M) int64 (-1 = empty) -> counts (E,) filled slots per expert, first (E,)
+    each expert's first row tile (sum_{e' < e} ceil(count_e' / TILE_ROWS)), tiles (1,) = max(1, all
+    row tiles): the size of the grouped block."""
     from tvm.script import tirx as T
 
     @T.prim_func(private=True, s_tir=True)
-    def moe_expert_counts(var_idx: T.handle, var_counts: T.handle, var_tiles: T.handle):
+    def moe_expert_counts(var_idx: T.handle, var_counts: T.handle, var_first: T.handle, var_tiles: T.handle):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         e, m = T.int64(), T.int64()
         idx = T.match_buffer(var_idx, (e, m), "int64")
         counts = T.match_buffer(var_counts, (e,), "int64")
+        first = T.match_buffer(var_first, (e,), "int64")
         tiles = T.match_buffer(var_tiles, (1,), "int64")
         with T.sblock("root"):
             tiles[0] = T.int64(0)
             for expert in range(e):
+                first[expert] = tiles[0]
                 counts[expert] = T.int64(0)
                 for j in range(m):
                     if idx[expert, j] >= T.int64(0):
@@ -66,78 +69,71 @@ def expert_counts_kernel():
     return moe_expert_counts
 
 
-def pack_rows_kernel(dtype: str):
-    """PrimFunc: x (N, D), idx (E, M), counts (E,) -> rows (R, D), tile_expert (R / TILE_ROWS,).
+def pack_rows_kernel():
+    """PrimFunc: x (N, D), idx (E, M), counts (E,), first (E,) -> rows (R, D), tile_expert (R / TILE_ROWS,).
 
-    Expert e's filled slots, in slot order, fill whole tiles starting at tile sum_{e' < e}
-    ceil(count_e' / TILE_ROWS); the rest of its last tile is zeros.
+    Expert e's filled slots, in slot order, fill whole tiles from its first tile on; the rest of
+    its last tile is zeros.
     """
     from tvm.script import tirx as T
 
     @T.prim_func(private=True, s_tir=True)
-    def moe_pack_rows(var_x: T.handle, var_idx: T.handle, var_counts: T.handle, var_rows: T.handle,
-                      var_tile_expert: T.handle):
+    def moe_pack_rows(var_x: T.handle, var_idx: T.handle, var_counts: T.handle, var_first: T.handle,
+                      var_rows: T.handle, var_tile_expert: T.handle):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         n, d, e, m, r, nt = T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
-        x = T.match_buffer(var_x, (n, d), dtype)
+        x = T.match_buffer(var_x, (n, d), "float32")
         idx = T.match_buffer(var_idx, (e, m), "int64")
         counts = T.match_buffer(var_counts, (e,), "int64")
-        rows = T.match_buffer(var_rows, (r, d), dtype)
+        first = T.match_buffer(var_first, (e,), "int64")
+        rows = T.match_buffer(var_rows, (r, d), "float32")
         tile_expert = T.match_buffer(var_tile_expert, (nt,), "int64")
         with T.sblock("root"):
-            start = T.sblock_alloc_buffer((e,), "int64")
             filled = T.sblock_alloc_buffer((e,), "int64")
             for i in T.parallel(r):  # zeros in every padding row (and in the one tile of an empty block)
                 for c in range(d):
-                    rows[i, c] = T.Cast(dtype, 0)
+                    rows[i, c] = T.float32(0)
             for t in range(nt):
                 tile_expert[t] = T.int64(0)
             for expert in T.parallel(e):
-                start[expert] = T.int64(0)
-                for before in range(expert):
-                    start[expert] = start[expert] + (counts[before] + T.int64(TILE_ROWS - 1)) // T.int64(TILE_ROWS)
                 for t in range(nt):
-                    if t >= start[expert] and t * T.int64(TILE_ROWS) < start[expert] * T.int64(TILE_ROWS) + counts[expert]:
+                    if t >= first[expert] and t * T.int64(TILE_ROWS) < first[expert] * T.int64(TILE_ROWS) + counts[expert]:
                         tile_expert[t] = expert
                 filled[expert] = T.int64(0)
                 for j in range(m):
                     if idx[expert, j] >= T.int64(0):
                         for c in range(d):
-                            rows[start[expert] * T.int64(TILE_ROWS) + filled[expert], c] = x[idx[expert, j], c]
+                            rows[first[expert] * T.int64(TILE_ROWS) + filled[expert], c] = x[idx[expert, j], c]
                         filled[expert] = filled[expert] + T.int64(1)
 
     return moe_pack_rows
 
 
-def unpack_rows_kernel(dtype: str):
-    """PrimFunc: y (R, D), idx (E, M), counts (E,) -> out (E, M, D): each filled slot's row of y
+def unpack_rows_kernel():
+    """PrimFunc: y (R, D), idx (E, M), first (E,) -> out (E, M, D): each filled slot's row of y
     (``pack_rows_kernel``'s order), zeros in the empty slots."""
     from tvm.script import tirx as T
 
     @T.prim_func(private=True, s_tir=True)
-    def moe_unpack_rows(var_y: T.handle, var_idx: T.handle, var_counts: T.handle, var_out: T.handle):
+    def moe_unpack_rows(var_y: T.handle, var_idx: T.handle, var_first: T.handle, var_out: T.handle):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         r, d, e, m = T.int64(), T.int64(), T.int64(), T.int64()
-        y = T.match_buffer(var_y, (r, d), dtype)
+        y = T.match_buffer(var_y, (r, d), "float32")
         idx = T.match_buffer(var_idx, (e, m), "int64")
-        counts = T.match_buffer(var_counts, (e,), "int64")
-        out = T.match_buffer(var_out, (e, m, d), dtype)
+        first = T.match_buffer(var_first, (e,), "int64")
+        out = T.match_buffer(var_out, (e, m, d), "float32")
         with T.sblock("root"):
-            start = T.sblock_alloc_buffer((e,), "int64")
             filled = T.sblock_alloc_buffer((e,), "int64")
             for expert in T.parallel(e):
-                start[expert] = T.int64(0)
-                for before in range(expert):
-                    start[expert] = start[expert] + (counts[before] + T.int64(TILE_ROWS - 1)) // T.int64(TILE_ROWS)
                 filled[expert] = T.int64(0)
                 for j in range(m):
                     if idx[expert, j] >= T.int64(0):
                         for c in range(d):
-                            out[expert, j, c] = y[start[expert] * T.int64(TILE_ROWS) + filled[expert], c]
+                            out[expert, j, c] = y[first[expert] * T.int64(TILE_ROWS) + filled[expert], c]
                         filled[expert] = filled[expert] + T.int64(1)
                     else:
                         for c in range(d):
-                            out[expert, j, c] = T.Cast(dtype, 0)
+                            out[expert, j, c] = T.float32(0)
 
     return moe_unpack_rows
 
@@ -310,20 +306,19 @@ def _mutator():
             idx = emit(relax.op.reshape(p["raw"], [e, m]))  # (E, M) token per slot, -1 = empty
             counted = emit(relax.call_tir(
                 self.kernel("moe_expert_counts", expert_counts_kernel), [idx],
-                out_ty=[relax.TensorType([e], "int64"), relax.TensorType([1], "int64")]))
-            counts = emit(relax.TupleGetItem(counted, 0))
-            shape = emit(relax.op.tensor_to_shape(relax.TupleGetItem(counted, 1)))
+                out_ty=[relax.TensorType([e], "int64"), relax.TensorType([e], "int64"), relax.TensorType([1], "int64")]))
+            counts, first = emit(relax.TupleGetItem(counted, 0)), emit(relax.TupleGetItem(counted, 1))
+            shape = emit(relax.op.tensor_to_shape(relax.TupleGetItem(counted, 2)))
             tiles = tirx.Var(f"moe_tiles{self.count}", "int64")
             self.builder_.match_cast(shape, relax.ShapeType([tiles]))
             packed = emit(relax.call_tir(
-                self.kernel("moe_pack_rows", lambda: pack_rows_kernel("float32")), [p["x"], idx, counts],
+                self.kernel("moe_pack_rows", pack_rows_kernel), [p["x"], idx, counts, first],
                 out_ty=[relax.TensorType([tiles * TILE_ROWS, d], "float32"), relax.TensorType([tiles], "int64")]))
             rows, tile_expert = emit(relax.TupleGetItem(packed, 0)), emit(relax.TupleGetItem(packed, 1))
             h = emit(self._grouped(rows, p["w1"], p["b1"], tile_expert))  # (R, F)
             h = emit(relax.Call(p["act"].op, [h], p["act"].attrs, p["act"].ty_args))
             y = emit(self._grouped(h, p["w2"], p["b2"], tile_expert))  # (R, D)
-            return relax.call_tir(self.kernel("moe_unpack_rows", lambda: unpack_rows_kernel("float32")),
-                                  [y, idx, counts], out_ty=call.ty)
+            return relax.call_tir(self.kernel("moe_unpack_rows", unpack_rows_kernel), [y, idx, first], out_ty=call.ty)
 
         def _grouped(self, rows, weight, bias, tile_expert):
             _, k_dim, n_dim = (int(v) for v in weight.ty.shape.values)
