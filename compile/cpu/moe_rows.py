@@ -13,15 +13,17 @@ stacked ``(E, K, N)`` weights and ``(E, 1, N)`` biases, and rewrites it into a r
 FFN, the way MLC-LLM runs sparse MoE (rows sorted by expert, one GEMM over all of them):
 
 1. ``moe_expert_counts``: filled slots per expert, and the row tiles they need
-   (``sum_e ceil(count_e / 7)``), which becomes the block's symbolic size;
+   (``sum_e ceil(count_e / 8)``), which becomes the block's symbolic size;
 2. ``moe_pack_rows``: the filled slots' tokens, expert by expert, each expert's rows starting
-   on a 7-row tile of their own, and each tile's expert;
+   on an 8-row tile of their own, and each tile's expert;
 3. ``moe_grouped_matmul`` twice (weights re-laid as contiguous 32-column panels at build
    time), with the activation between them as an ordinary fused kernel;
-4. ``moe_unpack_rows``: back to the ``(E, M, D)`` slot layout, zeros in the empty slots, which
-   the combine matmul that follows weights by 0.
+4. ``moe_combine_rows``: the combine matmul that follows (``Experts.dispatch``) read straight
+   from the grouped rows, one row update per nonzero gate weight. Where the expert outputs go
+   anywhere else, ``moe_unpack_rows`` puts them back in the ``(E, M, D)`` slot layout instead,
+   zeros in the empty slots.
 
-The FFNs thus do (filled slots + under 7 per expert) rows instead of E x M: at batch 1 a
+The FFNs thus do (filled slots + under 8 per expert) rows instead of E x M: at batch 1 a
 decoder's top-2 token choice fills 2 of every E slots. Expert choice fills every slot of a full
 group, so there it saves nothing and costs the two copies.
 
@@ -36,7 +38,11 @@ import logging
 logger = logging.getLogger(__name__)
 
 _ACTIVATIONS = ("relax.nn.gelu", "relax.nn.gelu_tanh", "relax.nn.relu", "relax.nn.silu")
-TILE_ROWS = 7  # rows per grouped-GEMM tile: 7 x 32 fp32 accumulators, 14 AVX-512 registers (matmul.py)
+# Rows per grouped-GEMM tile: 8 x 32 fp32 accumulators, 16 of AVX-512's 32 registers. Eight, not
+# the dense schedule's 7 (matmul.py): a small batch gives an expert ~8 rows (bert-moe 1x128 at
+# E = 32 takes k = 8 tokens per expert), which 7-row tiles ran as 14 rows and two weight passes.
+TILE_ROWS = 8
+SMALL_TILE_ROWS = 4  # a tile with this many filled rows or fewer runs a 4-row body
 COLS = 32  # columns per tile: two 16-lane vectors
 LANES = 16
 
@@ -70,7 +76,9 @@ def expert_counts_kernel():
 
 
 def pack_rows_kernel():
-    """PrimFunc: x (N, D), idx (E, M), counts (E,), first (E,) -> rows (R, D), tile_expert (R / TILE_ROWS,).
+    """PrimFunc: x (N, D), idx (E, M), counts (E,), first (E,) -> rows (R, D), tiles (R / TILE_ROWS, 2)
+    each row tile's expert and filled rows, slot_row (E, M): the row of ``rows`` that holds each
+    slot's token, -1 for an empty slot.
 
     Expert e's filled slots, in slot order, fill whole tiles from its first tile on; the rest of
     its last tile is zeros.
@@ -79,7 +87,7 @@ def pack_rows_kernel():
 
     @T.prim_func(private=True, s_tir=True)
     def moe_pack_rows(var_x: T.handle, var_idx: T.handle, var_counts: T.handle, var_first: T.handle,
-                      var_rows: T.handle, var_tile_expert: T.handle):
+                      var_rows: T.handle, var_tiles: T.handle, var_slot_row: T.handle):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         n, d, e, m, r, nt = T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
         x = T.match_buffer(var_x, (n, d), "float32")
@@ -87,21 +95,27 @@ def pack_rows_kernel():
         counts = T.match_buffer(var_counts, (e,), "int64")
         first = T.match_buffer(var_first, (e,), "int64")
         rows = T.match_buffer(var_rows, (r, d), "float32")
-        tile_expert = T.match_buffer(var_tile_expert, (nt,), "int64")
+        tiles = T.match_buffer(var_tiles, (nt, 2), "int64")
+        slot_row = T.match_buffer(var_slot_row, (e, m), "int64")
         with T.sblock("root"):
             filled = T.sblock_alloc_buffer((e,), "int64")
             for i in T.parallel(r):  # zeros in every padding row (and in the one tile of an empty block)
                 for c in range(d):
                     rows[i, c] = T.float32(0)
             for t in range(nt):
-                tile_expert[t] = T.int64(0)
+                tiles[t, 0] = T.int64(0)
+                tiles[t, 1] = T.int64(0)
             for expert in T.parallel(e):
                 for t in range(nt):
                     if t >= first[expert] and t * T.int64(TILE_ROWS) < first[expert] * T.int64(TILE_ROWS) + counts[expert]:
-                        tile_expert[t] = expert
+                        tiles[t, 0] = expert
+                        tiles[t, 1] = T.min(T.int64(TILE_ROWS),
+                                            (first[expert] - t) * T.int64(TILE_ROWS) + counts[expert])
                 filled[expert] = T.int64(0)
                 for j in range(m):
+                    slot_row[expert, j] = T.int64(-1)
                     if idx[expert, j] >= T.int64(0):
+                        slot_row[expert, j] = first[expert] * T.int64(TILE_ROWS) + filled[expert]
                         for c in range(d):
                             rows[first[expert] * T.int64(TILE_ROWS) + filled[expert], c] = x[idx[expert, j], c]
                         filled[expert] = filled[expert] + T.int64(1)
@@ -110,79 +124,119 @@ def pack_rows_kernel():
 
 
 def unpack_rows_kernel():
-    """PrimFunc: y (R, D), idx (E, M), first (E,) -> out (E, M, D): each filled slot's row of y
-    (``pack_rows_kernel``'s order), zeros in the empty slots."""
+    """PrimFunc: y (R, D), slot_row (E, M) -> out (E, M, D): each filled slot's row of y, zeros in
+    the empty slots. Used where the expert outputs do not go straight into the combine matmul."""
     from tvm.script import tirx as T
 
     @T.prim_func(private=True, s_tir=True)
-    def moe_unpack_rows(var_y: T.handle, var_idx: T.handle, var_first: T.handle, var_out: T.handle):
+    def moe_unpack_rows(var_y: T.handle, var_slot_row: T.handle, var_out: T.handle):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         r, d, e, m = T.int64(), T.int64(), T.int64(), T.int64()
         y = T.match_buffer(var_y, (r, d), "float32")
-        idx = T.match_buffer(var_idx, (e, m), "int64")
-        first = T.match_buffer(var_first, (e,), "int64")
+        slot_row = T.match_buffer(var_slot_row, (e, m), "int64")
         out = T.match_buffer(var_out, (e, m, d), "float32")
         with T.sblock("root"):
-            filled = T.sblock_alloc_buffer((e,), "int64")
-            for expert in T.parallel(e):
-                filled[expert] = T.int64(0)
-                for j in range(m):
-                    if idx[expert, j] >= T.int64(0):
-                        for c in range(d):
-                            out[expert, j, c] = y[first[expert] * T.int64(TILE_ROWS) + filled[expert], c]
-                        filled[expert] = filled[expert] + T.int64(1)
-                    else:
-                        for c in range(d):
-                            out[expert, j, c] = T.float32(0)
+            for slot in T.parallel(e * m):
+                row: T.let[T.int64] = slot_row[slot // m, slot % m]
+                for c in range(d):
+                    out[slot // m, slot % m, c] = T.if_then_else(row >= T.int64(0), y[T.max(row, T.int64(0)), c],
+                                                                 T.float32(0))
 
     return moe_unpack_rows
 
 
-def grouped_matmul_kernel(k_dim: int, n_dim: int):
-    """PrimFunc: a (R, K), w (E, N/32, K, 32) packed panels, b (E, 1, N), tile_expert (R/7,) ->
-    c (R, N) = a @ w[expert of the row's tile] + b[that expert].
+def combine_rows_kernel(d_dim: int):
+    """PrimFunc: y (R, D), slot_row (E, M), combine (G, n, E*s) -> out (G, n, D), M = G*s.
 
-    One task per (row tile, 32-column panel), in parallel; its 7 x 32 accumulators stay in
-    registers while k runs (the GEMM schedule's tile, matmul.py), and the panel is contiguous.
-    Measured alone (one thread, Xeon): 126 GFLOP/s with 4 experts' weights in L2, 79 with 32
-    experts' (32 MiB) streamed; the stacked GEMM schedule reaches ~100 on its own.
+    ``Experts.dispatch``'s combine, ``out[g] = combine[g] @ Y_g`` with Y_g (E*s, D) group g's slot
+    outputs (row e*s + r = slot g*s + r of expert e), read straight from the grouped rows: only a
+    slot with a nonzero weight that holds a token adds anything (the others add exactly 0 in the
+    exported matmul), so nothing is re-laid out and each token does ~picks row updates, not E*s.
+    One task per token, in parallel.
+    """
+    from tvm.script import tirx as T
+
+    vectors = d_dim // LANES
+
+    @T.prim_func(private=True, s_tir=True)
+    def moe_combine_rows(var_y: T.handle, var_slot_row: T.handle, var_combine: T.handle, var_out: T.handle):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        r, e, m, g, n, es = T.int64(), T.int64(), T.int64(), T.int64(), T.int64(), T.int64()
+        y = T.match_buffer(var_y, (r, d_dim), "float32")
+        slot_row = T.match_buffer(var_slot_row, (e, m), "int64")
+        combine = T.match_buffer(var_combine, (g, n, es), "float32")
+        out = T.match_buffer(var_out, (g, n, d_dim), "float32")
+        with T.sblock("root"):
+            for task in T.parallel(g * n):
+                grp: T.let[T.int64] = task // n
+                tok: T.let[T.int64] = task % n
+                slots: T.let[T.int64] = es // e
+                for v in range(vectors):
+                    out[grp, tok, T.Ramp(v * LANES, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
+                for q in range(es):
+                    if combine[grp, tok, q] != T.float32(0):
+                        row: T.let[T.int64] = slot_row[q // slots, grp * slots + q % slots]
+                        if row >= T.int64(0):
+                            for v in range(vectors):
+                                out[grp, tok, T.Ramp(v * LANES, 1, LANES)] = (
+                                    out[grp, tok, T.Ramp(v * LANES, 1, LANES)]
+                                    + T.Broadcast(combine[grp, tok, q], LANES) * y[row, T.Ramp(v * LANES, 1, LANES)])
+
+    return moe_combine_rows
+
+
+def grouped_matmul_kernel(k_dim: int, n_dim: int):
+    """PrimFunc: a (R, K), w (E, N/32, K, 32) packed panels, b (E, 1, N), tiles (R/8, 2) each row
+    tile's expert and filled rows -> c (R, N) = a @ w[expert of the row's tile] + b[that expert].
+
+    One task per (row tile, 32-column panel), in parallel. A tile's 8 x 32 accumulators stay in
+    registers while k runs, and its panel is contiguous. A tile with at most SMALL_TILE_ROWS filled
+    rows (an expert's last, or a lightly loaded expert's only tile) runs a 4-row body: with many
+    experts a small batch gives each one a few rows, and the multiply-adds on padding rows cost
+    as much as the weight stream. Rows past a tile's filled ones hold no result in that case, and
+    nothing reads them (``slot_row`` points at filled rows only).
     """
     from tvm.script import tirx as T
 
     blocks = n_dim // COLS
 
+    @T.macro
+    def tile(a, w, b, c, acc, task, t, panel, expert, rows):
+        for i in T.unroll(rows):
+            acc[task, i, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
+            acc[task, i, T.Ramp(LANES, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
+        for kk in range(k_dim):
+            lo: T.let[T.float32x16] = w[expert, panel, kk, T.Ramp(0, 1, LANES)]
+            hi: T.let[T.float32x16] = w[expert, panel, kk, T.Ramp(LANES, 1, LANES)]
+            for i in T.unroll(rows):
+                lhs: T.let[T.float32x16] = T.Broadcast(a[t * TILE_ROWS + i, kk], LANES)
+                acc[task, i, T.Ramp(0, 1, LANES)] = acc[task, i, T.Ramp(0, 1, LANES)] + lhs * lo
+                acc[task, i, T.Ramp(LANES, 1, LANES)] = acc[task, i, T.Ramp(LANES, 1, LANES)] + lhs * hi
+        for i in T.unroll(rows):
+            c[t * TILE_ROWS + i, T.Ramp(panel * COLS, T.int64(1), LANES)] = (
+                acc[task, i, T.Ramp(0, 1, LANES)] + b[expert, 0, T.Ramp(panel * COLS, T.int64(1), LANES)])
+            c[t * TILE_ROWS + i, T.Ramp(panel * COLS + LANES, T.int64(1), LANES)] = (
+                acc[task, i, T.Ramp(LANES, 1, LANES)] + b[expert, 0, T.Ramp(panel * COLS + LANES, T.int64(1), LANES)])
+
     @T.prim_func(private=True, s_tir=True)
-    def moe_grouped_matmul(var_a: T.handle, var_w: T.handle, var_b: T.handle, var_tile_expert: T.handle,
-                           var_c: T.handle):
+    def moe_grouped_matmul(var_a: T.handle, var_w: T.handle, var_b: T.handle, var_tiles: T.handle, var_c: T.handle):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         r, e, nt = T.int64(), T.int64(), T.int64()
         a = T.match_buffer(var_a, (r, k_dim), "float32")
         w = T.match_buffer(var_w, (e, blocks, k_dim, COLS), "float32")
         b = T.match_buffer(var_b, (e, 1, n_dim), "float32")
-        tile_expert = T.match_buffer(var_tile_expert, (nt,), "int64")
+        tiles = T.match_buffer(var_tiles, (nt, 2), "int64")
         c = T.match_buffer(var_c, (r, n_dim), "float32")
         with T.sblock("root"):
             acc = T.sblock_alloc_buffer((nt * blocks, TILE_ROWS, COLS), "float32")
             for task in T.parallel(nt * blocks):
                 t: T.let[T.int64] = task // blocks
                 panel: T.let[T.int64] = task % blocks
-                expert: T.let[T.int64] = tile_expert[t]
-                for i in T.unroll(TILE_ROWS):
-                    acc[task, i, T.Ramp(0, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
-                    acc[task, i, T.Ramp(LANES, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
-                for kk in range(k_dim):
-                    lo: T.let[T.float32x16] = w[expert, panel, kk, T.Ramp(0, 1, LANES)]
-                    hi: T.let[T.float32x16] = w[expert, panel, kk, T.Ramp(LANES, 1, LANES)]
-                    for i in T.unroll(TILE_ROWS):
-                        lhs: T.let[T.float32x16] = T.Broadcast(a[t * TILE_ROWS + i, kk], LANES)
-                        acc[task, i, T.Ramp(0, 1, LANES)] = acc[task, i, T.Ramp(0, 1, LANES)] + lhs * lo
-                        acc[task, i, T.Ramp(LANES, 1, LANES)] = acc[task, i, T.Ramp(LANES, 1, LANES)] + lhs * hi
-                for i in T.unroll(TILE_ROWS):
-                    c[t * TILE_ROWS + i, T.Ramp(panel * COLS, T.int64(1), LANES)] = (
-                        acc[task, i, T.Ramp(0, 1, LANES)] + b[expert, 0, T.Ramp(panel * COLS, T.int64(1), LANES)])
-                    c[t * TILE_ROWS + i, T.Ramp(panel * COLS + LANES, T.int64(1), LANES)] = (
-                        acc[task, i, T.Ramp(LANES, 1, LANES)]
-                        + b[expert, 0, T.Ramp(panel * COLS + LANES, T.int64(1), LANES)])
+                expert: T.let[T.int64] = tiles[t, 0]
+                if tiles[t, 1] <= T.int64(SMALL_TILE_ROWS):
+                    tile(a, w, b, c, acc, task, t, panel, expert, SMALL_TILE_ROWS)
+                else:
+                    tile(a, w, b, c, acc, task, t, panel, expert, TILE_ROWS)
 
     return moe_grouped_matmul
 
@@ -291,11 +345,35 @@ def _mutator():
 
         def visit_call_(self, call):
             call = super().visit_call_(call)
+            unpacked = self._combined_slots(call)
+            if unpacked is not None:  # combine matmul over rewritten experts' slots (visited later)
+                y, slot_row = unpacked
+                d_dim = int(call.ty.shape.values[2])
+                kernel = self.kernel(f"moe_combine_rows_{d_dim}", lambda: combine_rows_kernel(d_dim))
+                return relax.call_tir(kernel, [y, slot_row, call.args[0]], out_ty=call.ty)
             parts = self._chain(call)
             if parts is None:
                 return call
             self.count += 1
             return self._rewrite(call, parts)
+
+        def _combined_slots(self, call):
+            """(y, slot_row) when ``call`` is ``Experts.dispatch``'s combine,
+            ``matmul(combine (G, n, E*s), reshape(permute_dims(reshape(unpack(y, slot_row)), [1, 0, 2, 3])))``."""
+            if not (_is_op(call, "relax.matmul") and call.ty.dtype == "float32" and call.args[0].ty.ndim == 3):
+                return None
+            by_group = self._bound(call.args[1])  # (G, E*s, D)
+            if not (_is_op(by_group, "relax.reshape") and by_group.ty.ndim == 3):
+                return None
+            swapped = self._bound(by_group.args[0])  # (G, E, s, D)
+            if not (_is_op(swapped, "relax.permute_dims") and [int(a) for a in swapped.attrs.axes] == [1, 0, 2, 3]):
+                return None
+            split = self._bound(swapped.args[0])  # (E, G, s, D)
+            unpack = self._bound(split.args[0]) if _is_op(split, "relax.reshape") else None
+            if not (_is_op(unpack, "relax.call_tir") and unpack.args[0].name_hint == "moe_unpack_rows"):
+                return None
+            y, slot_row = unpack.args[1].fields
+            return y, slot_row
 
         def _rewrite(self, call, p):
             from tvm import tirx
@@ -313,18 +391,21 @@ def _mutator():
             self.builder_.match_cast(shape, relax.ShapeType([tiles]))
             packed = emit(relax.call_tir(
                 self.kernel("moe_pack_rows", pack_rows_kernel), [p["x"], idx, counts, first],
-                out_ty=[relax.TensorType([tiles * TILE_ROWS, d], "float32"), relax.TensorType([tiles], "int64")]))
-            rows, tile_expert = emit(relax.TupleGetItem(packed, 0)), emit(relax.TupleGetItem(packed, 1))
-            h = emit(self._grouped(rows, p["w1"], p["b1"], tile_expert))  # (R, F)
+                out_ty=[relax.TensorType([tiles * TILE_ROWS, d], "float32"), relax.TensorType([tiles, 2], "int64"),
+                        relax.TensorType([e, m], "int64")]))
+            rows, tile_info = emit(relax.TupleGetItem(packed, 0)), emit(relax.TupleGetItem(packed, 1))
+            slot_row = emit(relax.TupleGetItem(packed, 2))  # (E, M) row of each slot's token, -1 = empty
+            h = emit(self._grouped(rows, p["w1"], p["b1"], tile_info))  # (R, F)
             h = emit(relax.Call(p["act"].op, [h], p["act"].attrs, p["act"].ty_args))
-            y = emit(self._grouped(h, p["w2"], p["b2"], tile_expert))  # (R, D)
-            return relax.call_tir(self.kernel("moe_unpack_rows", unpack_rows_kernel), [y, idx, first], out_ty=call.ty)
+            y = emit(self._grouped(h, p["w2"], p["b2"], tile_info))  # (R, D)
+            # Back to the (E, M, D) slot layout; a combine matmul that reads it becomes moe_combine_rows.
+            return relax.call_tir(self.kernel("moe_unpack_rows", unpack_rows_kernel), [y, slot_row], out_ty=call.ty)
 
-        def _grouped(self, rows, weight, bias, tile_expert):
+        def _grouped(self, rows, weight, bias, tile_info):
             _, k_dim, n_dim = (int(v) for v in weight.ty.shape.values)
             kernel = self.kernel(f"moe_grouped_matmul_{k_dim}x{n_dim}", lambda: grouped_matmul_kernel(k_dim, n_dim))
             out = relax.TensorType([rows.ty.shape.values[0], n_dim], "float32")
-            return relax.call_tir(kernel, [rows, packed_panels(weight), bias, tile_expert], out_ty=out)
+            return relax.call_tir(kernel, [rows, packed_panels(weight), bias, tile_info], out_ty=out)
 
     return ExpertRows
 
@@ -333,5 +414,5 @@ def _ExpertRows(module, kernel):  # noqa: N802 - builds the mutator class on fir
     return _mutator()(module, kernel)
 
 
-__all__ = ["compact_expert_rows", "expert_counts_kernel", "grouped_matmul_kernel", "pack_rows_kernel",
+__all__ = ["combine_rows_kernel", "compact_expert_rows", "expert_counts_kernel", "grouped_matmul_kernel", "pack_rows_kernel",
            "packed_panels", "unpack_rows_kernel"]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 
+from forgeline.compile.shape_division import floor_shape_divisions
 from forgeline.compile.symbolic_rows import name_compound_rows
 from forgeline.runtime.backends.cpu_kernels import MATMUL_FUNC
 
@@ -104,6 +105,13 @@ def unscheduled_kernels(mod) -> list[str]:
                   if isinstance(func, tvm.tirx.PrimFunc) and not (func.attrs and func.attrs.get("tirx.is_scheduled")))
 
 
+def rewrite_graph(mod):
+    """The Relax-level rewrites every CPU build makes before legalization, tuned or not: shape
+    divisions as floor divisions (shape_division.py), MoE experts on their filled rows
+    (moe_rows.py), vectorizable exp/tanh/erf (fast_math.py)."""
+    return fast_math(compact_expert_rows(floor_shape_divisions(mod)))
+
+
 def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: int | None = None,
                        precision: str = "fp32"):
     """Make ``mod`` fast on an llvm ``target`` without tuning; returns the transformed module.
@@ -131,7 +139,7 @@ def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: 
         mod = offload_matmuls(mod)
     if precision != "fp32":
         mod = bf16_dense_matmuls(mod, emulate=precision == "bf16-emulated")
-    mod = fast_math(compact_expert_rows(mod))
+    mod = rewrite_graph(mod)
     with target:
         mod = tvm.transform.Sequential(cpu_generic.library_dispatch_passes(target)
                                        + cpu_generic.legalize_passes(target))(mod)
@@ -165,5 +173,5 @@ def cpu_pipeline(target, *, offload_matmul: bool = False, gemm_rows: int | None 
     return _pipeline
 
 
-__all__ = ["apply_cpu_defaults", "cpu_pipeline", "offload_matmuls", "schedule_cpu_kernels", "unscheduled_kernels",
+__all__ = ["apply_cpu_defaults", "cpu_pipeline", "offload_matmuls", "rewrite_graph", "schedule_cpu_kernels", "unscheduled_kernels",
            "schedule_matmul_kernels"]

@@ -29,9 +29,7 @@ from tvm_ffi.structural import structural_hash
 from forgeline.runtime.backends.environ import allow_tvm_threads
 from forgeline.runtime.host import cpu_core_count
 
-from ..cpu.pipeline import schedule_cpu_kernels, schedule_matmul_kernels
-from ..cpu.fast_math import fast_math
-from ..cpu.moe_rows import compact_expert_rows
+from ..cpu.pipeline import rewrite_graph, schedule_cpu_kernels, schedule_matmul_kernels
 from ..cpu.weights import fold_packed_weights
 from .database import TuningDatabase
 from .builder import PooledBuilder, WarmupDeferredXGB, make_runner, make_strategy
@@ -78,7 +76,7 @@ def prepare(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
 def tune_module(mod: tvm.IRModule, target: Target, db: TuningDatabase,
                 settings: SearchSettings) -> TunedModule:
     """Tune what the database does not cover yet, then compile with every record it holds."""
-    fused = prepare(fast_math(compact_expert_rows(mod)), target)
+    fused = prepare(rewrite_graph(mod), target)
     gemm = []
     if not settings.tune_matmuls:
         hand_written = _scheduled_kernels(fused)  # softmax_rows, the MoE row kernels

@@ -84,10 +84,12 @@ def _routing(groups: int, n: int, slots: int, fill: float, only_expert: int | No
 def test_the_cpu_build_rewrites_the_expert_chain(compiled):
     rewritten, _ = compiled
     names = {gv.name_hint for gv in rewritten.functions}
-    assert {"moe_expert_counts", "moe_pack_rows", "moe_unpack_rows", f"moe_grouped_matmul_{WIDTH}x{HIDDEN}",
+    assert {"moe_expert_counts", "moe_pack_rows", f"moe_combine_rows_{WIDTH}", f"moe_grouped_matmul_{WIDTH}x{HIDDEN}",
             f"moe_grouped_matmul_{HIDDEN}x{WIDTH}"} <= names
     script = rewritten["main"].script(show_meta=False)
     assert "gather_nd" not in script  # the padded gather is gone, not kept beside the new path
+    # The combine reads the grouped rows: no (E, M, D) slot block is written, re-laid out or multiplied.
+    assert "moe_unpack_rows" not in names and "R.matmul" not in script
 
 
 def test_a_width_off_the_panels_keeps_the_padded_chain(tmp_path):
@@ -113,7 +115,8 @@ def test_a_width_off_the_panels_keeps_the_padded_chain(tmp_path):
     (2, 9, 3, 1.0, None),  # every slot filled (expert choice): nothing to skip
     (4, 6, 5, 0.9, 2),  # one expert holds the slots, the others none
     (2, 4, 3, 0.0, None),  # no slot filled at all
-    (12, 4, 4, 0.9, None),  # ~43 rows per expert: several 7-row tiles each, the last one partial
+    (12, 4, 4, 0.9, None),  # ~43 rows per expert: several 8-row tiles each, the last one partial
+    (20, 5, 5, 0.8, None),  # ~80 rows per expert: ~40 tiles, chunks of 8 tiles that span experts
 ])
 def test_outputs_equal_eager(model, compiled, groups, n, slots, fill, only_expert):
     import tvm
