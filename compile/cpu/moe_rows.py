@@ -49,8 +49,11 @@ LANES = 16
 
 def expert_counts_kernel():
     """PrimFunc: idx (E, M) int64 (-1 = empty) -> counts (E,) filled slots per expert, first (E,)
-    each expert's first row tile (sum_{e' < e} ceil(count_e' / TILE_ROWS)), tiles (1,) = max(1, all
-    row tiles): the size of the grouped block."""
+    each expert's first row tile (sum_{e' < e} ceil(count_e' / TILE_ROWS)), sizes (2,) = the grouped
+    block's row tiles, max(1, all of them), and its rows (TILE_ROWS per tile). The build reads both
+    as plain shape variables: a row count written ``tiles * 8`` made the activation between the
+    two GEMMs a kernel that takes the tile count as an extra scalar, and FuseTIR rejected the
+    fused group at static shapes (``forgeline tune`` on an MoE model)."""
     from tvm.script import tirx as T
 
     @T.prim_func(private=True, s_tir=True)
@@ -60,7 +63,7 @@ def expert_counts_kernel():
         idx = T.match_buffer(var_idx, (e, m), "int64")
         counts = T.match_buffer(var_counts, (e,), "int64")
         first = T.match_buffer(var_first, (e,), "int64")
-        tiles = T.match_buffer(var_tiles, (1,), "int64")
+        tiles = T.match_buffer(var_tiles, (2,), "int64")
         with T.sblock("root"):
             tiles[0] = T.int64(0)
             for expert in range(e):
@@ -71,6 +74,7 @@ def expert_counts_kernel():
                         counts[expert] = counts[expert] + T.int64(1)
                 tiles[0] = tiles[0] + (counts[expert] + T.int64(TILE_ROWS - 1)) // T.int64(TILE_ROWS)
             tiles[0] = T.max(tiles[0], T.int64(1))  # never an empty block
+            tiles[1] = tiles[0] * T.int64(TILE_ROWS)
 
     return moe_expert_counts
 
@@ -384,14 +388,15 @@ def _mutator():
             idx = emit(relax.op.reshape(p["raw"], [e, m]))  # (E, M) token per slot, -1 = empty
             counted = emit(relax.call_tir(
                 self.kernel("moe_expert_counts", expert_counts_kernel), [idx],
-                out_ty=[relax.TensorType([e], "int64"), relax.TensorType([e], "int64"), relax.TensorType([1], "int64")]))
+                out_ty=[relax.TensorType([e], "int64"), relax.TensorType([e], "int64"), relax.TensorType([2], "int64")]))
             counts, first = emit(relax.TupleGetItem(counted, 0)), emit(relax.TupleGetItem(counted, 1))
             shape = emit(relax.op.tensor_to_shape(relax.TupleGetItem(counted, 2)))
             tiles = tirx.Var(f"moe_tiles{self.count}", "int64")
-            self.builder_.match_cast(shape, relax.ShapeType([tiles]))
+            block_rows = tirx.Var(f"moe_rows{self.count}", "int64")  # = tiles * TILE_ROWS
+            self.builder_.match_cast(shape, relax.ShapeType([tiles, block_rows]))
             packed = emit(relax.call_tir(
                 self.kernel("moe_pack_rows", pack_rows_kernel), [p["x"], idx, counts, first],
-                out_ty=[relax.TensorType([tiles * TILE_ROWS, d], "float32"), relax.TensorType([tiles, 2], "int64"),
+                out_ty=[relax.TensorType([block_rows, d], "float32"), relax.TensorType([tiles, 2], "int64"),
                         relax.TensorType([e, m], "int64")]))
             rows, tile_info = emit(relax.TupleGetItem(packed, 0)), emit(relax.TupleGetItem(packed, 1))
             slot_row = emit(relax.TupleGetItem(packed, 2))  # (E, M) row of each slot's token, -1 = empty
