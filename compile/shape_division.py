@@ -1,4 +1,4 @@
-"""Write the importer's truncating shape divisions as floor divisions, before legalization.
+"""Write the importer's truncating shape divisions as floor divisions, right after import (every target).
 
 TVM's ONNX importer turns the graph's own shape arithmetic (a ``Div`` of shape values) into
 ``T.Div``, truncating division, while the shapes it infers itself use ``//``, floor division. The

@@ -20,6 +20,7 @@ from pathlib import Path
 from forgeline.compile.cpu.pipeline import cpu_pipeline
 from forgeline.compile.guards import native_log_to, require_full_tvm, reraise_if_interrupted, watch_interrupts
 from forgeline.compile.onnx_fixups import normalize_for_import
+from forgeline.compile.shape_division import floor_shape_divisions
 from forgeline.compile.targets import TargetSpec
 from forgeline.runtime.errors import ArtifactError, CompileError, MissingDependencyError, error_summary
 
@@ -75,7 +76,7 @@ def _import_onnx(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None
         ) from exc
     logger.info("Imported %s into Relax (%d op types) in %.2f s.", onnx_path.name,
                 len(op_types), time.perf_counter() - started)
-    return tvm, mod
+    return tvm, floor_shape_divisions(mod)  # the importer's T.Div in reshapes (shape_division.py)
 
 
 def import_relax(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None):

@@ -15,7 +15,7 @@ FFN, the way MLC-LLM runs sparse MoE (rows sorted by expert, one GEMM over all o
 1. ``moe_expert_counts``: filled slots per expert, and the row tiles they need
    (``sum_e ceil(count_e / 8)``), which becomes the block's symbolic size;
 2. ``moe_pack_rows``: the filled slots' tokens, expert by expert, each expert's rows starting
-   on an 8-row tile of their own, and each tile's expert;
+   on an 8-row tile of their own, each tile's expert and filled rows, and each slot's row;
 3. ``moe_grouped_matmul`` twice (weights re-laid as contiguous 32-column panels at build
    time), with the activation between them as an ordinary fused kernel;
 4. ``moe_combine_rows``: the combine matmul that follows (``Experts.dispatch``) read straight
@@ -25,7 +25,7 @@ FFN, the way MLC-LLM runs sparse MoE (rows sorted by expert, one GEMM over all o
 
 The FFNs thus do (filled slots + under 8 per expert) rows instead of E x M: at batch 1 a
 decoder's top-2 token choice fills 2 of every E slots. Expert choice fills every slot of a full
-group, so there it saves nothing and costs the two copies.
+group, so there it saves nothing and costs the packing copy.
 
 ONNX Runtime runs the graph as exported: its ops have no data-dependent row count that a matmul
 could follow, so it keeps the padded block (README "Sparse expert dispatch").

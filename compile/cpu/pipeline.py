@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 
-from forgeline.compile.shape_division import floor_shape_divisions
 from forgeline.compile.symbolic_rows import name_compound_rows
 from forgeline.runtime.backends.cpu_kernels import MATMUL_FUNC
 
@@ -106,10 +105,9 @@ def unscheduled_kernels(mod) -> list[str]:
 
 
 def rewrite_graph(mod):
-    """The Relax-level rewrites every CPU build makes before legalization, tuned or not: shape
-    divisions as floor divisions (shape_division.py), MoE experts on their filled rows
-    (moe_rows.py), vectorizable exp/tanh/erf (fast_math.py)."""
-    return fast_math(compact_expert_rows(floor_shape_divisions(mod)))
+    """The Relax-level rewrites every CPU build makes before legalization, tuned or not: MoE
+    experts on their filled rows (moe_rows.py), vectorizable exp/tanh/erf (fast_math.py)."""
+    return fast_math(compact_expert_rows(mod))
 
 
 def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: int | None = None,

@@ -116,7 +116,7 @@ def test_a_width_off_the_panels_keeps_the_padded_chain(tmp_path):
     (4, 6, 5, 0.9, 2),  # one expert holds the slots, the others none
     (2, 4, 3, 0.0, None),  # no slot filled at all
     (12, 4, 4, 0.9, None),  # ~43 rows per expert: several 8-row tiles each, the last one partial
-    (20, 5, 5, 0.8, None),  # ~80 rows per expert: ~40 tiles, chunks of 8 tiles that span experts
+    (20, 5, 5, 0.8, None),  # ~80 rows per expert: ~40 tiles, about ten per expert, the last one partial
 ])
 def test_outputs_equal_eager(model, compiled, groups, n, slots, fill, only_expert):
     import tvm
