@@ -137,16 +137,18 @@ def test_sigkill_during_tune_leaves_the_artifact_as_it_was(artifact_copy, tmp_pa
 
 
 def test_concurrent_compiles_both_land(artifact_copy):
+    # Two mcpus any AVX2 host can run, so both builds are checked against eager here (a build
+    # for an ISA the host lacks, skylake-avx512 on Zen 3, lands without a parity stage).
     art = artifact_copy("gpt")
     procs = [subprocess.Popen(CLI + ["compile", str(art), "--mcpu", mcpu], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for mcpu in ("skylake-avx512", "haswell")]
+                              stderr=subprocess.PIPE, text=True) for mcpu in ("x86-64-v2", "haswell")]
     results = [(p.wait(600), p.communicate()) for p in procs]
     for rc, (out, err) in results:
         assert rc == 0, err
         assert "Fast mode segfaults" not in err  # -q silences TVM's C++ warnings
     manifest = rt.Manifest.load(art)
-    assert {"cpu-skylake-avx512", "cpu-haswell"} < set(manifest.builds)
-    for tag in ("cpu-skylake-avx512", "cpu-haswell"):
+    assert {"cpu-x86-64-v2", "cpu-haswell"} < set(manifest.builds)
+    for tag in ("cpu-x86-64-v2", "cpu-haswell"):
         assert manifest.stages[f"tvm/{tag}"].passed
         with rt.load(art, target=tag) as model:
             assert model.selfcheck().passed
