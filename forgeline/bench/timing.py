@@ -143,16 +143,36 @@ def bench_artifact(path: str | Path, options: BenchOptions = BenchOptions()) -> 
 
 
 _BLOCK = 5  # timed runs per backend per round
+# A runtime's thread pool spins after a run before its workers sleep, measured on a 2-core
+# host: ONNX Runtime's for ~45 ms, TVM's for ~200 ms (TVM_THREAD_POOL_SPIN_COUNT). A backend timed
+# while another's worker still spins shares a core with it: a 128x256x1024 GEMM on TVM ran 10x
+# slower right after ONNX Runtime's, and ORT ~13% slower after TVM's. Each block therefore waits
+# until the process is idle.
+_SETTLE_WINDOW_S = 0.01
+_SETTLE_TIMEOUT_S = 1.0
+_IDLE_CORES = 0.1  # busy cores below which the process counts as idle
+
+
+def wait_until_idle(timeout_s: float = _SETTLE_TIMEOUT_S) -> bool:
+    """Sleep in short windows until this process uses under ``_IDLE_CORES`` of CPU; False when
+    it is still busy after ``timeout_s`` (a thread that never sleeps)."""
+    deadline = time.perf_counter() + timeout_s
+    while time.perf_counter() < deadline:
+        cpu, wall = time.process_time(), time.perf_counter()
+        time.sleep(_SETTLE_WINDOW_S)
+        if time.process_time() - cpu < _IDLE_CORES * (time.perf_counter() - wall):
+            return True
+    return False
 
 
 def interleaved_samples(runners: dict[str, Callable[[], Any]], *, iters: int,
                         warmup: int) -> dict[str, list[float]]:
-    """ms per run of each runner: rounds of a few runs per runner, each round's first untimed.
+    """ms per run of each runner: rounds of a few runs per runner.
 
     On a shared machine the load changes from second to second; rounds give every backend the
-    same mix of quiet and busy moments, so the ratios stay fair. Runs stay in blocks, after an
-    untimed one, because ONNX Runtime's, PyTorch's and TVM's thread pools spin for a while
-    after a run and would slow whichever backend ran next.
+    same mix of quiet and busy moments, so the ratios stay fair. Each block of runs starts once
+    the previous backend's thread pool has stopped spinning (``wait_until_idle``), then runs once
+    untimed (waking its own pool, warming caches) before the timed runs.
     """
     for runner in runners.values():
         for _ in range(warmup):
@@ -161,7 +181,10 @@ def interleaved_samples(runners: dict[str, Callable[[], Any]], *, iters: int,
     rounds = -(-iters // _BLOCK)
     for index in range(rounds):
         for name, runner in runners.items():
-            runner()  # untimed: lets the previous backend's spinning threads go idle
+            if not wait_until_idle():
+                log.warning("bench: the process stayed busy before %s's runs; its times may "
+                            "include another backend's spinning threads", name)
+            runner()
             for _ in range(min(_BLOCK, iters - len(samples[name]))):
                 started = time.perf_counter()
                 runner()

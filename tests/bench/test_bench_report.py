@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 
 from forgeline.bench import BenchOptions, bench_artifact, estimate_flops, profile_tvm_kernels
-from forgeline.bench.timing import add_ratios, summarize_samples
+from forgeline.bench.timing import add_ratios, summarize_samples, wait_until_idle
 from forgeline.cli import main
 from forgeline.runtime.errors import ConfigError
 
@@ -100,3 +102,28 @@ def test_cli_writes_json_and_prints_the_table(tiny_artifact, tmp_path, capsys):
     data = json.loads(out.read_text())
     assert [r["backend"] for r in data["results"]] == ["ort", "tvm"]
     assert all(len(r["samples_ms"]) == 3 for r in data["results"])
+
+
+def _spin(stop, seconds: float) -> None:
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline and not stop.is_set():
+        pass
+
+
+def test_blocks_wait_for_another_threads_spinning_to_end():
+    # A thread busy for 0.15 s stands in for a thread pool that spins after a run: the wait ends
+    # only after it stops, and a thread that never stops runs the wait into its timeout.
+    stop = threading.Event()
+    spinner = threading.Thread(target=_spin, args=(stop, 0.15))
+    started = time.perf_counter()
+    spinner.start()
+    assert wait_until_idle(timeout_s=2.0)
+    assert time.perf_counter() - started >= 0.12
+    spinner.join()
+    forever = threading.Thread(target=_spin, args=(stop, 60.0))
+    forever.start()
+    try:
+        assert not wait_until_idle(timeout_s=0.1)
+    finally:
+        stop.set()
+        forever.join()
