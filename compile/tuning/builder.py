@@ -21,13 +21,10 @@ Everything here is imported by the compile stage only (TVM's compiler is loaded 
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-import sys
+import socket
 import tempfile
-import types
-from pathlib import Path
 
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
@@ -35,12 +32,14 @@ from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
 from tvm.s_tir.meta_schedule.cost_model import PyCostModel
 from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
 
+from ..tensor_intrinsics import load_tensor_intrinsics
+
 logger = logging.getLogger(__name__)
 
-_INTRIN_PACKAGE = "tvm.s_tir.tensor_intrin"
 # Which intrinsic modules a CPU of each architecture can use (the rest describe other targets).
 _INTRINSICS_FOR_ARCH = {"x86_64": ("x86",), "aarch64": ("arm_cpu",), "riscv64": ("riscv_cpu",)}
 MEASURE = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=20)
+_TRACKER_PROBE_S = 10.0  # one connection attempt to the RPC tracker before tuning
 
 
 def limit_tensor_intrinsics(arch: str) -> bool:
@@ -49,19 +48,7 @@ def limit_tensor_intrinsics(arch: str) -> bool:
     Later ``import tvm.s_tir.tensor_intrin`` statements (TuneContext has one) find the partial
     package in ``sys.modules`` and cost nothing. Call it before any tuning in the process.
     """
-    if _INTRIN_PACKAGE in sys.modules:
-        return False
-    import tvm.s_tir
-
-    package = types.ModuleType(_INTRIN_PACKAGE)
-    package.__path__ = [str(Path(tvm.s_tir.__file__).parent / "tensor_intrin")]
-    package.__package__ = _INTRIN_PACKAGE
-    sys.modules[_INTRIN_PACKAGE] = package
-    tvm.s_tir.tensor_intrin = package
-    for name in _INTRINSICS_FOR_ARCH.get(arch, ()):
-        importlib.import_module(f"{_INTRIN_PACKAGE}.{name}")
-    logger.debug("Loaded tensor intrinsics for %s only.", arch)
-    return True
+    return load_tensor_intrinsics(_INTRINSICS_FOR_ARCH.get(arch, ()))
 
 
 def _warm_worker() -> None:
@@ -160,6 +147,8 @@ def _check_tracker(host: str, port: int, key: str) -> None:
     from forgeline.runtime.errors import ConfigError
 
     try:
+        # TVM's own connect retries a refused connection for 60 s before it raises.
+        socket.create_connection((host, port), timeout=_TRACKER_PROBE_S).close()
         servers = str(rpc.connect_tracker(host, port).summary().get("server_info", ""))
     except Exception as exc:  # noqa: BLE001 - socket and TVM errors alike
         raise ConfigError(f"Cannot reach the RPC tracker at {host}:{port} ({exc}); start one with "

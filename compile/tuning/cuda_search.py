@@ -23,7 +23,7 @@ from tvm_ffi.structural import structural_hash
 from forgeline.runtime.errors import ConfigError
 from forgeline.runtime.host import cuda_driver_problem
 
-from ..cuda.pipeline import fuse_passes, lower_passes
+from ..cuda.pipeline import fuse_passes, load_cuda_intrinsics, lower_passes
 from ..cuda.rules import default_rules, schedule_gpu_kernels
 from .database import TuningDatabase
 from .search import SearchSettings, TunedModule, run_search
@@ -55,6 +55,7 @@ def check_measurable(rpc: tuple[str, int, str] | None) -> None:
 
 def prepare_cuda(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
     """Legalize and fuse as the CUDA build does: the fused kernels are the tuning tasks."""
+    load_cuda_intrinsics()  # before MetaSchedule's TuneContext imports every target's
     with target:
         return tvm.transform.Sequential(fuse_passes(target))(mod)
 
