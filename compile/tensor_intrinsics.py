@@ -95,6 +95,7 @@ def load_tensor_intrinsics(modules: Iterable[str]) -> bool:
     True when this call created the partial package, False when the package (whole or partial)
     was already loaded; the named modules are registered either way.
     """
+    modules = tuple(modules)
     created = INTRINSICS_PACKAGE not in sys.modules
     _partial_package()
     with _parser_reads_frames_directly():

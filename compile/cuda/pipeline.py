@@ -51,9 +51,9 @@ def lower_passes(target: Target) -> list:
 
 
 def load_cuda_intrinsics() -> None:
-    """Register the tensor-core intrinsics the matmul rules import, and no other target's.
+    """Register the CUDA tensor-core intrinsics, and no other target's.
 
-    dlight's tensor-core rule and MetaSchedule import them lazily; loaded through
+    dlight's tensor-core rule and MetaSchedule's TuneContext import them lazily; loaded through
     ``tensor_intrinsics`` they cost ~5 s instead of 70 s in a process with torch loaded.
     """
     load_tensor_intrinsics(("cuda",))
@@ -70,7 +70,8 @@ def cuda_pipeline(target: Target, precision: str = "fp32", rules: list | None = 
 
     @tvm.transform.module_pass(opt_level=0, name="ForgelineCudaPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        load_cuda_intrinsics()
+        if precision == "fp16":  # the tensor-core rule imports them; fp32's rules never do
+            load_cuda_intrinsics()
         with target:
             schedule = schedule_gpu_kernels(default_rules(precision) if rules is None else rules)
             passes = [*fuse_passes(target, precision), schedule, *lower_passes(target)]
