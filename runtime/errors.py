@@ -62,3 +62,7 @@ def error_summary(exc: BaseException, *, last: bool = False, limit: int = 500) -
     if not lines:
         return type(exc).__name__
     return (lines[-1] if last else lines[0])[:limit].rstrip(".")
+
+
+class StorageError(ForgelineError):
+    """A write (or read) that the filesystem refused: disk full, read-only, no permission (storage.py)."""

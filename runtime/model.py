@@ -227,7 +227,8 @@ def open_model(root: Path, manifest: Manifest, backend: str = "tvm", target: str
 
         executor = BucketedExecutor(root, build, manifest.inputs, device, device_id=device_id)
         return Model(root, manifest, backend, executor, build, device_id)
-    executor = TvmExecutor(confined(root, build.lib, "the build library"), device=device, device_id=device_id)
+    executor = TvmExecutor(confined(root, build.lib, "the build library"), device=device, device_id=device_id,
+                           sha256=manifest.files.get(build.lib))
     return Model(root, manifest, backend, executor, build, device_id)
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from forgeline.runtime.backends.cpu_kernels import register_cpu_kernels
-from forgeline.runtime.errors import ArtifactError, InputError, TargetMismatchError
+from forgeline.runtime.errors import ArtifactError, ForgelineError, InputError, TargetMismatchError
 from forgeline.runtime.host import cpu_core_count, cuda_compute_capabilities, cuda_driver_problem
 
 from .environ import ENV_LOCK, allow_tvm_threads, scoped_environ
@@ -36,30 +36,34 @@ logger = logging.getLogger(__name__)
 
 _THREAD_MODE_BIG_CORES = 1  # threading::ThreadGroup::kBig: all "big" cores, no pinning games
 # TVM 0.27 keeps ~180 KiB of every load_module for the life of the process, even after the module
-# is freed (measured: +181 KiB per load, +108 MB over 600 loads). So each library file is loaded
-# once per process and shared: key (path, inode, size, mtime) tells a rebuilt file from the old.
-_MODULES: dict[str, tuple[tuple[int, int, int], Any]] = {}
+# is freed (measured: +181 KiB per load, +108 MB over 600 loads). So each library is loaded once
+# per process per content (its sha256) and shared; a path whose content changed drops the old one.
+_MODULES: dict[str, Any] = {}  # sha256 -> module
+_LOADED_FROM: dict[str, str] = {}  # resolved artifact path -> sha256 of the library last loaded from it
 _MODULES_LOCK = threading.Lock()
 
 
-def load_library(load_module, path: Path):
-    """The TVM module of ``path`` (``load_module(path)``), loaded once per process per version of the file."""
+def load_library(load_module, path: Path, sha256: str | None = None):
+    """The TVM module of the library at ``path``, loaded once per process per content.
+
+    dlopen matches libraries by name, so loading ``path`` itself would hand back the old code after
+    an in-place rebuild; the library is loaded from a private copy named by its sha256 instead
+    (lib_cache.py). ``sha256``, the manifest's, must match the bytes that are loaded.
+    """
+    from .lib_cache import content_addressed_copy
+
     resolved = str(Path(path).resolve())
-    st = os.stat(resolved)
-    version = (st.st_ino, st.st_size, st.st_mtime_ns)
+    digest, copy = content_addressed_copy(Path(resolved), sha256)
     with _MODULES_LOCK:
-        for gone in [p for p in _MODULES if not os.path.exists(p)]:  # e.g. a compile's staging folder
-            _MODULES.pop(gone)
-        cached = _MODULES.get(resolved)
-        if cached is not None and cached[0] == version:
-            return cached[1]
-        # A rebuilt file at the same path: drop the old module first, or dlopen (which matches
-        # libraries by name) would hand back the old code.
-        _MODULES.pop(resolved, None)
-        del cached
-        module = load_module(resolved)
-        _MODULES[resolved] = (version, module)
-        return module
+        for gone in [p for p in _LOADED_FROM if not os.path.exists(p)]:  # e.g. a compile's staging folder
+            _LOADED_FROM.pop(gone)
+        previous = _LOADED_FROM.get(resolved)
+        if previous not in (None, digest) and not [p for p, d in _LOADED_FROM.items() if d == previous and p != resolved]:
+            _MODULES.pop(previous, None)  # rebuilt in place: the old code is no longer wanted here
+        _LOADED_FROM[resolved] = digest
+        if digest not in _MODULES:
+            _MODULES[digest] = load_module(str(copy))
+        return _MODULES[digest]
 
 
 def import_tvm_runtime():
@@ -140,7 +144,7 @@ class TvmExecutor:
     """A compiled Relax VM library, ready to run on numpy arrays."""
 
     def __init__(self, lib_path: Path, device: str = "cpu", num_threads: int | None = None,
-                 device_id: int = 0):
+                 device_id: int = 0, sha256: str | None = None):
         self.lib_path = Path(lib_path)
         if not self.lib_path.is_file():
             raise ArtifactError(
@@ -168,8 +172,10 @@ class TvmExecutor:
         started = time.perf_counter()
         self._lock = threading.Lock()  # one call at a time: the VM is not thread-safe
         try:
-            self._vm = load_library(self._io.load_module, self.lib_path)["vm_load_executable"]()
+            self._vm = load_library(self._io.load_module, self.lib_path, sha256)["vm_load_executable"]()
             self._vm["vm_initialization"](*self._io.init_args)
+        except ForgelineError:
+            raise  # a sentence already (the copy to load from could not be made, or did not match)
         except Exception as exc:  # noqa: BLE001 - TVM raises its own error classes
             raise ArtifactError(
                 f"TVM could not load {self.lib_path} on {device} ({exc}); it may be truncated, "

@@ -33,4 +33,4 @@ def open_graph(model, name: str):
     from ..backends.tvm import TvmExecutor
 
     return TvmExecutor(confined(model.path, lib, f"the {name!r} library"), device=model.build.device,
-                       device_id=model.device_id)
+                       device_id=model.device_id, sha256=model.manifest.files.get(lib))
