@@ -4,14 +4,16 @@ Every writer (export, compile, tune, build --overwrite) follows one pattern, so 
 killed or interrupted run leaves the previous artifact exactly as it was:
 
 1. build the new part in a temporary folder *next to* its target (same filesystem, so a rename
-   moves it), named ``.forgeline-tmp-<what>-<pid>-<random>`` so that a later run can tell whose it was;
+   moves it), named ``.forgeline-tmp-<what>-<pid>-<random>``, holding a flock on the folder itself
+   for as long as it works there, so that a later run can tell a live writer's folder from a dead one's;
 2. check it;
 3. move it into place with ``os.replace`` while holding the artifact's lock
    (``fcntl.flock`` on ``<artifact>/.forgeline.lock``), re-reading the manifest inside the lock,
    merging this run's change into it and writing it atomically (temp file, fsync, rename).
 
 The kernel drops a killed process's flock, so a stale lock never blocks the next run; a killed
-run's staging folder is removed by the next writer once its pid is gone.
+run's staging folder is removed by the next writer, which finds nobody holding its flock. Pids
+decide nothing: they are per PID namespace, and two containers may write to one volume.
 """
 
 from __future__ import annotations
@@ -24,13 +26,15 @@ import logging
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .atomic import (ASIDE_PREFIX, FORMAT_MARKER, LEGACY_KEYS, LOCK_FILE, MAX_MANIFEST_BYTES, SIGNATURE_FILE,
-                     STAGING_PREFIX, fsync_dir, atomic_write_bytes, current_umask)
+                     STAGING_PREFIX, create_locked, fsync_dir, atomic_write_bytes, current_umask, try_lock)
 from .errors import ArtifactError
 from .format import MANIFEST_FILE, Manifest
+from .storage import storage_error
 
 log = logging.getLogger(__name__)
 
@@ -44,22 +48,46 @@ log = logging.getLogger(__name__)
 def artifact_lock(root: Path, shared: bool = False) -> Iterator[None]:
     """Hold the artifact's lock: exclusive for writers; shared for readers where the lock file exists.
 
-    A reader of a read-only or lock-less artifact (a copy, an install) reads without a lock.
+    A reader of a read-only or lock-less artifact (a copy, an install) reads without a lock. The
+    lock file is opened without following a symlink and without blocking (a FIFO would block the
+    open forever), and anything but a regular file is refused.
     """
-    path = Path(root) / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDONLY if shared else os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as exc:
-        if shared:
-            yield
-            return
-        raise ArtifactError(f"cannot lock {root} for writing ({exc.strerror}); check that the folder is "
-                            "writable by you.") from exc
+    fd = _open_lock_file(Path(root), shared)
+    if fd is None:
+        yield
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # closing releases the flock
+
+
+def _open_lock_file(root: Path, shared: bool) -> int | None:
+    """A descriptor of ``root``'s regular lock file; None for a reader where there is none to open."""
+    path = root / LOCK_FILE
+    flags = (os.O_RDONLY if shared else os.O_RDWR | os.O_CREAT) | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ArtifactError(f"{path} is a symbolic link; the artifact's lock file must be a plain file. Remove "
+                                "it (forgeline creates it again) and retry.") from exc
+        if shared:
+            return None
+        raise storage_error(exc, f"locking {root} for writing") from exc
+    kind = os.fstat(fd).st_mode
+    if not stat.S_ISREG(kind):
+        os.close(fd)
+        raise ArtifactError(f"{path} is {_file_kind(kind)}, not a regular file; the artifact's lock file must be a "
+                            "plain file. Remove it (forgeline creates it again) and retry.")
+    return fd
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISDIR, "a folder"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "not a regular file")
 
 
 def update_manifest(root: Path, add: Callable, *, drop: Callable | None = None,
@@ -108,23 +136,25 @@ def staging_path(target: Path, what: str | None = None) -> Path:
 
 @contextlib.contextmanager
 def staging_dir(target: Path, what: str | None = None) -> Iterator[Path]:
-    """A new empty folder next to ``target``; removed again unless the caller moved it into place."""
+    """A new empty folder next to ``target``, locked while in use; removed unless the caller moved it into place."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(target.parent)
-    path = staging_path(target, what)
-    path.mkdir()
+    path, fd = create_locked(lambda: staging_path(target, what), folder=True)
     try:
         yield path
     finally:
         if path.exists():
             shutil.rmtree(path, ignore_errors=True)
+        os.close(fd)  # after the removal: nobody may take a half-removed folder for stale and race us
 
 
 def replace_path(staged: Path, final: Path) -> None:
     """Move ``staged`` to ``final``; an existing ``final`` is renamed aside first and removed after."""
     aside = None
+    held = None
     if final.is_symlink() or final.exists():
+        held = try_lock(final)  # the aside copy is in use: other writers leave it alone
         aside = final.parent / f"{ASIDE_PREFIX}{final.name}-{os.getpid()}-{secrets.token_hex(4)}"
         os.replace(final, aside)
     try:
@@ -132,38 +162,31 @@ def replace_path(staged: Path, final: Path) -> None:
     except BaseException:
         if aside is not None:
             os.replace(aside, final)  # put the old one back
+        if held is not None:
+            os.close(held)
         raise
     fsync_dir(final.parent)
     if aside is not None:
         _remove(aside)
+    if held is not None:
+        os.close(held)
 
 
 def remove_stale_staging(folder: Path) -> None:
-    """Remove staging/aside entries in ``folder`` left by processes that no longer run."""
+    """Remove staging/aside entries in ``folder`` whose writer is gone (nobody holds their flock)."""
     if not folder.is_dir():
         return
     for entry in folder.iterdir():
         if not entry.name.startswith((STAGING_PREFIX, ASIDE_PREFIX)):
             continue
-        pid = _owner_pid(entry.name)
-        if pid is not None and not _alive(pid):
-            log.info("removing %s, left by process %d that no longer runs", entry, pid)
+        fd = try_lock(entry)
+        if fd is None:
+            continue  # a live writer's, in this PID namespace or another
+        try:
+            log.info("removing %s, left by a writer that no longer runs", entry)
             _remove(entry)
-
-
-def _owner_pid(name: str) -> int | None:
-    parts = name.rsplit("-", 2)
-    return int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else None
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except OSError as exc:
-        return exc.errno == errno.EPERM  # exists, owned by someone else
-    return True
+        finally:
+            os.close(fd)
 
 
 def _remove(path: Path) -> None:

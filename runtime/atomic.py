@@ -4,8 +4,10 @@ artifact_io.py share (no dependency on the manifest itself)."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 LOCK_FILE = ".forgeline.lock"
@@ -29,11 +31,9 @@ def current_umask() -> int:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temporary file in the same folder, fsync, rename: readers see old or new, never half."""
     path = Path(path)
-    tmp = path.with_name(f"{STAGING_PREFIX}{path.name}-{os.getpid()}-{secrets.token_hex(4)}")
-    # 0o666 under the umask, as a plain open() would create it: artifacts are meant to be shared.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    tmp, fd = create_locked(lambda: path.with_name(f"{STAGING_PREFIX}{path.name}-{os.getpid()}-{secrets.token_hex(4)}"))
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with os.fdopen(os.dup(fd), "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -42,6 +42,52 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        os.close(fd)
+
+
+def create_locked(new_name: Callable[[], Path], folder: bool = False) -> tuple[Path, int]:
+    """Create a new staging file (or ``folder``) and hold an exclusive flock on it; (path, descriptor).
+
+    The flock, not a pid in the name, tells other writers that the entry is in use: pids are per
+    PID namespace (two containers on one volume see different ones), a flock is not, and the
+    kernel drops it when its holder dies. Another writer may see the entry in the instant between
+    its creation and the flock, take it for stale and remove it; the inode check notices that,
+    and a fresh name is tried.
+    """
+    for _ in range(100):
+        path = new_name()
+        try:
+            if folder:
+                path.mkdir()
+                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            else:
+                # 0o666 under the umask, as a plain open() would create it: artifacts are meant to be shared.
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        except FileNotFoundError:
+            continue  # a folder removed as stale before we could lock it
+        fcntl.flock(fd, fcntl.LOCK_EX)  # a remover holds it only while it removes
+        try:
+            if os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino:
+                return path, fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    raise OSError(f"could not create a staging entry next to {new_name()}")
+
+
+def try_lock(path: Path) -> int | None:
+    """A descriptor holding an exclusive flock on ``path``; None when another holder has it (or it is gone)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None  # gone, a symlink, or not ours to open
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def fsync_dir(folder: Path) -> None:
