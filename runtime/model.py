@@ -21,6 +21,7 @@ from .errors import ArtifactError, ConfigError, TargetMismatchError
 from .format import (GOLDEN_FILE, ONNX_FILE, ORT_STAGE, BuildRecord, Manifest, StageRecord,
                      TensorSpec, Tolerance)
 from .golden import GoldenCase, load_golden
+from .limits import check_position_limits
 from .parity import compare_outputs, stage_record
 from .validate import complete_dim_limits, validate_inputs
 
@@ -203,6 +204,7 @@ def load(path: str | os.PathLike[str], backend: str = "tvm", target: str | None 
         manifest = Manifest.from_bytes(data, root)
         check_confinement(root, manifest)
         manifest.verify_files(root)
+        check_position_limits(root, manifest)  # the manifest is not hashed; the weights are
         return open_model(root, manifest, backend, target, device_id)
 
 

@@ -76,10 +76,9 @@ def _check_shape(
             raise InputError(f"input {spec.name} has an empty axis {axis} ({dim}); give at least one element.")
         limit = dim_limits.get(dim)
         if limit is not None and size > limit:
-            raise InputError(
-                f"input {spec.name} has {dim}={size} but the model supports at most {dim}={limit} "
-                f"(its position table); shorten the input."
-            )
+            why = ("the artifact's batch limit); split the inputs into several calls." if dim == "batch"
+                   else "its position table); shorten the input.")
+            raise InputError(f"input {spec.name} has {dim}={size} but the model supports at most {dim}={limit} ({why}")
         if dim in bound and bound[dim][0] != size:
             other_size, other = bound[dim]
             raise InputError(
@@ -108,8 +107,11 @@ def graph_dim_limits(manifest) -> dict[str, int | None]:
     Dims the manifest already bounds keep their limit. Any other dim counts positions, so it is
     bounded by the position table: ``past`` (the KV cache length) by max_positions - 1, since the
     token a decode step adds takes position ``past``; beyond that the compiled graph would read past
-    its position table (garbage, or a crash). ``batch`` stays unbounded (None) as exported.
+    its position table (garbage, or a crash). ``batch`` gets limits.DEFAULT_MAX_BATCH unless the
+    manifest states its own.
     """
+    from .limits import batch_limit
+
     positions = manifest.config.get("max_positions")
     limits = dict(manifest.dim_limits)
     specs = [*manifest.inputs, *(s for g in manifest.graphs.values() for s in g.inputs)]
@@ -123,6 +125,8 @@ def graph_dim_limits(manifest) -> dict[str, int | None]:
                              "to derive one from; rebuild it with this forgeline.")
         else:
             limits[dim] = positions - 1 if dim == "past" else positions
+    if "batch" in limits:
+        limits["batch"] = batch_limit(limits)
     return limits
 
 

@@ -27,12 +27,21 @@ def check_output_file(path: Path, flag: str, *, inside: Path | None = None, suff
     return path
 
 
-def read_npz(path: Path, flag: str = "--inputs") -> dict:
-    """The arrays of an .npz file; a sentence for a missing, truncated or non-.npz file."""
+def read_npz(path: Path, flag: str = "--inputs", *, manifest=None) -> dict:
+    """The arrays of an .npz file; a sentence for a missing, truncated or non-.npz file.
+
+    With ``manifest``, the sizes the members declare are checked against the model's limits first,
+    before anything is decompressed (runtime/limits.py).
+    """
     import numpy as np
 
     if not Path(path).is_file():
         raise InputError(f"{flag} file {path} does not exist; pass an .npz with one array per model input.")
+    if manifest is not None and zipfile.is_zipfile(path):
+        from forgeline.runtime.limits import check_npz_headers
+        from forgeline.runtime.validate import graph_dim_limits
+
+        check_npz_headers(Path(path), manifest.inputs, graph_dim_limits(manifest), flag)
     try:
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):  # a .npy: np.load returns the array itself

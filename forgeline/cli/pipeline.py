@@ -73,8 +73,8 @@ def _run(args: argparse.Namespace) -> int:
 
     from forgeline.runtime import Manifest, load
 
-    arrays = read_npz(args.inputs)
-    Manifest.load(args.path)  # a sentence for a folder that is no artifact, before the output's checks
+    manifest = Manifest.load(args.path)  # a sentence for a folder that is no artifact, before the output's checks
+    arrays = read_npz(args.inputs, manifest=manifest)
     output = check_output_file(args.output, "-o", inside=args.path, suffix=".npz")
     with load(args.path, backend=args.backend, target=args.target, verify_key=args.verify_key) as model:
         outputs = model.run(**arrays)
