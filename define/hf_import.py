@@ -23,6 +23,7 @@ from forgeline.runtime.errors import ArtifactError, ConfigError
 
 from .checkpoint import unique_state
 from .config import ForgelineModel, ModelConfig
+from .hf_limits import check_hf_config
 from .registry import build_model
 
 log = logging.getLogger(__name__)
@@ -270,6 +271,7 @@ def read_hf_config(folder: Path) -> tuple[str, dict]:
     model_type = hf.get("model_type") if isinstance(hf, dict) else None
     if model_type not in LAYOUTS:
         raise ConfigError(f"{path} has model_type {model_type!r}; forgeline imports {', '.join(LAYOUTS)}.")
+    check_hf_config(hf, path)  # types, bounds and parameter count, before anything is allocated
     return model_type, hf
 
 
