@@ -21,6 +21,12 @@ SPECIAL_NAMES = ("pad", "bos", "eos", "cls", "sep", "mask", "unk")
 BYTE_SPECIALS = {name: 256 + i for i, name in enumerate(SPECIAL_NAMES)}  # 263 stays reserved
 BYTE_VOCAB_SIZE = 264
 BYTES_JSON = {"type": "bytes"}
+# The largest published tokenizer.json files are ~35 MB (Gemma's 256k vocabulary); a bigger one is
+# refused before it is parsed.
+MAX_TOKENIZER_BYTES = 64 << 20
+# No token of a real vocabulary spans more characters than this, so a text longer than
+# positions x MAX_CHARS_PER_TOKEN cannot fit the model and is refused before it is encoded.
+MAX_CHARS_PER_TOKEN = 128
 
 # Token strings that mark each special role in common HF vocabularies (BERT WordPiece, GPT-2 BPE).
 _HF_SPECIAL_TOKENS = {
@@ -114,10 +120,17 @@ def read_tokenizer(path: Path) -> Tokenizer:
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"tokenizer file {path} does not exist; rebuild the artifact or pass a tokenizer.json.")
+    size = path.stat().st_size
+    if size > MAX_TOKENIZER_BYTES:
+        raise ArtifactError(f"{path} is {size / 2**20:.0f} MiB, more than any tokenizer.json holds (at most "
+                            f"{MAX_TOKENIZER_BYTES >> 20} MiB); it is refused unread.")
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path} is not valid JSON ({exc}); the tokenizer file is corrupt, rebuild it.") from exc
+    except RecursionError as exc:
+        raise ArtifactError(f"{path} nests its JSON too deeply to be a tokenizer; the file is corrupt or "
+                            "hostile, rebuild the artifact.") from exc
     return ByteTokenizer() if is_bytes_spec(data) else HFTokenizer(path)
 
 
@@ -134,8 +147,14 @@ def load_tokenizer(root: Path, manifest) -> Tokenizer:
     return read_tokenizer(confined(Path(root), relpath, "the tokenizer"))
 
 
-def encode_checked(tokenizer: Tokenizer, text: str, vocab_size: int) -> list[int]:
-    """encode, then refuse ids the model cannot embed (a tokenizer bigger than the model's vocab)."""
+def encode_checked(tokenizer: Tokenizer, text: str, vocab_size: int, max_tokens: int | None = None) -> list[int]:
+    """encode, then refuse ids the model cannot embed (a tokenizer bigger than the model's vocab).
+
+    ``max_tokens`` (the model's positions): a text too long to fit them is refused before encoding.
+    """
+    if max_tokens is not None and len(text) > max_tokens * MAX_CHARS_PER_TOKEN:
+        raise InputError(f"the text has {len(text):,} characters, more than the model's {max_tokens} positions can "
+                         f"hold (at most {max_tokens * MAX_CHARS_PER_TOKEN:,} characters); shorten it.")
     ids = tokenizer.encode(text)
     bad = [i for i in ids if not 0 <= i < vocab_size]
     if bad:

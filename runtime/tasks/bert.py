@@ -118,7 +118,8 @@ def _encode(model, tokenizer, text_or_ids: TextOrIds, what: str) -> list[int]:
     from ..tokenizer import encode_checked
 
     if isinstance(text_or_ids, str):
-        return encode_checked(tokenizer, text_or_ids, model.manifest.config["vocab_size"])
+        return encode_checked(tokenizer, text_or_ids, model.manifest.config["vocab_size"],
+                              int(model.manifest.config["max_positions"]))
     return _as_ids(text_or_ids, what)
 
 

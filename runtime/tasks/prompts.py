@@ -28,7 +28,8 @@ def prompt_ids(model, prompt) -> list[list[int]]:
     prompt = _as_text(prompt)
     if isinstance(prompt, str) or (isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], str)):
         texts = [prompt] if isinstance(prompt, str) else list(prompt)
-        rows = [encode_checked(model.tokenizer, t, vocab) for t in texts]
+        positions = int(model.manifest.config["max_positions"])
+        rows = [encode_checked(model.tokenizer, t, vocab, positions) for t in texts]
     else:
         arr_rows = [prompt] if _is_id_list(prompt) else list(prompt)
         rows = [[_as_id(i, vocab) for i in row] for row in arr_rows]
