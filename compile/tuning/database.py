@@ -15,12 +15,13 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from forgeline.runtime.errors import ConfigError
+from forgeline.runtime.errors import ConfigError, error_summary
 
 logger = logging.getLogger(__name__)
 
@@ -64,12 +65,34 @@ class TuningDatabase:
 
         with open(self.folder / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            self.ms = ms.database.JSONDatabase(work_dir=str(self.folder))
+            self.ms = self._open_or_start_fresh(ms)
             try:
                 yield self
             finally:
                 self.ms = None
                 fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _open_or_start_fresh(self, ms):
+        """MetaSchedule's database; an unreadable one (truncated, garbage) is moved aside, not fatal."""
+        try:
+            return ms.database.JSONDatabase(work_dir=str(self.folder))
+        except Exception as exc:  # noqa: BLE001 - TVM reports a bad file as RuntimeError or its own class
+            if "KeyboardInterrupt" in f"{type(exc).__name__} {exc}":
+                raise KeyboardInterrupt from exc
+            aside = self._move_aside()
+            logger.warning("The tuning database in %s could not be read (%s); it was moved to %s and tuning starts "
+                           "with a fresh one. Delete that folder once you no longer need it.", self.folder,
+                           error_summary(exc, last=True), aside)
+            return ms.database.JSONDatabase(work_dir=str(self.folder))
+
+    def _move_aside(self) -> Path:
+        """Move the database files and the ledger (whose counts describe them) into a dated subfolder."""
+        aside = self.folder / f"unreadable-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{os.getpid()}"
+        aside.mkdir()
+        for name in (*DB_FILES, LEDGER_FILE):
+            if (self.folder / name).exists():
+                os.replace(self.folder / name, aside / name)
+        return aside
 
     def _ledger(self) -> dict:
         if not self._ledger_path.is_file():
