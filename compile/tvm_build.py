@@ -23,6 +23,7 @@ from forgeline.compile.onnx_fixups import normalize_for_import
 from forgeline.compile.shape_division import floor_shape_divisions
 from forgeline.compile.targets import TargetSpec
 from forgeline.runtime.errors import ArtifactError, CompileError, MissingDependencyError, error_summary
+from forgeline.runtime.storage import errno_in_text, storage_error
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +163,9 @@ def _build(onnx_path: Path, spec: TargetSpec, out_dir: Path, gemm_rows: int | No
         raise
     except Exception as exc:  # noqa: BLE001
         reraise_if_interrupted(exc)
+        code = errno_in_text(str(exc))  # the compiler's "No space left on device", as text
+        if code is not None:
+            raise storage_error(exc, f"Exporting the {spec.tag} library to {out_dir}", code) from exc
         raise CompileError(f"Exporting the {spec.tag} library failed: {error_summary(exc, last=True)}. Check "
                            "that a C compiler (gcc) is on PATH.") from exc
     logger.info("Exported %s in %.2f s.", out_dir / LIB_NAME, time.perf_counter() - export_started)

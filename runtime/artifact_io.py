@@ -34,6 +34,7 @@ from .atomic import (ASIDE_PREFIX, FORMAT_MARKER, LEGACY_KEYS, LOCK_FILE, MAX_MA
                      STAGING_PREFIX, create_locked, fsync_dir, atomic_write_bytes, current_umask, try_lock)
 from .errors import ArtifactError
 from .format import MANIFEST_FILE, Manifest
+from .exit_cleanup import removed_on_stop
 from .storage import storage_error
 
 log = logging.getLogger(__name__)
@@ -138,11 +139,15 @@ def staging_path(target: Path, what: str | None = None) -> Path:
 def staging_dir(target: Path, what: str | None = None) -> Iterator[Path]:
     """A new empty folder next to ``target``, locked while in use; removed unless the caller moved it into place."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_staging(target.parent)
-    path, fd = create_locked(lambda: staging_path(target, what), folder=True)
     try:
-        yield path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_staging(target.parent)
+        path, fd = create_locked(lambda: staging_path(target, what), folder=True)
+    except OSError as exc:  # a read-only artifact, a full disk: a sentence, before any work
+        raise storage_error(exc, f"writing into {target.parent}") from exc
+    try:
+        with removed_on_stop(path):
+            yield path
     finally:
         if path.exists():
             shutil.rmtree(path, ignore_errors=True)

@@ -10,6 +10,8 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
+from .exit_cleanup import removed_on_stop
+
 LOCK_FILE = ".forgeline.lock"
 SIGNATURE_FILE = "manifest.sig"  # runtime/signing.py; a writer that changes the manifest drops it
 STAGING_PREFIX = ".forgeline-tmp-"
@@ -30,11 +32,19 @@ def current_umask() -> int:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write via a temporary file in the same folder, fsync, rename: readers see old or new, never half."""
+    atomic_write(path, lambda fh: fh.write(data))
+
+
+def atomic_write(path: Path, write: Callable) -> None:
+    """``write(binary file)`` into a temporary file beside ``path``, fsync, rename over ``path``.
+
+    A failed write (a full disk) removes the temporary file and leaves ``path`` as it was.
+    """
     path = Path(path)
     tmp, fd = create_locked(lambda: path.with_name(f"{STAGING_PREFIX}{path.name}-{os.getpid()}-{secrets.token_hex(4)}"))
     try:
-        with os.fdopen(os.dup(fd), "wb") as fh:
-            fh.write(data)
+        with removed_on_stop(tmp), os.fdopen(os.dup(fd), "wb") as fh:
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -19,6 +19,7 @@ import math
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import tvm
 from tvm import relax
@@ -27,6 +28,7 @@ from tvm.target import Target
 from tvm_ffi.structural import structural_hash
 
 from forgeline.runtime.backends.environ import allow_tvm_threads
+from forgeline.runtime.exit_cleanup import removed_on_stop
 from forgeline.runtime.host import cpu_core_count
 
 from ..cpu.pipeline import rewrite_graph, schedule_cpu_kernels, schedule_matmul_kernels
@@ -138,7 +140,7 @@ def run_search(tasks, names: list[str], target: Target, db: TuningDatabase,
                             **({"build_fn": build_fn} if build_fn is not None else {}))
     runner = make_runner(timeout_sec=settings.timeout_s, rpc=settings.rpc)
     reset_metaschedule_loggers()
-    with tempfile.TemporaryDirectory(prefix="forgeline-tune-logs-") as logs:
+    with tempfile.TemporaryDirectory(prefix="forgeline-tune-logs-") as logs, removed_on_stop(Path(logs)):
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             tasks, work_dir=logs, strategy=make_strategy(), seed=settings.seed)
         quiet_metaschedule_console()

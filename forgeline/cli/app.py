@@ -12,11 +12,13 @@ import sys
 import traceback
 
 from forgeline.runtime.errors import ForgelineError
+from forgeline.runtime.storage import is_storage_errno, storage_error
 
 # Every module that registers commands, imported here once so that `forgeline --help` and
 # `python -m forgeline.cli --help` list the same commands.
 from . import pipeline, tune, generate, bert, bench, train, trust  # noqa: F401, I001  (they register on import, in this order)
 from .registry import COMMANDS
+from .signals import handle_stop_signals
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     logging.getLogger("forgeline").setLevel(level)
+    handle_stop_signals()  # SIGTERM/SIGHUP: clean up, one line, exit 143/129 (signals.py)
     try:
         return args.run(args)
     except ForgelineError as exc:
@@ -51,10 +54,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted; nothing was changed.", file=sys.stderr)
         return 130
-    except Exception as exc:  # noqa: BLE001 - not a user mistake: a bug, or a library failing
-        if args.verbose:
-            traceback.print_exception(exc, file=sys.stderr)  # the whole chain
-        summary = str(exc).strip().splitlines()[-1:] or [""]
-        print(f"error: internal error, {type(exc).__name__}: {summary[0][:300]} (run with -v for details).",
-              file=sys.stderr)
+    except OSError as exc:
+        if not is_storage_errno(exc.errno):
+            return _internal_error(args, exc)
+        print(f"error: {storage_error(exc, f'forgeline {args.command}')}", file=sys.stderr)  # disk full, read-only
         return 1
+    except Exception as exc:  # noqa: BLE001 - not a user mistake: a bug, or a library failing
+        return _internal_error(args, exc)
+
+
+def _internal_error(args: argparse.Namespace, exc: Exception) -> int:
+    if args.verbose:
+        traceback.print_exception(exc, file=sys.stderr)  # the whole chain
+    summary = str(exc).strip().splitlines()[-1:] or [""]
+    print(f"error: internal error, {type(exc).__name__}: {summary[0][:300]} (run with -v for details).",
+          file=sys.stderr)
+    return 1

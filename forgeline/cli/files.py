@@ -53,4 +53,17 @@ def read_npz(path: Path, flag: str = "--inputs", *, manifest=None) -> dict:
         raise InputError(f"{flag} {path} is not a readable .npz file ({exc}); it may be truncated.") from exc
 
 
-__all__ = ["check_output_file", "read_npz"]
+def write_npz(path: Path, arrays: dict, flag: str = "-o") -> None:
+    """Write ``arrays`` to ``path`` through a temporary file and a rename: a failed write keeps the old file."""
+    import numpy as np
+
+    from forgeline.runtime.atomic import atomic_write
+    from forgeline.runtime.storage import storage_error
+
+    try:
+        atomic_write(Path(path), lambda fh: np.savez(fh, **arrays))
+    except OSError as exc:
+        raise storage_error(exc, f"writing {flag} {path}") from exc
+
+
+__all__ = ["check_output_file", "read_npz", "write_npz"]

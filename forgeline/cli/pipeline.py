@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .files import check_output_file, read_npz
+from .files import check_output_file, read_npz, write_npz
 from .options import backend_args, verify_key_arg, build_args, compile_args, compile_options, export_args, export_options, tune_options
 from .output import print_buckets, print_report, print_stages, print_table
 from .registry import command
@@ -69,8 +69,6 @@ def _build(args: argparse.Namespace) -> int:
 
 @command("run", "run an artifact on inputs from an .npz file", _run_args)
 def _run(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from forgeline.runtime import Manifest, load
 
     manifest = Manifest.load(args.path)  # a sentence for a folder that is no artifact, before the output's checks
@@ -78,7 +76,7 @@ def _run(args: argparse.Namespace) -> int:
     output = check_output_file(args.output, "-o", inside=args.path, suffix=".npz")
     with load(args.path, backend=args.backend, target=args.target, verify_key=args.verify_key) as model:
         outputs = model.run(**arrays)
-    np.savez(output, **outputs)
+    write_npz(output, outputs, "-o")
     for name, value in outputs.items():
         print(f"{name}: {value.dtype} {tuple(value.shape)}")
     print(f"ran {model.stage}; wrote {output}")
