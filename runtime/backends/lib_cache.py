@@ -70,21 +70,26 @@ def content_addressed_copy(path: Path, expected_sha256: str | None = None) -> tu
     folder = cache_folder()
     tmp = folder / f".{secrets.token_hex(8)}.tmp"
     try:
-        digest = _copy_hashing(Path(path), tmp)
-        if expected_sha256 is not None and digest != expected_sha256:
-            raise ArtifactError(f"{path} changed after its sha256 was checked (now {digest[:12]}…, the manifest "
-                                f"records {expected_sha256[:12]}…); it is not loaded. Load the artifact again.")
+        digest = _sha256(Path(path))
+        _check_expected(path, digest, expected_sha256)
         final = folder / f"{digest}.so"
         if final.exists() and _sha256(final) == digest:
             os.utime(final)  # in use: keep it from the age-based cleanup
-        else:
-            os.replace(tmp, final)
-            _remove_old(folder)
+            return digest, final
+        _check_expected(path, _copy_hashing(Path(path), tmp), digest)  # the bytes copied are the bytes hashed
+        os.replace(tmp, final)
+        _remove_old(folder)
         return digest, final
     except OSError as exc:
         raise storage_error(exc, f"copying {path} into {folder} to load it") from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _check_expected(path: Path, digest: str, expected: str | None) -> None:
+    if expected is not None and digest != expected:
+        raise ArtifactError(f"{path} changed after its sha256 was checked (now {digest[:12]}…, expected "
+                            f"{expected[:12]}…); it is not loaded. Load the artifact again.")
 
 
 def _copy_hashing(src: Path, dst: Path) -> str:
