@@ -63,6 +63,7 @@ def _import_onnx(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None
         raise ArtifactError(f"{onnx_path} is not a readable ONNX model with its external data "
                             f"({error_summary(exc, last=True)}); export the bundle again.") from exc
     normalize_for_import(model)
+    _refuse_unsupported_ops(model)
     op_types = sorted({node.op_type for node in model.graph.node})
     try:
         mod = from_onnx(model, shape_dict=shape_dict, keep_params_in_input=False)
@@ -77,6 +78,18 @@ def _import_onnx(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None
     logger.info("Imported %s into Relax (%d op types) in %.2f s.", onnx_path.name,
                 len(op_types), time.perf_counter() - started)
     return tvm, floor_shape_divisions(mod)  # the importer's T.Div in reshapes (shape_division.py)
+
+
+def _refuse_unsupported_ops(model) -> None:
+    """One sentence naming the op type and node of the first node TVM's importer cannot convert."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    from forgeline.compile.graph_fixups import first_unsupported_node
+
+    found = first_unsupported_node(model, set(_get_convert_map()))
+    if found is not None:
+        raise CompileError(f"TVM's ONNX importer has no converter for op {found[0]} (node {found[1]}), so the "
+                           "model cannot be compiled; replace that op in the model, or run it with ONNX Runtime.")
 
 
 def import_relax(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None):

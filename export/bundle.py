@@ -148,11 +148,11 @@ def _new_manifest(model: ForgelineModel, options: ExportOptions, cases: list[Gol
         dim_limits=model.dim_limits(),
         tolerance=options.tolerance,
         golden_cases=[case_sizes(model, c) for c in cases],
-        versions=_versions(),
+        versions=versions(),
     )
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
     import onnx
     import onnxruntime
 

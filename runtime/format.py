@@ -43,6 +43,13 @@ TVM_DIR = "tvm"
 ORT_STAGE = "onnxruntime"  # the stage name of the ONNX Runtime backend in manifests and reports
 ROUTING_PREFIX = "routing."  # outputs that say which expert took which token: compared exactly
 
+# Where a model came from, and so what its golden outputs (and `forgeline check`) compare with.
+SOURCE_REFERENCES = {
+    "registry": "eager PyTorch",  # a define/ model: `check` reruns it from weights.safetensors
+    "module": "eager PyTorch at build time",  # an nn.Module handed to `forgeline.build`: golden.npz holds its outputs
+    "onnx": "ONNX Runtime",  # an ONNX file: ONNX Runtime on that same file
+}
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -214,6 +221,12 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     tokenizer: str | None = None  # relative path of tokenizer.json (HF) or {"type": "bytes"}; None: no text I/O
     graphs: dict[str, GraphSpec] = field(default_factory=dict)  # extra graphs by name, e.g. prefill/decode
+    source: str = "registry"  # a key of SOURCE_REFERENCES: where the model came from
+
+    @property
+    def reference(self) -> str:
+        """What the golden outputs were computed by (SOURCE_REFERENCES)."""
+        return SOURCE_REFERENCES[self.source]
 
     def input_names(self) -> list[str]:
         return [s.name for s in self.inputs]
@@ -257,6 +270,7 @@ class Manifest:
                 versions=d.get("versions", {}),
                 tokenizer=d.get("tokenizer"),
                 graphs={k: GraphSpec.from_dict(v) for k, v in d.get("graphs", {}).items()},
+                source=d.get("source", "registry"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"manifest.json is missing or has a malformed field ({exc}).") from exc

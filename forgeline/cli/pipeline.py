@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from .files import check_output_file, read_npz
-from .options import backend_args, verify_key_arg, build_args, compile_args, compile_options, export_args, export_options, tune_options
+from .options import (backend_args, build_args, build_source, compile_args, compile_options, export_args,
+                      export_options, tune_options, verify_key_arg)
 from .output import print_buckets, print_report, print_stages, print_table
 from .registry import command
 
@@ -62,8 +63,9 @@ def _compile(args: argparse.Namespace) -> int:
 def _build(args: argparse.Namespace) -> int:
     from forgeline.api import build
 
-    report = build(args.model, args.output, export_options(args), compile_options(args), tune=tune_options(args))
-    print(f"built {args.model}/{'hf' if args.from_hf else args.preset} in {args.output}")
+    model, source = build_source(args)
+    report = build(model, args.output, export_options(args), compile_options(args), tune=tune_options(args), **source)
+    print(f"built {model if args.onnx else args.model + '/' + ('hf' if args.from_hf else args.preset)} in {args.output}")
     return print_report(report)
 
 
