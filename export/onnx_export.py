@@ -8,6 +8,7 @@ the same token (docs/tvm-notes.md).
 from __future__ import annotations
 
 import logging
+import re
 import time
 import warnings
 from pathlib import Path
@@ -77,9 +78,20 @@ def export_graph(module: torch.nn.Module, args: tuple, kwargs: dict, path: Path,
                 verbose=False,
             )
     except Exception as exc:  # the exporter raises many internal types; the user needs one sentence
-        raise ExportError(f"torch.onnx.export failed for {type(module).__name__}: {error_summary(exc)}") from exc
+        raise ExportError(f"torch.onnx.export failed for {type(module).__name__}: {_root_cause(exc)}") from exc
     log.info("exported in %.1f s", time.perf_counter() - start)
     check_onnx(path)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colour codes
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The first line of the innermost cause: the exporter wraps the real reason (a data-dependent
+    branch, an unsupported op) in a generic "failed at step 1/3" with terminal colours."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {_ANSI.sub('', error_summary(exc))}"
 
 
 def check_onnx(path: Path) -> None:
