@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from forgeline.compile.cpu.pipeline import cpu_pipeline
+from forgeline.compile.dense_layers import dense_layers
 from forgeline.compile.guards import native_log_to, require_full_tvm, reraise_if_interrupted, watch_interrupts
 from forgeline.compile.onnx_fixups import normalize_for_import
 from forgeline.compile.shape_division import floor_shape_divisions
@@ -37,6 +38,7 @@ class TvmBuildResult:
     seconds: float  # wall time of the whole build
     extra_files: list[str] = field(default_factory=list)  # relative to out_dir
     unscheduled: list[str] = field(default_factory=list)  # CPU kernels no schedule rule took
+    dense_layers: list[str] = field(default_factory=list)  # "KxN" of each matmul the dense rewrites take (CPU)
 
 
 def _import_compiler():
@@ -157,6 +159,8 @@ def build_tvm(onnx_path: Path, spec: TargetSpec, out_dir: Path, *,
 def _build(onnx_path: Path, spec: TargetSpec, out_dir: Path, gemm_rows: int | None, precision: str,
            started: float) -> TvmBuildResult:
     tvm, mod = _import_onnx(onnx_path)
+    dense = dense_layers(mod) if spec.kind != "cuda" else []
+    logger.info("%d dense layer(s) take the %s dense-layer rewrite.", len(dense), precision)
     unscheduled: list[str] = []
     executable = _compile(tvm, mod, spec, gemm_rows, unscheduled, precision)
     export_started = time.perf_counter()
@@ -181,7 +185,7 @@ def _build(onnx_path: Path, spec: TargetSpec, out_dir: Path, gemm_rows: int | No
     seconds = time.perf_counter() - started
     logger.info("Built %s in %.2f s: %s", spec.tag, seconds, note)
     return TvmBuildResult(lib_file=LIB_NAME, codegen_only=codegen_only, note=note,
-                          seconds=seconds, extra_files=extra, unscheduled=unscheduled)
+                          seconds=seconds, extra_files=extra, unscheduled=unscheduled, dense_layers=dense)
 
 
 __all__ = ["TvmBuildResult", "build_tvm", "import_relax"]

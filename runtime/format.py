@@ -171,6 +171,9 @@ class BuildRecord:
     unscheduled: list[str] = field(default_factory=list)  # kernels no CPU schedule took (naive loops)
     precision: str = "fp32"  # of the matmuls: "fp32" or "bf16" (routers, norms, softmax stay fp32)
     tolerance: dict[str, float] = field(default_factory=dict)  # {atol, rtol} this build is held to
+    # "KxN" of each matmul with a constant weight that the CPU dense-layer rewrites took (GEMM
+    # schedule with packed weights; the reduced-precision kernels), in program order.
+    dense_layers: list[str] = field(default_factory=list)
 
     @property
     def parity_tolerance(self) -> Tolerance | None:

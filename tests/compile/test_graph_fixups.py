@@ -1,0 +1,100 @@
+"""The rewrites for graphs forgeline did not export (compile/graph_fixups.py), each on a small graph.
+
+Every rewritten graph must still compute what the original computes: the expected values come from
+ONNX Runtime on the original file, or from numpy by hand.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from forgeline.compile.graph_fixups import (drop_weights_listed_as_inputs, first_unsupported_node,
+                                            positions_without_range)
+
+
+def _model(nodes, inputs, outputs, initializers=(), opset=17):
+    graph = helper.make_graph(nodes, "g", inputs, outputs, initializer=list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+
+
+def _positions_graph():
+    """x (b, s, 4) + arange(s)[None, :, None], then Reshape to [b, s, -1]: the pattern of
+    transformers' masks and position ids, where the importer loses the shape."""
+    ints = lambda name, values: numpy_helper.from_array(np.array(values, np.int64), name)  # noqa: E731
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "one"], ["seq"], axis=0),  # scalar s
+        helper.make_node("Range", ["zero", "seq", "one"], ["positions"]),  # (s,)
+        helper.make_node("Cast", ["positions"], ["positions_f"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["positions_f", "axes02"], ["grid"]),  # (1, s, 1)
+        helper.make_node("Add", ["x", "grid"], ["summed"]),  # (b, s, 4)
+        helper.make_node("Slice", ["shape", "zero1", "two1"], ["lead"]),
+        helper.make_node("Concat", ["lead", "minus1"], ["target"], axis=0),  # [b, s, -1]
+        helper.make_node("Reshape", ["summed", "target"], ["y"]),
+    ]
+    inits = [ints("zero", 0), ints("one", 1), ints("axes02", [0, 2]), ints("zero1", [0]), ints("two1", [2]),
+             ints("minus1", [-1])]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", 4])],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", 4])], inits)
+
+
+def _compile_and_run(model, arrays):
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.onnx import from_onnx
+
+    mod = from_onnx(model, keep_params_in_input=False)
+    vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    return vm["main"](*[tvm.runtime.tensor(a) for a in arrays]).numpy()
+
+
+def test_range_positions_import_and_match_after_the_rewrite():
+    from tvm.relax.frontend.onnx import from_onnx
+
+    model = _positions_graph()
+    with pytest.raises(Exception, match="known shape"):
+        from_onnx(model, keep_params_in_input=False)
+    assert positions_without_range(model) == 1
+    assert "Range" not in {n.op_type for n in model.graph.node}
+    onnx.checker.check_model(model, full_check=True)
+    for b, s in ((1, 5), (3, 11)):
+        x = np.random.default_rng(s).standard_normal((b, s, 4)).astype(np.float32)
+        expected = x + np.arange(s, dtype=np.float32)[None, :, None]  # numpy by hand
+        np.testing.assert_allclose(_compile_and_run(model, [x]), expected, rtol=0, atol=0)
+
+
+def test_a_range_that_does_not_count_from_zero_by_one_is_left_alone():
+    model = _positions_graph()
+    for init in model.graph.initializer:
+        if init.name == "zero":
+            init.CopyFrom(numpy_helper.from_array(np.array(2, np.int64), "zero"))
+    assert positions_without_range(model) == 0
+    assert "Range" in {n.op_type for n in model.graph.node}
+
+
+def test_weights_listed_as_inputs_become_weights(tmp_path):
+    weight = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
+    model = _model([helper.make_node("MatMul", ["x", "w"], ["y"])],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3]),
+                    helper.make_tensor_value_info("w", TensorProto.FLOAT, [3, 4])],  # opset-9 zoo style
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+                   [numpy_helper.from_array(weight, "w")], opset=9)
+    path = tmp_path / "zoo.onnx"
+    onnx.save(model, str(path))
+    x = np.ones((2, 3), np.float32)
+    expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    assert drop_weights_listed_as_inputs(model) == 1
+    assert [v.name for v in model.graph.input] == ["x"]
+    np.testing.assert_allclose(_compile_and_run(model, [x]), expected, rtol=1e-6)
+
+
+def test_the_first_unsupported_node_is_named():
+    model = _model([helper.make_node("Relu", ["x"], ["r"], name="relu_0"), helper.make_node("Det", ["r"], ["y"], name="det_0")],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 3])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])])
+    assert first_unsupported_node(model, {"Relu"}) == ("Det", "det_0")
+    assert first_unsupported_node(model, {"Relu", "Det"}) is None
