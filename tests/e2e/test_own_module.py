@@ -60,6 +60,9 @@ def test_it_builds_and_matches_eager_at_new_shapes(encoder):
     assert [(s["name"], s["dims"]) for s in manifest["outputs"]] == [("hidden", ["batch", "seq", D_MODEL]),
                                                                     ("logits", ["batch", 3])]
     assert {(c["batch"], c["seq"]) for c in manifest["golden_cases"]} - {(2, 8)}  # shapes besides the example's
+    # Each layer's packed QKV projection and its two FFN matmuls are dense layers the CPU rewrites take.
+    (build,) = manifest["builds"].values()
+    assert build["dense_layers"].count(f"{D_MODEL}x{3 * D_MODEL}") == 2 and build["dense_layers"].count("16x32") == 2
     tol = DEFAULT_TOLERANCE
     with load(out, backend="tvm") as model:
         for batch, seq in ((1, 5), (4, 19)):  # neither the example's nor a golden case's shape
