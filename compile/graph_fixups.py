@@ -13,6 +13,10 @@ importer takes it. ``normalize_for_import`` (onnx_fixups.py) runs them before ev
   ``Reshape(x, [batch, seq, -1])`` fails ("Reshape expects the input tensor to have known shape").
   ``CumSum(ConstantOfShape([n], 1)) - 1`` is the same vector, and the importer keeps its length
   tied to ``n`` (docs/tvm-notes.md).
+- **``ConstantOfShape`` of an empty shape.** The TorchScript exporter (``dynamo=False``) writes a
+  scalar as ConstantOfShape of a constant ``[]``; TVM's converter broadcasts the one-element value
+  to rank 0 and fails ("broadcast_to expects the input shape to have the number of ndim at
+  least..."). A Constant holding that scalar is the same value.
 """
 
 from __future__ import annotations
@@ -69,6 +73,27 @@ def positions_without_range(model) -> int:
     return rewritten
 
 
+def scalar_constants_of_shape(model) -> int:
+    """Replace each ConstantOfShape whose shape is a constant ``[]`` by a scalar Constant; returns how many."""
+    from onnx import helper, numpy_helper
+
+    constants = _constants(model)
+    rewritten = 0
+    for index, node in enumerate(model.graph.node):
+        shape = constants.get(node.input[0]) if node.op_type == "ConstantOfShape" else None
+        if shape is None or shape.size != 0:
+            continue
+        value = next((numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"), np.zeros(1, np.float32))
+        scalar = helper.make_node("Constant", [], list(node.output), name=f"{node.name or node.output[0]}__scalar",
+                                  value=numpy_helper.from_array(value.reshape(())))
+        model.graph.node.remove(node)
+        model.graph.node.insert(index, scalar)
+        rewritten += 1
+    if rewritten:
+        logger.info("Rewrote %d ConstantOfShape node(s) of an empty shape as scalar constants.", rewritten)
+    return rewritten
+
+
 def _is_int64(constants: dict[str, np.ndarray], name: str, value: int) -> bool:
     array = constants.get(name)
     return array is not None and array.dtype == np.int64 and array.size == 1 and int(array.reshape(())) == value
@@ -97,4 +122,5 @@ def first_unsupported_node(model, supported: set[str]) -> tuple[str, str] | None
     return None
 
 
-__all__ = ["drop_weights_listed_as_inputs", "first_unsupported_node", "positions_without_range"]
+__all__ = ["drop_weights_listed_as_inputs", "first_unsupported_node", "positions_without_range",
+           "scalar_constants_of_shape"]

@@ -71,8 +71,10 @@ def _import_onnx(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None
         mod = from_onnx(model, shape_dict=shape_dict, keep_params_in_input=False)
     except Exception as exc:  # noqa: BLE001 - the importer raises many TVM/Python error types
         reraise_if_interrupted(exc)
+        node = _failing_node(exc)
         ops_named = [op for op in op_types if op in str(exc)]
-        where = f" in ONNX op {', '.join(ops_named)}" if ops_named else ""
+        where = (f" on op {node.op_type} (node {node.name or node.output[0]})" if node is not None
+                 else f" in ONNX op {', '.join(ops_named)}" if ops_named else "")
         raise CompileError(
             f"TVM's ONNX importer failed{where}: {error_summary(exc, last=True)}. Rewrite that part of the "
             "model (docs/tvm-notes.md in the forgeline repository lists known importer limits) or report the op."
@@ -80,6 +82,18 @@ def _import_onnx(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None
     logger.info("Imported %s into Relax (%d op types) in %.2f s.", onnx_path.name,
                 len(op_types), time.perf_counter() - started)
     return tvm, floor_shape_divisions(mod)  # the importer's T.Div in reshapes (shape_division.py)
+
+
+def _failing_node(exc: BaseException):
+    """The ONNX node TVM's importer was converting when it raised, read from the traceback: its
+    converter loop (``_construct_nodes``) holds it as ``node``; None when the failure was elsewhere."""
+    tb = exc.__traceback__
+    found = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "_construct_nodes":
+            found = tb.tb_frame.f_locals.get("node")
+        tb = tb.tb_next
+    return found if hasattr(found, "op_type") else None
 
 
 def _refuse_unsupported_ops(model) -> None:

@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from forgeline.compile.graph_fixups import (drop_weights_listed_as_inputs, first_unsupported_node,
-                                            positions_without_range)
+                                            positions_without_range, scalar_constants_of_shape)
 
 
 def _model(nodes, inputs, outputs, initializers=(), opset=17):
@@ -98,3 +98,22 @@ def test_the_first_unsupported_node_is_named():
                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])])
     assert first_unsupported_node(model, {"Relu"}) == ("Det", "det_0")
     assert first_unsupported_node(model, {"Relu", "Det"}) is None
+
+
+def test_a_constant_of_empty_shape_becomes_a_scalar(tmp_path):
+    """The TorchScript exporter's way of writing a scalar (transformers' masks under dynamo=False)."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    nodes = [helper.make_node("ConstantOfShape", ["empty"], ["three"], value=numpy_helper.from_array(np.array([3.0], np.float32))),
+             helper.make_node("Add", ["x", "three"], ["y"])]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])],
+                   [numpy_helper.from_array(np.zeros(0, np.int64), "empty")])
+    path = tmp_path / "scalar.onnx"
+    onnx.save(model, str(path))
+    x = np.arange(5, dtype=np.float32)
+    expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    with pytest.raises(Exception, match="broadcast_to"):
+        from_onnx(model, keep_params_in_input=False)
+    assert scalar_constants_of_shape(model) == 1
+    np.testing.assert_allclose(_compile_and_run(model, [x]), expected, rtol=0, atol=0)
