@@ -17,6 +17,10 @@ importer takes it. ``normalize_for_import`` (onnx_fixups.py) runs them before ev
   scalar as ConstantOfShape of a constant ``[]``; TVM's converter broadcasts the one-element value
   to rank 0 and fails ("broadcast_to expects the input shape to have the number of ndim at
   least..."). A Constant holding that scalar is the same value.
+- **Inference Dropout.** Model-zoo graphs keep their Dropout nodes, and at opset < 12 each one also
+  writes a mask nobody reads. TVM fuses the matmul before it, the copy and the mask's ``full_like``
+  into one kernel with two outputs, which the CPU schedule rules reject ("The block ... is an output
+  block"). Outside training a Dropout is the identity; one whose mask is unread becomes Identity.
 """
 
 from __future__ import annotations
@@ -94,6 +98,28 @@ def scalar_constants_of_shape(model) -> int:
     return rewritten
 
 
+def inference_dropouts(model) -> int:
+    """Replace each Dropout that is not in training mode and whose mask is unread by Identity; returns how many."""
+    from onnx import helper
+
+    constants = _constants(model)
+    read = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
+    rewritten = 0
+    for index, node in enumerate(model.graph.node):
+        if node.op_type != "Dropout" or (len(node.output) > 1 and node.output[1] in read):
+            continue
+        training = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        if training is not None and (training not in constants or bool(constants[training].reshape(()))):
+            continue  # training mode, or not known to be off
+        identity = helper.make_node("Identity", [node.input[0]], [node.output[0]], name=f"{node.name or node.output[0]}__identity")
+        model.graph.node.remove(node)
+        model.graph.node.insert(index, identity)
+        rewritten += 1
+    if rewritten:
+        logger.info("Rewrote %d inference Dropout node(s) as Identity.", rewritten)
+    return rewritten
+
+
 def _is_int64(constants: dict[str, np.ndarray], name: str, value: int) -> bool:
     array = constants.get(name)
     return array is not None and array.dtype == np.int64 and array.size == 1 and int(array.reshape(())) == value
@@ -122,5 +148,5 @@ def first_unsupported_node(model, supported: set[str]) -> tuple[str, str] | None
     return None
 
 
-__all__ = ["drop_weights_listed_as_inputs", "first_unsupported_node", "positions_without_range",
-           "scalar_constants_of_shape"]
+__all__ = ["drop_weights_listed_as_inputs", "first_unsupported_node", "inference_dropouts",
+           "positions_without_range", "scalar_constants_of_shape"]

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from forgeline.compile.graph_fixups import (drop_weights_listed_as_inputs, first_unsupported_node,
+from forgeline.compile.graph_fixups import (drop_weights_listed_as_inputs, first_unsupported_node, inference_dropouts,
                                             positions_without_range, scalar_constants_of_shape)
 
 
@@ -117,3 +117,35 @@ def test_a_constant_of_empty_shape_becomes_a_scalar(tmp_path):
         from_onnx(model, keep_params_in_input=False)
     assert scalar_constants_of_shape(model) == 1
     np.testing.assert_allclose(_compile_and_run(model, [x]), expected, rtol=0, atol=0)
+
+
+def test_an_inference_dropout_becomes_identity_and_the_cpu_build_matches(tmp_path):
+    """Model-zoo style (opset 9): Gemm -> Relu -> Dropout with an unread mask. Fused into one kernel
+    with the mask's second output, the CPU schedule rules rejected it; as Identity it builds."""
+    from forgeline.compile.targets import resolve_target
+    from forgeline.compile.tvm_build import build_tvm
+    from forgeline.runtime.backends.tvm import TvmExecutor
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((64, 32)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(64).astype(np.float32), "b")]
+    nodes = [helper.make_node("Gemm", ["x", "w", "b"], ["g"], transB=1), helper.make_node("Relu", ["g"], ["r"]),
+             helper.make_node("Dropout", ["r"], ["y", "mask"], ratio=0.5)]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 64])], inits, opset=9)
+    path = tmp_path / "dropout.onnx"
+    onnx.save(model, str(path))
+    x = rng.standard_normal((1, 32)).astype(np.float32)
+    expected = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    assert inference_dropouts(onnx.load(str(path))) == 1
+    build_tvm(path, resolve_target("cpu"), tmp_path / "build")  # the rewrite runs inside the import
+    got = TvmExecutor(tmp_path / "build" / "model.so", device="cpu").run([x])[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_dropout_whose_mask_is_read_stays():
+    nodes = [helper.make_node("Dropout", ["x"], ["y", "mask"]), helper.make_node("Cast", ["mask"], ["m"], to=TensorProto.FLOAT)]
+    model = _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4]),
+                    helper.make_tensor_value_info("m", TensorProto.FLOAT, [4])], opset=9)
+    assert inference_dropouts(model) == 0
