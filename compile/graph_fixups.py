@@ -111,7 +111,8 @@ def inference_dropouts(model) -> int:
         training = node.input[2] if len(node.input) > 2 and node.input[2] else None
         if training is not None and (training not in constants or bool(constants[training].reshape(()))):
             continue  # training mode, or not known to be off
-        identity = helper.make_node("Identity", [node.input[0]], [node.output[0]], name=f"{node.name or node.output[0]}__identity")
+        identity = helper.make_node("Identity", [node.input[0]], [node.output[0]],
+                                    name=f"{node.name or node.output[0]}__identity")
         model.graph.node.remove(node)
         model.graph.node.insert(index, identity)
         rewritten += 1

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from forgeline.runtime.format import GOLDEN_FILE, DEFAULT_TOLERANCE, Manifest, TensorSpec
+from forgeline.runtime.format import DEFAULT_TOLERANCE, GOLDEN_FILE, Manifest, TensorSpec, symbolic_sizes
 from forgeline.runtime.golden import GoldenCase, save_golden
 from forgeline.runtime.inputs import symbolic_dims
 
+from .bundle import record_ort_parity
 from .eager import GOLDEN_BATCH, GOLDEN_SEQ, output_specs_for
 
 # Ops an id passes through unchanged on its way to an embedding table (exporters add views and casts).
@@ -84,8 +85,6 @@ def make_cases(inputs: list[dict[str, np.ndarray]], reference: Reference) -> lis
 
 def finish_bundle(out: Path, manifest: Manifest, cases: list[GoldenCase]) -> Manifest:
     """Write golden.npz, hash every file, save the manifest, and measure ONNX Runtime against it."""
-    from .bundle import record_ort_parity
-
     save_golden(out / GOLDEN_FILE, cases)
     manifest.outputs = output_specs_for(manifest.inputs, list(cases[0].outputs), cases)
     manifest.golden_cases = [{d: int(s) for d, s in _case_dims(manifest.inputs, c).items()} for c in cases]
@@ -98,8 +97,6 @@ def finish_bundle(out: Path, manifest: Manifest, cases: list[GoldenCase]) -> Man
 
 
 def _case_dims(specs: list[TensorSpec], case: GoldenCase) -> dict[str, int]:
-    from forgeline.runtime.format import symbolic_sizes
-
     return symbolic_sizes(specs, [case.inputs[s.name] for s in specs])
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from forgeline.runtime.errors import ConfigError, ExportError, error_summary
-from forgeline.runtime.format import ONNX_FILE, Manifest, TensorSpec
+from forgeline.runtime.format import ONNX_FILE, Manifest, TensorSpec, symbolic_sizes
 from forgeline.runtime.inputs import symbolic_dims
 
 from .foreign import finish_bundle, golden_sizes, leading_dims, make_cases, new_manifest, specs_from_onnx
@@ -139,8 +139,6 @@ def _case_inputs(specs: list[TensorSpec], names: list[str], example: dict[str, t
     """The example, then two cases at other sizes of every dynamic dim (same dtypes and value ranges)."""
     arrays = {n: t.detach().cpu().numpy() for n, t in example.items()}
     dims = symbolic_dims(specs)
-    from forgeline.runtime.format import symbolic_sizes
-
     example_sizes = symbolic_sizes(specs, [arrays[s.name] for s in specs])
     cases = [{s.name: arrays[s.name] for s in specs}]
     if not dims:

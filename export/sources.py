@@ -18,7 +18,7 @@ from .onnx_source import DEFAULT_MAX_BYTES, OnnxSource, import_onnx_into
 
 
 def source_of(model: Any, *, example_inputs=None, example_kwargs=None, dynamic_shapes=None,
-              input_names=None, output_names=None, max_onnx_bytes: int = DEFAULT_MAX_BYTES,
+              input_names=None, output_names=None, max_onnx_bytes: int | None = None,
               name: str | None = None) -> ModuleSource | OnnxSource | None:
     """A ModuleSource for an nn.Module, an OnnxSource for an .onnx path, None for a registry name."""
     import torch
@@ -35,7 +35,8 @@ def source_of(model: Any, *, example_inputs=None, example_kwargs=None, dynamic_s
     if isinstance(model, os.PathLike) or (isinstance(model, str) and model.endswith(".onnx")):
         if given:
             raise ConfigError(f"{', '.join(given)} apply to an nn.Module; an ONNX file names its own inputs.")
-        return OnnxSource(path=Path(model), max_bytes=max_onnx_bytes, name=name)
+        return OnnxSource(path=Path(model), max_bytes=DEFAULT_MAX_BYTES if max_onnx_bytes is None else max_onnx_bytes,
+                          name=name)
     if not isinstance(model, str):
         raise ConfigError(f"build takes a registry name, an nn.Module or an .onnx path, not a {type(model).__name__}.")
     if given:

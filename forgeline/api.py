@@ -19,7 +19,14 @@ def build(
     export_options: ExportOptions = ExportOptions(),
     compile_options: CompileOptions = CompileOptions(),
     tune: TuneOptions | None = None,
-    **source: Any,
+    *,
+    example_inputs: tuple | None = None,
+    example_kwargs: dict | None = None,
+    dynamic_shapes: Any = None,
+    input_names: list[str] | None = None,
+    output_names: list[str] | None = None,
+    max_onnx_bytes: int | None = None,
+    name: str | None = None,
 ) -> CheckReport:
     """Export ``model``, compile (and optionally tune) it for one target, and check every stage.
 
@@ -38,7 +45,9 @@ def build(
     """
     from forgeline.export.sources import export_source_into, source_of
 
-    own = source_of(model, **source)
+    own = source_of(model, example_inputs=example_inputs, example_kwargs=example_kwargs,
+                    dynamic_shapes=dynamic_shapes, input_names=input_names, output_names=output_names,
+                    max_onnx_bytes=max_onnx_bytes, name=name)
     resolve_precision_target(compile_options, tune)  # a refusal (bf16 without AMX) before export
     with staged_artifact(Path(out_dir), export_options.overwrite) as staged:
         if own is None:

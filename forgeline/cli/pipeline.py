@@ -65,7 +65,8 @@ def _build(args: argparse.Namespace) -> int:
 
     model, source = build_source(args)
     report = build(model, args.output, export_options(args), compile_options(args), tune=tune_options(args), **source)
-    print(f"built {model if args.onnx else args.model + '/' + ('hf' if args.from_hf else args.preset)} in {args.output}")
+    what = model if args.onnx else f"{args.model}/{'hf' if args.from_hf else args.preset}"
+    print(f"built {what} in {args.output}")
     return print_report(report)
 
 
