@@ -54,7 +54,8 @@ def _compile(args: argparse.Namespace) -> int:
     manifest = compile_artifact(args.path, compile_options(args), tune=tune_options(args))
     print_buckets(manifest)
     for build in manifest.builds.values():
-        print(f"build {build.tag}: {build.lib} ({build.build_seconds:.1f} s){' - ' + build.note if build.note else ''}")
+        dense = f", {len(build.dense_layers)} dense layers on the {build.precision} rewrite" if build.dense_layers else ""
+        print(f"build {build.tag}: {build.lib} ({build.build_seconds:.1f} s{dense}){' - ' + build.note if build.note else ''}")
     print_stages(manifest)
     return 0
 

@@ -149,3 +149,17 @@ def test_a_dropout_whose_mask_is_read_stays():
                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4]),
                     helper.make_tensor_value_info("m", TensorProto.FLOAT, [4])], opset=9)
     assert inference_dropouts(model) == 0
+
+
+def test_a_converter_that_fails_names_the_node(tmp_path):
+    from forgeline.compile.tvm_build import import_relax
+    from forgeline.runtime.errors import CompileError
+
+    model = _model([helper.make_node("TopK", ["x", "k"], ["values", "indices"], name="topk_0")],
+                   [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"]),
+                    helper.make_tensor_value_info("k", TensorProto.INT64, [1])],  # TVM takes a constant k only
+                   [helper.make_tensor_value_info("values", TensorProto.FLOAT, [None]),
+                    helper.make_tensor_value_info("indices", TensorProto.INT64, [None])])
+    onnx.save(model, str(tmp_path / "topk.onnx"))
+    with pytest.raises(CompileError, match=r"on op TopK \(node topk_0\)"):
+        import_relax(tmp_path / "topk.onnx")
