@@ -21,6 +21,11 @@ importer takes it. ``normalize_for_import`` (onnx_fixups.py) runs them before ev
   writes a mask nobody reads. TVM fuses the matmul before it, the copy and the mask's ``full_like``
   into one kernel with two outputs, which the CPU schedule rules reject ("The block ... is an output
   block"). Outside training a Dropout is the identity; one whose mask is unread becomes Identity.
+- **ONNX's own Attention (opset 23).** torch.onnx at opset 23 writes ``scaled_dot_product_attention``
+  as one ``Attention`` node; TVM 0.27's converter of that name is for Microsoft's contrib op and
+  fails ("'num_heads'"). The 4-D form without a KV cache, causal flag or softcap is
+  ``Softmax(Q Kᵀ · scale + mask) V`` (a boolean mask adds 0 where true and -inf elsewhere, as the
+  ONNX specification states), and is written out as those ops.
 """
 
 from __future__ import annotations
@@ -121,6 +126,83 @@ def inference_dropouts(model) -> int:
     return rewritten
 
 
+def attention_as_matmuls(model) -> int:
+    """Write each ONNX (opset 23) Attention node of the plain 4-D form as MatMul/Softmax; returns how many."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - without shapes nothing is rewritten; the importer names the node
+        return 0
+    types = {v.name: v.type.tensor_type for v in [*inferred.graph.value_info, *inferred.graph.input]}
+    nodes, rewritten = [], 0
+    for node in model.graph.node:
+        plan = _attention_plan(node, types, model) if node.op_type == "Attention" else None
+        if plan is None:
+            nodes.append(node)
+            continue
+        nodes.extend(_attention_nodes(model, node, *plan))
+        rewritten += 1
+    if rewritten:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        logger.info("Wrote %d ONNX Attention node(s) as MatMul and Softmax for TVM's importer.", rewritten)
+    return rewritten
+
+
+def _attention_plan(node, types, model) -> tuple[float, bool | None] | None:
+    """(scale, mask is boolean; None without a mask) when the node has the plain form, else None."""
+    from onnx import TensorProto, helper
+
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    read = {name for n in model.graph.node for name in n.input} | {o.name for o in model.graph.output}
+    if (node.domain not in ("", "ai.onnx") or len(node.input) > 4 or any(out in read for out in node.output[1:])
+            or attrs.get("is_causal", 0) or attrs.get("softcap", 0.0) or attrs.get("qk_matmul_output_mode", 0)
+            or "q_num_heads" in attrs or "kv_num_heads" in attrs):
+        return None
+    q, k = types.get(node.input[0]), types.get(node.input[1])
+    if q is None or k is None or q.elem_type != TensorProto.FLOAT or len(q.shape.dim) != 4:
+        return None
+    heads = (q.shape.dim[1], k.shape.dim[1])
+    if not all(d.HasField("dim_value") for d in heads) or heads[0].dim_value != heads[1].dim_value:
+        return None  # grouped-query attention repeats K/V heads: not rewritten
+    depth = q.shape.dim[3]
+    if "scale" not in attrs and not depth.HasField("dim_value"):
+        return None
+    scale = attrs.get("scale", 1.0 / float(np.sqrt(depth.dim_value)))
+    if len(node.input) < 4 or not node.input[3]:
+        return scale, None
+    mask = types.get(node.input[3])
+    if mask is None or mask.elem_type not in (TensorProto.BOOL, TensorProto.FLOAT):
+        return None
+    return scale, mask.elem_type == TensorProto.BOOL
+
+
+def _attention_nodes(model, node, scale: float, boolean_mask: bool | None) -> list:
+    """Softmax(Q Kᵀ · scale + mask) V, writing the node's first output."""
+    from onnx import helper, numpy_helper
+
+    stem = f"{node.output[0]}__attention"
+    q, k, v = node.input[:3]
+    model.graph.initializer.extend([numpy_helper.from_array(np.array(scale, np.float32), f"{stem}_scale"),
+                                    numpy_helper.from_array(np.array(0.0, np.float32), f"{stem}_zero"),
+                                    numpy_helper.from_array(np.array(-np.inf, np.float32), f"{stem}_ninf")])
+    nodes = [helper.make_node("Transpose", [k], [f"{stem}_kt"], perm=[0, 1, 3, 2]),
+             helper.make_node("MatMul", [q, f"{stem}_kt"], [f"{stem}_qk"]),  # (B, H, S, T)
+             helper.make_node("Mul", [f"{stem}_qk", f"{stem}_scale"], [f"{stem}_scores"])]
+    scores = f"{stem}_scores"
+    if boolean_mask is not None:
+        bias = node.input[3]
+        if boolean_mask:
+            nodes.append(helper.make_node("Where", [bias, f"{stem}_zero", f"{stem}_ninf"], [f"{stem}_bias"]))
+            bias = f"{stem}_bias"
+        nodes.append(helper.make_node("Add", [scores, bias], [f"{stem}_masked"]))
+        scores = f"{stem}_masked"
+    nodes += [helper.make_node("Softmax", [scores], [f"{stem}_weights"], axis=-1),
+              helper.make_node("MatMul", [f"{stem}_weights", v], [node.output[0]])]  # (B, H, S, D)
+    return nodes
+
+
 def _is_int64(constants: dict[str, np.ndarray], name: str, value: int) -> bool:
     array = constants.get(name)
     return array is not None and array.dtype == np.int64 and array.size == 1 and int(array.reshape(())) == value
@@ -149,5 +231,5 @@ def first_unsupported_node(model, supported: set[str]) -> tuple[str, str] | None
     return None
 
 
-__all__ = ["drop_weights_listed_as_inputs", "first_unsupported_node", "inference_dropouts",
+__all__ = ["attention_as_matmuls", "drop_weights_listed_as_inputs", "first_unsupported_node", "inference_dropouts",
            "positions_without_range", "scalar_constants_of_shape"]

@@ -6,13 +6,16 @@ ONNX Runtime on the original file, or from numpy by hand.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from forgeline.compile.graph_fixups import (drop_weights_listed_as_inputs, first_unsupported_node, inference_dropouts,
+from forgeline.compile.graph_fixups import (attention_as_matmuls, drop_weights_listed_as_inputs, first_unsupported_node, inference_dropouts,
                                             positions_without_range, scalar_constants_of_shape)
 
 
@@ -163,3 +166,32 @@ def test_a_converter_that_fails_names_the_node(tmp_path):
     onnx.save(model, str(tmp_path / "topk.onnx"))
     with pytest.raises(CompileError, match=r"on op TopK \(node topk_0\)"):
         import_relax(tmp_path / "topk.onnx")
+
+
+class _Sdpa(torch.nn.Module):
+    def forward(self, q, k, v, keep):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # (B, H, S, D)
+
+
+def test_onnx_attention_is_written_as_matmuls_and_matches_onnx_runtime(tmp_path):
+    """torch.onnx at opset 23 writes SDPA as ONNX's own Attention op, which TVM's importer mistakes
+    for Microsoft's contrib op."""
+    from tvm.relax.frontend.onnx import from_onnx
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 6, 8, generator=gen) for _ in range(3))
+    keep = torch.rand(2, 1, 6, 6, generator=gen) > 0.3
+    keep[..., 0] = True  # every query keeps a key
+    path = tmp_path / "sdpa.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_Sdpa(), (q, k, v, keep), str(path), dynamo=True, opset_version=23, verbose=False)
+    model = onnx.load(str(path))
+    assert "Attention" in {n.op_type for n in model.graph.node}
+    with pytest.raises(Exception, match="num_heads"):
+        from_onnx(onnx.load(str(path)), keep_params_in_input=False)
+    arrays = [t.numpy() for t in (q, k, v, keep)]
+    session = ort.InferenceSession(str(path))
+    expected = session.run(None, dict(zip([i.name for i in session.get_inputs()], arrays)))[0]
+    assert attention_as_matmuls(model) == 1
+    np.testing.assert_allclose(_compile_and_run(model, arrays), expected, rtol=1e-5, atol=1e-6)
