@@ -50,36 +50,31 @@ def drop_weights_listed_as_inputs(model) -> int:
 
 
 def positions_without_range(model) -> int:
-    """Rewrite each integer ``Range(0, n, 1)`` with a computed
-    ``n`` as ``CumSum(ConstantOfShape([n], 1)) - 1`` where start is 0 and delta 1; returns how many."""
+    """Rewrite each integer ``Range(0, n, 1)`` with a computed ``n`` as ``CumSum(ConstantOfShape([n], 1)) - 1``;
+    returns how many."""
     from onnx import helper, numpy_helper
 
     constants = _constants(model)
-    nodes, rewritten = [], 0
-    for node in model.graph.node:
+
+    def replace(node):
         start, limit, delta = (list(node.input) + ["", "", ""])[:3]
         if not (node.op_type == "Range" and limit not in constants and _is_int64(constants, start, 0)
                 and _is_int64(constants, delta, 1)):  # Range(0, n, 1) is what exporters write
-            nodes.append(node)
-            continue
+            return None
         stem = f"{node.output[0]}__positions"
         values = {"axes": np.array([0], np.int64), "zero": np.array(0, np.int64), "one": np.array(1, np.int64)}
         model.graph.initializer.extend(numpy_helper.from_array(v, f"{stem}_{k}") for k, v in values.items())
         unsqueeze = (helper.make_node("Unsqueeze", [limit, f"{stem}_axes"], [f"{stem}_len"]) if _opset(model) >= 13
                      else helper.make_node("Unsqueeze", [limit], [f"{stem}_len"], axes=[0]))
-        nodes += [  # (n,) 0, 1, ..., n-1
+        return [  # (n,) 0, 1, ..., n-1
             unsqueeze,
             helper.make_node("ConstantOfShape", [f"{stem}_len"], [f"{stem}_ones"],
                              value=numpy_helper.from_array(np.array([1], np.int64))),
             helper.make_node("CumSum", [f"{stem}_ones", f"{stem}_zero"], [f"{stem}_count"]),
             helper.make_node("Sub", [f"{stem}_count", f"{stem}_one"], [node.output[0]]),
         ]
-        rewritten += 1
-    if rewritten:
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-        logger.info("Rewrote %d Range node(s) as a cumulative sum for TVM's importer.", rewritten)
-    return rewritten
+
+    return _rewrite_nodes(model, replace, "Range node(s) as a cumulative sum")
 
 
 def scalar_constants_of_shape(model) -> int:
@@ -87,20 +82,16 @@ def scalar_constants_of_shape(model) -> int:
     from onnx import helper, numpy_helper
 
     constants = _constants(model)
-    rewritten = 0
-    for index, node in enumerate(model.graph.node):
+
+    def replace(node):
         shape = constants.get(node.input[0]) if node.op_type == "ConstantOfShape" else None
         if shape is None or shape.size != 0:
-            continue
+            return None
         value = next((numpy_helper.to_array(a.t) for a in node.attribute if a.name == "value"), np.zeros(1, np.float32))
-        scalar = helper.make_node("Constant", [], list(node.output), name=f"{node.name or node.output[0]}__scalar",
-                                  value=numpy_helper.from_array(value.reshape(())))
-        model.graph.node.remove(node)
-        model.graph.node.insert(index, scalar)
-        rewritten += 1
-    if rewritten:
-        logger.info("Rewrote %d ConstantOfShape node(s) of an empty shape as scalar constants.", rewritten)
-    return rewritten
+        return [helper.make_node("Constant", [], list(node.output), name=f"{node.name or node.output[0]}__scalar",
+                                 value=numpy_helper.from_array(value.reshape(())))]
+
+    return _rewrite_nodes(model, replace, "ConstantOfShape node(s) of an empty shape as scalar constants")
 
 
 def inference_dropouts(model) -> int:
@@ -108,22 +99,18 @@ def inference_dropouts(model) -> int:
     from onnx import helper
 
     constants = _constants(model)
-    read = {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
-    rewritten = 0
-    for index, node in enumerate(model.graph.node):
+    read = _read_values(model)
+
+    def replace(node):
         if node.op_type != "Dropout" or (len(node.output) > 1 and node.output[1] in read):
-            continue
+            return None
         training = node.input[2] if len(node.input) > 2 and node.input[2] else None
         if training is not None and (training not in constants or bool(constants[training].reshape(()))):
-            continue  # training mode, or not known to be off
-        identity = helper.make_node("Identity", [node.input[0]], [node.output[0]],
-                                    name=f"{node.name or node.output[0]}__identity")
-        model.graph.node.remove(node)
-        model.graph.node.insert(index, identity)
-        rewritten += 1
-    if rewritten:
-        logger.info("Rewrote %d inference Dropout node(s) as Identity.", rewritten)
-    return rewritten
+            return None  # training mode, or not known to be off
+        return [helper.make_node("Identity", [node.input[0]], [node.output[0]],
+                                 name=f"{node.name or node.output[0]}__identity")]
+
+    return _rewrite_nodes(model, replace, "inference Dropout node(s) as Identity")
 
 
 def attention_as_matmuls(model) -> int:
@@ -135,27 +122,20 @@ def attention_as_matmuls(model) -> int:
     except Exception:  # noqa: BLE001 - without shapes nothing is rewritten; the importer names the node
         return 0
     types = {v.name: v.type.tensor_type for v in [*inferred.graph.value_info, *inferred.graph.input]}
-    nodes, rewritten = [], 0
-    for node in model.graph.node:
-        plan = _attention_plan(node, types, model) if node.op_type == "Attention" else None
-        if plan is None:
-            nodes.append(node)
-            continue
-        nodes.extend(_attention_nodes(model, node, *plan))
-        rewritten += 1
-    if rewritten:
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-        logger.info("Wrote %d ONNX Attention node(s) as MatMul and Softmax for TVM's importer.", rewritten)
-    return rewritten
+    read = _read_values(model)
+
+    def replace(node):
+        plan = _attention_plan(node, types, read) if node.op_type == "Attention" else None
+        return None if plan is None else _attention_nodes(model, node, *plan)
+
+    return _rewrite_nodes(model, replace, "ONNX Attention node(s) as MatMul and Softmax")
 
 
-def _attention_plan(node, types, model) -> tuple[float, bool | None] | None:
+def _attention_plan(node, types, read: set[str]) -> tuple[float, bool | None] | None:
     """(scale, mask is boolean; None without a mask) when the node has the plain form, else None."""
     from onnx import TensorProto, helper
 
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-    read = {name for n in model.graph.node for name in n.input} | {o.name for o in model.graph.output}
     if (node.domain not in ("", "ai.onnx") or len(node.input) > 4 or any(out in read for out in node.output[1:])
             or attrs.get("is_causal", 0) or attrs.get("softcap", 0.0) or attrs.get("qk_matmul_output_mode", 0)
             or "q_num_heads" in attrs or "kv_num_heads" in attrs):
@@ -201,6 +181,26 @@ def _attention_nodes(model, node, scale: float, boolean_mask: bool | None) -> li
     nodes += [helper.make_node("Softmax", [scores], [f"{stem}_weights"], axis=-1),
               helper.make_node("MatMul", [f"{stem}_weights", v], [node.output[0]])]  # (B, H, S, D)
     return nodes
+
+
+def _rewrite_nodes(model, replace, what: str) -> int:
+    """Rebuild the node list with ``replace(node)`` applied (a list of nodes in its place, or None to
+    keep it); logs and returns how many were replaced."""
+    nodes, rewritten = [], 0
+    for node in model.graph.node:
+        replacement = replace(node)
+        nodes.extend([node] if replacement is None else replacement)
+        rewritten += replacement is not None
+    if rewritten:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        logger.info("Rewrote %d %s for TVM's importer.", rewritten, what)
+    return rewritten
+
+
+def _read_values(model) -> set[str]:
+    """Every value some node reads or the graph returns."""
+    return {name for node in model.graph.node for name in node.input} | {o.name for o in model.graph.output}
 
 
 def _is_int64(constants: dict[str, np.ndarray], name: str, value: int) -> bool:

@@ -15,8 +15,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from forgeline.compile.graph_fixups import (attention_as_matmuls, drop_weights_listed_as_inputs, first_unsupported_node, inference_dropouts,
-                                            positions_without_range, scalar_constants_of_shape)
+from forgeline.compile.graph_fixups import (attention_as_matmuls, drop_weights_listed_as_inputs, first_unsupported_node,
+                                            inference_dropouts, positions_without_range, scalar_constants_of_shape)
 
 
 def _model(nodes, inputs, outputs, initializers=(), opset=17):
