@@ -107,7 +107,7 @@ def _build_into(root: Path, manifest: Manifest, spec, staged: Path,
     build = BuildRecord(
         tag=spec.tag, kind=spec.kind, target=spec.target, requires=spec.requires, lib=rel(result.lib_file),
         codegen_only=result.codegen_only, note=note, build_seconds=round(result.seconds, 2),
-        unscheduled=result.unscheduled, precision=options.precision,
+        unscheduled=result.unscheduled, precision=options.precision, dense_layers=result.dense_layers,
         tolerance=_tolerance_record(options.precision),
     )
     files = {rel(name): sha256_file(root / rel(name)) for name in [result.lib_file, *result.extra_files]}

@@ -8,6 +8,9 @@ Each rewrite is an identity on the graph's meaning; it only changes how a value 
   TVM's importer holds such a scalar as a ``PrimValue`` and its Reshape converter rejects it
   ("Reshape expects the input data to be a Tensor"). For a rank-0 input ``Unsqueeze(x, [0])`` is
   the same value, and the importer takes it.
+
+Graphs from other exporters get the rewrites of graph_fixups.py first (weights listed as inputs,
+positions from Range, scalar ConstantOfShape, inference Dropout, ONNX Attention).
 """
 
 from __future__ import annotations
@@ -18,7 +21,18 @@ logger = logging.getLogger(__name__)
 
 
 def normalize_for_import(model) -> int:
-    """Rewrite ``model`` (an onnx ModelProto) in place; returns the number of nodes rewritten."""
+    """Rewrite ``model`` (an onnx ModelProto) in place; returns the number of values rewritten."""
+    from .graph_fixups import (attention_as_matmuls, drop_weights_listed_as_inputs, inference_dropouts,
+                               positions_without_range, scalar_constants_of_shape)
+
+    rewritten = (drop_weights_listed_as_inputs(model) + positions_without_range(model)
+                 + scalar_constants_of_shape(model) + inference_dropouts(model))
+    if any(node.op_type == "Attention" for node in model.graph.node):  # shape inference only where needed
+        rewritten += attention_as_matmuls(model)
+    return rewritten + _scalar_reshapes(model)
+
+
+def _scalar_reshapes(model) -> int:
     from onnx import numpy_helper
 
     constants = {init.name: init for init in model.graph.initializer}

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from forgeline.compile.cpu.pipeline import cpu_pipeline
+from forgeline.compile.dense_layers import dense_layers
 from forgeline.compile.guards import native_log_to, require_full_tvm, reraise_if_interrupted, watch_interrupts
 from forgeline.compile.onnx_fixups import normalize_for_import
 from forgeline.compile.shape_division import floor_shape_divisions
@@ -38,6 +39,7 @@ class TvmBuildResult:
     seconds: float  # wall time of the whole build
     extra_files: list[str] = field(default_factory=list)  # relative to out_dir
     unscheduled: list[str] = field(default_factory=list)  # CPU kernels no schedule rule took
+    dense_layers: list[str] = field(default_factory=list)  # "KxN" of each matmul the dense rewrites take (CPU)
 
 
 def _import_compiler():
@@ -64,13 +66,16 @@ def _import_onnx(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None
         raise ArtifactError(f"{onnx_path} is not a readable ONNX model with its external data "
                             f"({error_summary(exc, last=True)}); export the bundle again.") from exc
     normalize_for_import(model)
+    _refuse_unsupported_ops(model)
     op_types = sorted({node.op_type for node in model.graph.node})
     try:
         mod = from_onnx(model, shape_dict=shape_dict, keep_params_in_input=False)
     except Exception as exc:  # noqa: BLE001 - the importer raises many TVM/Python error types
         reraise_if_interrupted(exc)
+        node = _failing_node(exc)
         ops_named = [op for op in op_types if op in str(exc)]
-        where = f" in ONNX op {', '.join(ops_named)}" if ops_named else ""
+        where = (f" on op {node.op_type} (node {node.name or node.output[0]})" if node is not None
+                 else f" in ONNX op {', '.join(ops_named)}" if ops_named else "")
         raise CompileError(
             f"TVM's ONNX importer failed{where}: {error_summary(exc, last=True)}. Rewrite that part of the "
             "model (docs/tvm-notes.md in the forgeline repository lists known importer limits) or report the op."
@@ -78,6 +83,30 @@ def _import_onnx(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None
     logger.info("Imported %s into Relax (%d op types) in %.2f s.", onnx_path.name,
                 len(op_types), time.perf_counter() - started)
     return tvm, floor_shape_divisions(mod)  # the importer's T.Div in reshapes (shape_division.py)
+
+
+def _failing_node(exc: BaseException):
+    """The ONNX node TVM's importer was converting when it raised, read from the traceback: its
+    converter loop (``_construct_nodes``) holds it as ``node``; None when the failure was elsewhere."""
+    tb = exc.__traceback__
+    found = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == "_construct_nodes":
+            found = tb.tb_frame.f_locals.get("node")
+        tb = tb.tb_next
+    return found if hasattr(found, "op_type") else None
+
+
+def _refuse_unsupported_ops(model) -> None:
+    """One sentence naming the op type and node of the first node TVM's importer cannot convert."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    from forgeline.compile.graph_fixups import first_unsupported_node
+
+    found = first_unsupported_node(model, set(_get_convert_map()))
+    if found is not None:
+        raise CompileError(f"TVM's ONNX importer has no converter for op {found[0]} (node {found[1]}), so the "
+                           "model cannot be compiled; replace that op in the model, or run it with ONNX Runtime.")
 
 
 def import_relax(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None):
@@ -145,6 +174,8 @@ def build_tvm(onnx_path: Path, spec: TargetSpec, out_dir: Path, *,
 def _build(onnx_path: Path, spec: TargetSpec, out_dir: Path, gemm_rows: int | None, precision: str,
            started: float) -> TvmBuildResult:
     tvm, mod = _import_onnx(onnx_path)
+    dense = dense_layers(mod) if spec.kind != "cuda" else []
+    logger.info("%d dense layer(s) take the %s dense-layer rewrite.", len(dense), precision)
     unscheduled: list[str] = []
     executable = _compile(tvm, mod, spec, gemm_rows, unscheduled, precision)
     export_started = time.perf_counter()
@@ -172,7 +203,7 @@ def _build(onnx_path: Path, spec: TargetSpec, out_dir: Path, gemm_rows: int | No
     seconds = time.perf_counter() - started
     logger.info("Built %s in %.2f s: %s", spec.tag, seconds, note)
     return TvmBuildResult(lib_file=LIB_NAME, codegen_only=codegen_only, note=note,
-                          seconds=seconds, extra_files=extra, unscheduled=unscheduled)
+                          seconds=seconds, extra_files=extra, unscheduled=unscheduled, dense_layers=dense)
 
 
 __all__ = ["TvmBuildResult", "build_tvm", "import_relax"]

@@ -94,7 +94,7 @@ def record_ort_parity(root: Path, manifest: Manifest) -> None:
     with load(root, backend="ort") as model:
         manifest.stages[ORT_STAGE] = with_generation_rows(model.selfcheck(), model)
     manifest.save(root)
-    log.info("ONNX Runtime vs eager: %s", "pass" if manifest.stages[ORT_STAGE].passed else "FAIL")
+    log.info("ONNX Runtime vs %s: %s", manifest.reference, "pass" if manifest.stages[ORT_STAGE].passed else "FAIL")
     raise_if_failed(manifest.stages[ORT_STAGE])  # the error names every output that missed
 
 
@@ -148,11 +148,11 @@ def _new_manifest(model: ForgelineModel, options: ExportOptions, cases: list[Gol
         dim_limits=model.dim_limits(),
         tolerance=options.tolerance,
         golden_cases=[case_sizes(model, c) for c in cases],
-        versions=_versions(),
+        versions=versions(),
     )
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
     import onnx
     import onnxruntime
 

@@ -58,9 +58,16 @@ def case_sizes(model: ForgelineModel, case: GoldenCase) -> dict[str, int]:
 
 def output_specs(model: ForgelineModel, cases: list[GoldenCase]) -> list[TensorSpec]:
     """Name each output axis by the symbolic dim whose size it tracks across the golden cases."""
-    case_dims = [case_sizes(model, case) for case in cases]
+    specs = [TensorSpec(s.name, s.dtype, tuple(s.dims)) for s in model.input_specs()]
+    return output_specs_for(specs, model.output_names(), cases)
+
+
+def output_specs_for(inputs: list[TensorSpec], names: list[str], cases: list[GoldenCase]) -> list[TensorSpec]:
+    """Output specs of a graph with these inputs: each axis named by the symbolic dim whose size it
+    tracks across the cases, a fixed size where it never changes, "?" otherwise."""
+    case_dims = [symbolic_sizes(inputs, [c.inputs[s.name] for s in inputs]) for c in cases]
     specs = []
-    for name in model.output_names():
+    for name in names:
         shapes = [c.outputs[name].shape for c in cases]
         dims = tuple(_axis_name(axis, shapes, case_dims) for axis in range(len(shapes[0])))
         specs.append(TensorSpec(name, str(cases[0].outputs[name].dtype), dims))

@@ -8,6 +8,7 @@ the same token (docs/tvm-notes.md).
 from __future__ import annotations
 
 import logging
+import re
 import time
 import warnings
 from pathlib import Path
@@ -51,27 +52,46 @@ def export_onnx(model: torch.nn.Module, out_dir: Path, dim_limits: dict[str, int
     sizes = trace_dims(dim_names, dim_limits, trace_shift(model))
     example = model.example_inputs(sizes, torch.Generator().manual_seed(0))
     path = Path(out_dir) / ONNX_FILE
-    start = time.perf_counter()
     log.info("exporting %s to ONNX (dynamic dims: %s)", type(model).__name__, ", ".join(dim_names))
+    export_graph(model, tuple(example), {}, path, input_names=[s.name for s in specs],
+                 output_names=model.output_names(), dynamic_shapes=dynamic_shapes)
+    return path
+
+
+def export_graph(module: torch.nn.Module, args: tuple, kwargs: dict, path: Path, *, input_names: list[str],
+                 output_names: list[str], dynamic_shapes) -> None:
+    """torch.onnx.export (dynamo) of any module to ``path`` with external data, then the ONNX checker."""
+    start = time.perf_counter()
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the exporter warns about every symbolic guard it adds
             torch.onnx.export(
-                model,
-                example,
+                module,
+                args,
                 str(path),
+                kwargs=kwargs or None,
                 dynamo=True,
-                input_names=[s.name for s in specs],
-                output_names=model.output_names(),
+                input_names=input_names,
+                output_names=output_names,
                 dynamic_shapes=dynamic_shapes,
                 external_data=True,
                 verbose=False,
             )
     except Exception as exc:  # the exporter raises many internal types; the user needs one sentence
-        raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {error_summary(exc)}") from exc
+        raise ExportError(f"torch.onnx.export failed for {type(module).__name__}: {_root_cause(exc)}") from exc
     log.info("exported in %.1f s", time.perf_counter() - start)
     check_onnx(path)
-    return path
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colour codes
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The first line of the innermost cause: the exporter wraps the real reason (a data-dependent
+    branch, an unsupported op) in a generic "failed at step 1/3" with terminal colours."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return f"{type(exc).__name__}: {_ANSI.sub('', error_summary(exc))}"
 
 
 def check_onnx(path: Path) -> None:

@@ -5,6 +5,11 @@ the golden inputs and on fresh random ones: nothing is read back from what the m
 golden.npz recorded at build time. Every stage is checked: the stored golden outputs themselves
 (what the torch-free ``selfcheck`` relies on), ONNX Runtime, each TVM build this host can run
 (with its KV-cache graphs), and each tuned bucket build at its own shape.
+
+A model from outside the registry has no checkpoint to rerun. For an ONNX file the reference,
+ONNX Runtime on the artifact's copy of the file, is rerun now, on fresh inputs too. For a module
+handed to ``forgeline.build`` the reference is eager PyTorch as it ran at build time: every stage is
+compared with the stored golden outputs, and the report says so.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ BUCKET_CASES = 2  # random input sets per tuned bucket
 class CheckReport:
     stages: list[StageRecord]
     skipped: dict[str, str] = field(default_factory=dict)  # stage -> why it was not run here
+    reference: str = "eager PyTorch"  # what every stage was compared with (format.SOURCE_REFERENCES)
+    note: str = ""  # how the reference was obtained, when it was not rerun in full
 
     @property
     def passed(self) -> bool:
@@ -49,15 +56,11 @@ def check_artifact(path: str | Path, fresh_cases: int = 2, verify_key=None) -> C
     root = Path(path)
     with load(root, backend="ort", verify_key=verify_key) as ort_model:  # signature, paths, hashes first
         manifest = ort_model.manifest
-        eager = load_checkpoint(root / WEIGHTS_FILE).eval()
-        golden = load_golden(root / GOLDEN_FILE)
-        cases = _cases(golden, eager, fresh_cases)
-        # The stored golden outputs are what `selfcheck` compares with where there is no torch:
-        # they must still be what eager computes.
-        stored = [row for kept, now in zip(golden, cases)
-                  for row in compare_outputs(now.outputs, kept.outputs, manifest.tolerance, kept.name)]
-        report = CheckReport(stages=[stage_record(GOLDEN_FILE, stored, manifest.tolerance),
-                                     _stage(ort_model, cases)])
+        eager = load_checkpoint(root / WEIGHTS_FILE).eval() if manifest.source == "registry" else None
+        if eager is not None:
+            cases, report = _registry_stages(root, ort_model, eager, fresh_cases)
+        else:
+            cases, report = _outside_registry(root, ort_model, fresh_cases)
     host = describe_host()
     for tag, build in manifest.builds.items():
         runnable, why = can_run(build.requires, host)
@@ -67,8 +70,47 @@ def check_artifact(path: str | Path, fresh_cases: int = 2, verify_key=None) -> C
         with load(root, backend="tvm", target=tag, verify_key=verify_key) as model:
             report.stages.append(_stage(model, cases))
             for key, bucket in build.buckets.items():
-                report.stages.append(_bucket_stage(model, key, bucket["dims"], eager))
+                report.stages.append(_bucket_stage(model, key, bucket["dims"], _bucket_reference(root, eager)))
+    if manifest.source == "module" and any(b.buckets for b in manifest.builds.values()):
+        report.note += ("; a tuned bucket's shape has no stored outputs, so its rows compare with ONNX Runtime, "
+                        "which matched them")
     return report
+
+
+def _registry_stages(root: Path, ort_model: Model, eager: ForgelineModel,
+                     fresh_cases: int) -> tuple[list[GoldenCase], CheckReport]:
+    """Eager PyTorch rerun from the checkpoint on the golden and fresh inputs; the stored outputs and
+    ONNX Runtime against it."""
+    tolerance = ort_model.manifest.tolerance
+    golden = load_golden(root / GOLDEN_FILE)
+    cases = _cases(golden, eager, fresh_cases)
+    # The stored golden outputs are what `selfcheck` compares with where there is no torch:
+    # they must still be what eager computes.
+    stored = [row for kept, now in zip(golden, cases)
+              for row in compare_outputs(now.outputs, kept.outputs, tolerance, kept.name)]
+    return cases, CheckReport(stages=[stage_record(GOLDEN_FILE, stored, tolerance), _stage(ort_model, cases)])
+
+
+def _outside_registry(root: Path, ort_model: Model, fresh_cases: int) -> tuple[list[GoldenCase], CheckReport]:
+    """The cases and the first stages of a module's or an ONNX file's artifact (see the module doc)."""
+    manifest = ort_model.manifest
+    golden = load_golden(root / GOLDEN_FILE)
+    report = CheckReport(stages=[_stage(ort_model, golden)], reference=manifest.reference)
+    if manifest.source == "module":
+        report.note = ("a module is not in the registry, so eager PyTorch cannot be rerun: every stage is "
+                       "compared with the outputs it gave at build time, stored in golden.npz")
+        return golden, report
+    from forgeline.export.onnx_source import case_shapes
+    from forgeline.runtime.inputs import random_inputs
+
+    # ONNX Runtime on the file is the reference: its run above checked the stored outputs; fresh
+    # inputs at other shapes get its outputs now.
+    report.stages[0].stage = GOLDEN_FILE
+    fresh = [random_inputs(manifest.inputs, sizes, FRESH_SEED + i)
+             for i, sizes in enumerate(case_shapes(manifest.inputs, first=2, count=fresh_cases))]
+    cases = golden + [GoldenCase(f"fresh{i}", arrays, ort_model.run(**arrays)) for i, arrays in enumerate(fresh)]
+    report.note = "ONNX Runtime on the artifact's copy of the file, rerun now on the golden and fresh inputs"
+    return cases, report
 
 
 def _stage(model: Model, cases: list[GoldenCase]) -> StageRecord:
@@ -76,11 +118,26 @@ def _stage(model: Model, cases: list[GoldenCase]) -> StageRecord:
     return with_generation_rows(model.selfcheck(cases), model, cases[0])
 
 
-def _bucket_stage(model: Model, key: str, dims: dict[str, int], eager: ForgelineModel) -> StageRecord:
-    """A tuned bucket build on fresh eager cases at exactly its shape (so it, not the fallback, serves)."""
+def _bucket_reference(root: Path, eager: ForgelineModel | None):
+    """Cases at a bucket's shape: eager PyTorch rerun, or, outside the registry, ONNX Runtime (which
+    the golden outputs already hold to the reference)."""
+    if eager is not None:
+        return lambda dims, seed, name: make_case(eager, dims, seed, name)
+    from forgeline.runtime.inputs import random_inputs
+
+    def ort_case(dims: dict[str, int], seed: int, name: str) -> GoldenCase:
+        with load(root, backend="ort") as ort_model:
+            arrays = random_inputs(ort_model.manifest.inputs, dims, seed)
+            return GoldenCase(name, arrays, ort_model.run(**arrays))
+
+    return ort_case
+
+
+def _bucket_stage(model: Model, key: str, dims: dict[str, int], reference) -> StageRecord:
+    """A tuned bucket build on fresh reference cases at exactly its shape (so it, not the fallback, serves)."""
     rows = []
     for i in range(BUCKET_CASES):
-        case = make_case(eager, dims, BUCKET_SEED + i, f"bucket{i}")
+        case = reference(dims, BUCKET_SEED + i, f"bucket{i}")
         got = model.run(**case.inputs)
         if model.last_build != key:
             raise ArtifactError(f"bucket {key} of {model.build.tag} did not serve a call at its own shape "

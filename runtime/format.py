@@ -43,6 +43,13 @@ TVM_DIR = "tvm"
 ORT_STAGE = "onnxruntime"  # the stage name of the ONNX Runtime backend in manifests and reports
 ROUTING_PREFIX = "routing."  # outputs that say which expert took which token: compared exactly
 
+# Where a model came from, and so what its golden outputs (and `forgeline check`) compare with.
+SOURCE_REFERENCES = {
+    "registry": "eager PyTorch",  # a define/ model: `check` reruns it from weights.safetensors
+    "module": "eager PyTorch at build time",  # an nn.Module handed to `forgeline.build`: golden.npz holds its outputs
+    "onnx": "ONNX Runtime",  # an ONNX file: ONNX Runtime on that same file
+}
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -164,6 +171,9 @@ class BuildRecord:
     unscheduled: list[str] = field(default_factory=list)  # kernels no CPU schedule took (naive loops)
     precision: str = "fp32"  # of the matmuls: "fp32" or "bf16" (routers, norms, softmax stay fp32)
     tolerance: dict[str, float] = field(default_factory=dict)  # {atol, rtol} this build is held to
+    # "KxN" of each matmul with a constant weight that the CPU dense-layer rewrites took (GEMM
+    # schedule with packed weights; the reduced-precision kernels), in program order.
+    dense_layers: list[str] = field(default_factory=list)
 
     @property
     def parity_tolerance(self) -> Tolerance | None:
@@ -214,6 +224,12 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     tokenizer: str | None = None  # relative path of tokenizer.json (HF) or {"type": "bytes"}; None: no text I/O
     graphs: dict[str, GraphSpec] = field(default_factory=dict)  # extra graphs by name, e.g. prefill/decode
+    source: str = "registry"  # a key of SOURCE_REFERENCES: where the model came from
+
+    @property
+    def reference(self) -> str:
+        """What the golden outputs were computed by (SOURCE_REFERENCES)."""
+        return SOURCE_REFERENCES[self.source]
 
     def input_names(self) -> list[str]:
         return [s.name for s in self.inputs]
@@ -257,6 +273,7 @@ class Manifest:
                 versions=d.get("versions", {}),
                 tokenizer=d.get("tokenizer"),
                 graphs={k: GraphSpec.from_dict(v) for k, v in d.get("graphs", {}).items()},
+                source=d.get("source", "registry"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ArtifactError(f"manifest.json is missing or has a malformed field ({exc}).") from exc

@@ -14,6 +14,7 @@ from .errors import ArtifactError
 DTYPES = frozenset({"float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8",
                     "uint8", "bool"})
 BUILD_KINDS = frozenset({"llvm", "cuda"})
+SOURCES = ("registry", "module", "onnx")  # format.SOURCE_REFERENCES' keys
 
 
 def _fail(where: str, what: str) -> ArtifactError:
@@ -108,6 +109,8 @@ def check_manifest_dict(d: dict[str, Any]) -> None:
         _check_tensors(graph.get("inputs"), f"graphs[{name!r}].inputs")
         _check_tensors(graph.get("outputs"), f"graphs[{name!r}].outputs")
     expect(d.get("tokenizer"), (str, type(None)), "tokenizer")
+    if expect(d.get("source", "registry"), str, "source") not in SOURCES:
+        raise _fail("source", f"is {d['source']!r}, not one of {', '.join(SOURCES)}")
 
 
 __all__ = ["check_manifest_dict", "check_tensor"]

@@ -48,7 +48,7 @@ def _executor_runner(lib: Path, manifest: Manifest, inputs) -> Callable[[], Any]
 
 
 def _run_eager(root: Path, manifest: Manifest, inputs, options) -> Callable[[], Any]:
-    from forgeline.runtime.errors import MissingDependencyError
+    from forgeline.runtime.errors import ConfigError, MissingDependencyError
     from forgeline.runtime.format import WEIGHTS_FILE
     from forgeline.runtime.host import cpu_core_count
 
@@ -60,6 +60,9 @@ def _run_eager(root: Path, manifest: Manifest, inputs, options) -> Callable[[], 
     except ImportError as exc:
         raise MissingDependencyError(f"the eager backend needs torch ({exc.name} is missing); "
                                      "install torch or leave eager out of --backends.") from exc
+    if manifest is not None and manifest.source != "registry":
+        raise ConfigError(f"an artifact built from {'an ONNX file' if manifest.source == 'onnx' else 'a module'} "
+                          "has no checkpoint to run eager PyTorch from.")
     torch.set_num_threads(cpu_core_count())
     model = load_checkpoint(root / WEIGHTS_FILE).eval()
     return lambda: run_eager(model, inputs)

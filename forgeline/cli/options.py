@@ -8,8 +8,9 @@ from pathlib import Path
 from forgeline.runtime.errors import ConfigError
 
 
-def export_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="model name, e.g. gpt, bert, transformer, gpt-moe (see `forgeline models`)")
+def export_args(p: argparse.ArgumentParser, model_optional: bool = False) -> None:
+    p.add_argument("model", nargs="?" if model_optional else None,
+                   help="model name, e.g. gpt, bert, transformer, gpt-moe (see `forgeline models`)")
     p.add_argument("--preset", default="tiny", help="size preset: tiny, small or base (default: tiny)")
     p.add_argument("-o", "--output", required=True, type=Path, help="folder to write the bundle into")
     p.add_argument("--seed", type=int, default=0, help="seed for the weight init and golden inputs")
@@ -34,8 +35,23 @@ def compile_args(p: argparse.ArgumentParser, with_path: bool = True) -> None:
 
 
 def build_args(p: argparse.ArgumentParser) -> None:
-    export_args(p)
+    export_args(p, model_optional=True)
+    p.add_argument("--onnx", type=Path, metavar="FILE",
+                   help="build this ONNX file instead of a registry model (ONNX Runtime on it is the reference)")
+    p.add_argument("--max-onnx-mb", type=int, default=4096,
+                   help="refuse an --onnx model larger than this, external data included (default: 4096)")
     compile_args(p, with_path=False)
+
+
+def build_source(args: argparse.Namespace) -> tuple[str | Path, dict]:
+    """What `build` builds: the registry name, or the --onnx file with its keyword options."""
+    if args.onnx is not None:
+        if args.model or args.from_hf or args.weights:
+            raise ConfigError("--onnx builds that file alone; leave out the model name, --from-hf and --weights.")
+        return args.onnx, {"max_onnx_bytes": args.max_onnx_mb << 20}
+    if not args.model:
+        raise ConfigError("name a model (see `forgeline models`), or pass --onnx FILE.")
+    return args.model, {}
 
 
 def backend_args(p: argparse.ArgumentParser) -> None:

@@ -18,10 +18,13 @@ def print_report(report) -> int:
             exact = output.startswith("routing.")
             rows.append((stage.stage, output, f"{max_abs:.2e}", f"{max_rel:.2e}",
                          "exact" if exact else f"{tol.atol:g}/{tol.rtol:g}", "pass" if ok else "FAIL"))
-    print_table(("stage vs eager", "output", "max abs", "max rel", "atol/rtol", "result"), rows)
+    reference = report.reference
+    print_table((f"stage vs {reference}", "output", "max abs", "max rel", "atol/rtol", "result"), rows)
     for stage, why in report.skipped.items():
         print(f"{stage}: not run on this host ({why})")
-    print("all stages match eager PyTorch" if report.passed else "some stages do NOT match eager PyTorch")
+    if report.note:
+        print(f"reference: {report.note}")
+    print(f"all stages match {reference}" if report.passed else f"some stages do NOT match {reference}")
     return 0 if report.passed else 1
 
 

@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 
 from .files import check_output_file, read_npz, write_npz
-from .options import backend_args, verify_key_arg, build_args, compile_args, compile_options, export_args, export_options, tune_options
+from .options import (backend_args, build_args, build_source, compile_args, compile_options, export_args,
+                      export_options, tune_options, verify_key_arg)
 from .output import print_buckets, print_report, print_stages, print_table
 from .registry import command
 
@@ -53,7 +54,8 @@ def _compile(args: argparse.Namespace) -> int:
     manifest = compile_artifact(args.path, compile_options(args), tune=tune_options(args))
     print_buckets(manifest)
     for build in manifest.builds.values():
-        print(f"build {build.tag}: {build.lib} ({build.build_seconds:.1f} s){' - ' + build.note if build.note else ''}")
+        dense = f", {len(build.dense_layers)} dense layers on the {build.precision} rewrite" if build.dense_layers else ""
+        print(f"build {build.tag}: {build.lib} ({build.build_seconds:.1f} s{dense}){' - ' + build.note if build.note else ''}")
     print_stages(manifest)
     return 0
 
@@ -62,8 +64,10 @@ def _compile(args: argparse.Namespace) -> int:
 def _build(args: argparse.Namespace) -> int:
     from forgeline.api import build
 
-    report = build(args.model, args.output, export_options(args), compile_options(args), tune=tune_options(args))
-    print(f"built {args.model}/{'hf' if args.from_hf else args.preset} in {args.output}")
+    model, source = build_source(args)
+    report = build(model, args.output, export_options(args), compile_options(args), tune=tune_options(args), **source)
+    what = model if args.onnx else f"{args.model}/{'hf' if args.from_hf else args.preset}"
+    print(f"built {what} in {args.output}")
     return print_report(report)
 
 
