@@ -1,7 +1,9 @@
 """ONNX -> TVM Relax -> one exported library per target.
 
-``build_tvm`` imports the ONNX graph with its weights embedded, runs TVM's default Relax pipeline
-for the target (for CUDA that pipeline applies dlight's GPU schedules) and exports ``model.so``.
+``build_tvm`` imports the ONNX graph with its weights as constants, runs forgeline's Relax pipeline
+for the target (for CUDA that pipeline applies dlight's GPU schedules), lifts the packed weights out
+of ``main`` into a trailing ``params`` tuple (params_lift.py) and exports ``model.so``, which then
+holds kernels only; the caller stores the weights in the build's parameter file (params_store.py).
 
 CUDA builds run forgeline's CUDA pipeline (compile/cuda/pipeline.py) and are exported by
 compile/cuda/export.py: the kernels are compiled to a fatbin with nvcc (NVIDIA's PyPI nvcc first)
@@ -20,6 +22,7 @@ from pathlib import Path
 from forgeline.compile.cpu.pipeline import cpu_pipeline
 from forgeline.compile.guards import native_log_to, require_full_tvm, reraise_if_interrupted, watch_interrupts
 from forgeline.compile.onnx_fixups import normalize_for_import
+from forgeline.compile.params_lift import LiftedParams
 from forgeline.compile.shape_division import floor_shape_divisions
 from forgeline.compile.targets import TargetSpec
 from forgeline.runtime.errors import ArtifactError, CompileError, MissingDependencyError, error_summary
@@ -37,6 +40,9 @@ class TvmBuildResult:
     seconds: float  # wall time of the whole build
     extra_files: list[str] = field(default_factory=list)  # relative to out_dir
     unscheduled: list[str] = field(default_factory=list)  # CPU kernels no schedule rule took
+    # The weights ``main`` takes as its trailing ``params`` tuple, in order (params_lift.py); the
+    # caller stores them (params_store.py) and drops them.
+    params: list = field(default_factory=list)
 
 
 def _import_compiler():
@@ -84,12 +90,14 @@ def import_relax(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None
     return _import_onnx(Path(onnx_path), shape_dict)[1]
 
 
-def _pipeline(target, spec: TargetSpec, gemm_rows: int | None, precision: str, unscheduled: list[str] | None):
+def _pipeline(target, spec: TargetSpec, gemm_rows: int | None, precision: str, unscheduled: list[str] | None,
+              lifted: LiftedParams | None):
     if spec.kind == "cuda":
         from forgeline.compile.cuda.pipeline import cuda_pipeline
 
-        return cuda_pipeline(target, precision)
-    return cpu_pipeline(target, gemm_rows=gemm_rows, unscheduled=unscheduled, precision=precision)
+        return cuda_pipeline(target, precision, lifted=lifted)
+    return cpu_pipeline(target, gemm_rows=gemm_rows, unscheduled=unscheduled, precision=precision,
+                        lifted=lifted)
 
 
 def _codegen_environment(spec: TargetSpec):
@@ -101,7 +109,7 @@ def _codegen_environment(spec: TargetSpec):
 
 
 def _compile(tvm, mod, spec: TargetSpec, gemm_rows: int | None = None,
-             unscheduled: list[str] | None = None, precision: str = "fp32"):
+             unscheduled: list[str] | None = None, precision: str = "fp32", lifted: LiftedParams | None = None):
     from tvm.target import Target
 
     started = time.perf_counter()
@@ -111,7 +119,7 @@ def _compile(tvm, mod, spec: TargetSpec, gemm_rows: int | None = None,
         target = Target(spec.target)
         with _codegen_environment(spec):
             executable = tvm.compile(mod, target=target,
-                                     relax_pipeline=_pipeline(target, spec, gemm_rows, precision, unscheduled))
+                                     relax_pipeline=_pipeline(target, spec, gemm_rows, precision, unscheduled, lifted))
     except CompileError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -124,8 +132,11 @@ def _compile(tvm, mod, spec: TargetSpec, gemm_rows: int | None = None,
 
 
 def build_tvm(onnx_path: Path, spec: TargetSpec, out_dir: Path, *,
-              gemm_rows: int | None = None, precision: str = "fp32") -> TvmBuildResult:
-    """Compile ``onnx_path`` for ``spec`` into ``out_dir/model.so`` (weights embedded).
+              gemm_rows: int | None = None, precision: str = "fp32", lift: bool = True) -> TvmBuildResult:
+    """Compile ``onnx_path`` for ``spec`` into ``out_dir/model.so``.
+
+    With ``lift`` the library holds kernels only and its weights come back in ``result.params``
+    (``main`` takes them as a trailing tuple); without, they are embedded in the library.
 
     ``gemm_rows`` fixes the CPU GEMM tile height (cpu.matmul.DECODE_ROWS for a decode graph);
     ``precision``: "bf16" puts CPU dense layers on AMX (cpu.pipeline.apply_cpu_defaults), "fp16" casts
@@ -138,14 +149,15 @@ def build_tvm(onnx_path: Path, spec: TargetSpec, out_dir: Path, *,
     started = time.perf_counter()
     logger.info("Building %s for %s: %s", onnx_path, spec.tag, spec.target)
     with watch_interrupts(), native_log_to(logger):
-        return _build(onnx_path, spec, out_dir, gemm_rows, precision, started)
+        return _build(onnx_path, spec, out_dir, gemm_rows, precision, started, LiftedParams() if lift else None)
 
 
 def _build(onnx_path: Path, spec: TargetSpec, out_dir: Path, gemm_rows: int | None, precision: str,
-           started: float) -> TvmBuildResult:
+           started: float, lifted: LiftedParams | None) -> TvmBuildResult:
     tvm, mod = _import_onnx(onnx_path)
     unscheduled: list[str] = []
-    executable = _compile(tvm, mod, spec, gemm_rows, unscheduled, precision)
+    executable = _compile(tvm, mod, spec, gemm_rows, unscheduled, precision, lifted)
+    del mod  # the imported weights: only the lifted (packed) ones live on, in ``lifted``
     export_started = time.perf_counter()
     try:
         if spec.kind == "cuda":
@@ -168,7 +180,8 @@ def _build(onnx_path: Path, spec: TargetSpec, out_dir: Path, gemm_rows: int | No
     seconds = time.perf_counter() - started
     logger.info("Built %s in %.2f s: %s", spec.tag, seconds, note)
     return TvmBuildResult(lib_file=LIB_NAME, codegen_only=codegen_only, note=note,
-                          seconds=seconds, extra_files=extra, unscheduled=unscheduled)
+                          seconds=seconds, extra_files=extra, unscheduled=unscheduled,
+                          params=lifted.arrays if lifted is not None else [])
 
 
 __all__ = ["TvmBuildResult", "build_tvm", "import_relax"]

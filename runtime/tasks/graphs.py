@@ -32,5 +32,7 @@ def open_graph(model, name: str):
         )
     from ..backends.tvm import TvmExecutor
 
+    from ..params_file import binding_for
+
     return TvmExecutor(confined(model.path, lib, f"the {name!r} library"), device=model.build.device,
-                       device_id=model.device_id)
+                       device_id=model.device_id, params=binding_for(model.path, model.build, lib))
