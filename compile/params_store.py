@@ -36,7 +36,7 @@ class ParamStoreWriter:
     def __init__(self, path: Path, known: set[str] = frozenset()):
         self.path = Path(path)
         self._scratch = self.path.with_name(self.path.name + ".partial")
-        self._data = open(self._scratch, "wb")
+        self._data = None  # opened with the first tensor: a build killed before it leaves no file
         self._entries: dict[str, tuple[str, list[int], int, int]] = {}  # key -> dtype, shape, begin, end
         self._known = set(known)  # stored elsewhere already (the build's shared file): not written
         self._size = 0
@@ -52,6 +52,8 @@ class ParamStoreWriter:
             dtype = NUMPY_TO_SAFETENSORS.get(array.dtype.name)
             if dtype is None:
                 raise ValueError(f"parameters of dtype {array.dtype} cannot be stored in safetensors")
+            if self._data is None:
+                self._data = open(self._scratch, "wb")
             self._pad_to(PARAM_ALIGN)
             begin = self._size
             self._data.write(memoryview(np.ascontiguousarray(array)).cast("B"))
@@ -72,10 +74,9 @@ class ParamStoreWriter:
 
     def finish(self) -> bool:
         """Write the file; False (and nothing written) when no tensor was added."""
-        self._data.close()
-        if not self._entries:
-            self._scratch.unlink()
+        if self._data is None:
             return False
+        self._data.close()
         header = self._header()
         with open(self.path, "wb") as out, open(self._scratch, "rb") as data:
             out.write(len(header).to_bytes(8, "little"))
@@ -87,7 +88,8 @@ class ParamStoreWriter:
         return True
 
     def abandon(self) -> None:
-        self._data.close()
+        if self._data is not None:
+            self._data.close()
         self._scratch.unlink(missing_ok=True)
 
     def _header(self) -> bytes:

@@ -64,14 +64,17 @@ def _import_onnx(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None
     onnx, tvm, from_onnx = _import_compiler()
     started = time.perf_counter()
     try:
-        model = onnx.load(str(onnx_path), load_external_data=True)
+        # The graph alone: each weight is read from its external-data file as the importer reaches
+        # it, so the graph's weights are never held twice (proto and Relax constants).
+        model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - onnx raises assorted errors for bad files
-        raise ArtifactError(f"{onnx_path} is not a readable ONNX model with its external data "
-                            f"({error_summary(exc, last=True)}); export the bundle again.") from exc
+        raise ArtifactError(f"{onnx_path} is not a readable ONNX model ({error_summary(exc, last=True)}); "
+                            "export the bundle again.") from exc
     normalize_for_import(model)
     op_types = sorted({node.op_type for node in model.graph.node})
     try:
-        mod = from_onnx(model, shape_dict=shape_dict, keep_params_in_input=False)
+        with external_data_from(onnx_path.parent):
+            mod = from_onnx(model, shape_dict=shape_dict, keep_params_in_input=False)
     except Exception as exc:  # noqa: BLE001 - the importer raises many TVM/Python error types
         reraise_if_interrupted(exc)
         ops_named = [op for op in op_types if op in str(exc)]
@@ -83,6 +86,25 @@ def _import_onnx(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None
     logger.info("Imported %s into Relax (%d op types) in %.2f s.", onnx_path.name,
                 len(op_types), time.perf_counter() - started)
     return tvm, floor_shape_divisions(mod)  # the importer's T.Div in reshapes (shape_division.py)
+
+
+@contextlib.contextmanager
+def external_data_from(folder: Path):
+    """Make TVM's ONNX importer read external tensors from ``folder``, one at a time.
+
+    The importer turns each initializer into numpy with ``onnx_frontend.get_numpy`` (onnx's
+    ``to_array``, which reads a tensor's external data relative to a base folder, the current one
+    by default) and then into a Relax constant, so each tensor's bytes live briefly twice at most.
+    """
+    from onnx.numpy_helper import to_array
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    original = onnx_frontend.get_numpy
+    onnx_frontend.get_numpy = lambda tensor: to_array(tensor, base_dir=str(folder))
+    try:
+        yield
+    finally:
+        onnx_frontend.get_numpy = original
 
 
 def import_relax(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None):

@@ -84,6 +84,7 @@ def export_into(name: str, out: Path, options: ExportOptions = ExportOptions()) 
     manifest.graphs = graphs
     manifest.dim_limits = graph_dim_limits(manifest)  # past, src_seq, ...: bounded like seq
     manifest.tokenizer = _ship_tokenizer(out, model, options)
+    del model  # the weights are on disk now; ONNX Runtime's check needs the memory
     for path in sorted(out.iterdir()):
         if path.is_file() and path.name != "manifest.json":
             manifest.record_file(out, path.name)

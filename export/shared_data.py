@@ -4,7 +4,10 @@ The exporter writes each graph (main, prefill, decode, ...) with its own externa
 each of those is a full copy of the weights. ``share_external_data`` points every external
 initializer of every graph at bytes already in the bundle: into the eager checkpoint
 (``weights.safetensors``) where an initializer is a checkpoint tensor byte for byte, else into one
-shared file, ``model.onnx.data``, where each distinct tensor is stored once. ONNX external data is a
+shared file, ``model.onnx.data``, where each distinct tensor is stored once. The exporter folds each
+Linear's transposed weight into a new initializer; where one is the transpose of a checkpoint
+matrix, it becomes a Transpose node of that matrix (ONNX Runtime and TVM fold it back at load and
+build time), so the graphs add almost nothing to the checkpoint. ONNX external data is a
 (file, offset, length) triple, so a graph does not care which file it reads; ONNX Runtime and TVM's
 importer read these files as they read the exporter's own.
 
@@ -19,15 +22,18 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 SHARED_DATA_FILE = "model.onnx.data"
 _ALIGN = 64  # bytes; lets a reader map a tensor aligned
 
 
-def _checkpoint_index(checkpoint: Path) -> dict[str, tuple[int, int]]:
-    """sha256 of each checkpoint tensor's bytes -> (offset in the file, length)."""
-    index = {}
+def _checkpoint_index(checkpoint: Path) -> tuple[dict[str, tuple[int, int]], dict[str, tuple[int, int, list[int]]]]:
+    """sha256 of each checkpoint tensor's bytes -> (offset in the file, length); and sha256 of each
+    fp32 matrix's transpose -> (offset, length, its shape)."""
+    index, transposed = {}, {}
     with open(checkpoint, "rb") as fh:
         length = int.from_bytes(fh.read(8), "little")
         header = json.loads(fh.read(length))
@@ -37,8 +43,12 @@ def _checkpoint_index(checkpoint: Path) -> dict[str, tuple[int, int]]:
                 continue
             begin, end = entry["data_offsets"]
             fh.seek(start + begin)
-            index.setdefault(hashlib.sha256(fh.read(end - begin)).hexdigest(), (start + begin, end - begin))
-    return index
+            data = fh.read(end - begin)
+            index.setdefault(hashlib.sha256(data).hexdigest(), (start + begin, end - begin))
+            if entry["dtype"] == "F32" and len(entry["shape"]) == 2:
+                flipped = np.frombuffer(data, np.float32).reshape(entry["shape"]).T.tobytes()
+                transposed.setdefault(hashlib.sha256(flipped).hexdigest(), (start + begin, end - begin, entry["shape"]))
+    return index, transposed
 
 
 def _read(path: Path, offset: int, length: int) -> bytes:
@@ -58,26 +68,46 @@ def _point_at(tensor, location: str, offset: int, length: int) -> None:
         entry.key, entry.value = key, value
 
 
+def _transpose_of(model, tensor, checkpoint: str, offset: int, length: int, shape: list[int]) -> None:
+    """Make initializer ``tensor`` a Transpose node of the checkpoint matrix it is the transpose of
+    (the exporter folds a Linear's weight.T into a new initializer)."""
+    from onnx import helper
+
+    source = model.graph.initializer.add()
+    source.CopyFrom(tensor)
+    source.name = f"{tensor.name}.checkpoint"
+    del source.dims[:]
+    source.dims.extend(shape)
+    _point_at(source, checkpoint, offset, length)
+    model.graph.node.insert(0, helper.make_node("Transpose", [source.name], [tensor.name], perm=[1, 0],
+                                                name=f"{tensor.name}.transpose"))
+    model.graph.initializer.remove(tensor)
+
+
 def share_external_data(out: Path, graphs: list[str], checkpoint: str | None = None) -> None:
     """Rewrite the graphs ``graphs`` (file names in ``out``) to share one copy of their weights."""
     import onnx
     from onnx.external_data_helper import ExternalDataInfo, uses_external_data
 
     out = Path(out)
-    index = {key: (checkpoint, *where) for key, where in _checkpoint_index(out / checkpoint).items()} if checkpoint else {}
+    index, transposed = _checkpoint_index(out / checkpoint) if checkpoint else ({}, {})
+    index = {key: (checkpoint, *where) for key, where in index.items()}
     scratch = out / (SHARED_DATA_FILE + ".partial")
     old_files: set[str] = set()
     stored = size = 0
     with open(scratch, "wb") as shared:
         for graph in graphs:
             model = onnx.load(str(out / graph), load_external_data=False)
-            for tensor in model.graph.initializer:
+            for tensor in list(model.graph.initializer):
                 if not uses_external_data(tensor):
                     continue
                 info = ExternalDataInfo(tensor)
                 old_files.add(info.location)
                 data = _read(out / info.location, int(info.offset or 0), int(info.length))
                 key = hashlib.sha256(data).hexdigest()
+                if key not in index and key in transposed and tensor.data_type == onnx.TensorProto.FLOAT:
+                    _transpose_of(model, tensor, checkpoint, *transposed[key])
+                    continue
                 if key not in index:
                     shared.write(b"\0" * (-size % _ALIGN))
                     size += -size % _ALIGN
