@@ -114,7 +114,7 @@ def runners(out: Path, manifest, inputs: dict, eager, compiled) -> dict:
     import torch
 
     from forgeline.runtime import load
-    from forgeline.runtime.backends.tvm import TvmExecutor
+    from forgeline.runtime.backends.tvm_params import library_executor
     from forgeline.runtime.format import ONNX_FILE
 
     names = [s.name for s in manifest.inputs]
@@ -123,7 +123,7 @@ def runners(out: Path, manifest, inputs: dict, eager, compiled) -> dict:
     run = {}
     for column, precision in (("tvm", "fp32"), ("tvm-fp16", "fp16")):
         if precision in cuda:  # the dynamic library itself: never a tuned bucket
-            executor = TvmExecutor(out / cuda[precision].lib, device="cuda")
+            executor = library_executor(out, cuda[precision], device="cuda")
             run[column] = lambda e=executor: e.run(arrays)
     shape_key = "x".join(str(inputs[names[0]].shape[d]) for d in range(2))
     if shape_key in cuda["fp32"].buckets:  # load() serves the tuned bucket at exactly this shape

@@ -22,9 +22,11 @@ from forgeline.runtime.format import ONNX_FILE, TVM_DIR, BuildRecord, Manifest, 
 from forgeline.runtime.host import can_run, describe_host, read_cpu_features
 from forgeline.runtime.kv_check import with_generation_rows
 from forgeline.runtime.model import load, open_model
+from forgeline.runtime.params_file import PARAMS_FILE
 from forgeline.runtime.parity import raise_if_failed
 
 from .cpu.matmul import DECODE_ROWS
+from .params_store import ParamStoreWriter
 from .precision import kernel_precision, precision_target
 from .guards import watch_interrupts
 from .targets import resolve_target
@@ -100,18 +102,42 @@ def _build_into(root: Path, manifest: Manifest, spec, staged: Path,
     from forgeline.runtime.format import sha256_file
 
     precision = kernel_precision(options.precision, options.emulate_amx)
-    result = build_tvm(root / ONNX_FILE, spec, staged, precision=precision)
     rel = lambda name: f"{TVM_DIR}/{staged.name}/{name}"  # noqa: E731 - paths inside the artifact
-    note = result.note + (" Its bf16 tile steps are emulated in TIR loops: same numerics as AMX, "
-                          "slow, for checking only." if precision.endswith("emulated") else "")
+    store = ParamStoreWriter(staged / PARAMS_FILE)
+    try:
+        build, files = _build_libraries(root, manifest, spec, staged, precision, store)
+        written = store.finish()
+    except BaseException:
+        store.abandon()
+        raise
+    if written:
+        build.params_file = rel(PARAMS_FILE)
+        files[build.params_file] = sha256_file(root / build.params_file)
+    build.precision, build.tolerance = options.precision, _tolerance_record(options.precision)
+    if precision.endswith("emulated"):
+        build.note += (" Its bf16 tile steps are emulated in TIR loops: same numerics as AMX, "
+                       "slow, for checking only.")
+    log.info("stored %d distinct parameter tensors for %d libraries in %s", store.stored,
+             len(build.lib_params), PARAMS_FILE)
+    return build, files
+
+
+def _build_libraries(root: Path, manifest: Manifest, spec, staged: Path, precision: str,
+                     store: ParamStoreWriter) -> tuple[BuildRecord, dict[str, str]]:
+    """The main library and the extra graphs' ones; their weights go to ``store``, each tensor once."""
+    from forgeline.runtime.format import sha256_file
+
+    result = build_tvm(root / ONNX_FILE, spec, staged, precision=precision, lift=True)
+    rel = lambda name: f"{TVM_DIR}/{staged.name}/{name}"  # noqa: E731 - paths inside the artifact
     build = BuildRecord(
         tag=spec.tag, kind=spec.kind, target=spec.target, requires=spec.requires, lib=rel(result.lib_file),
-        codegen_only=result.codegen_only, note=note, build_seconds=round(result.seconds, 2),
-        unscheduled=result.unscheduled, precision=options.precision, dense_layers=result.dense_layers,
-        tolerance=_tolerance_record(options.precision),
+        codegen_only=result.codegen_only, note=result.note, build_seconds=round(result.seconds, 2),
+        unscheduled=result.unscheduled, dense_layers=result.dense_layers,
     )
+    build.lib_params[build.lib] = store.add(result.params)
     files = {rel(name): sha256_file(root / rel(name)) for name in [result.lib_file, *result.extra_files]}
-    build.graph_libs = _build_graphs(root, manifest, spec, staged, files, precision)
+    del result  # its weights are in the store's file now
+    build.graph_libs = _build_graphs(root, manifest, spec, staged, files, precision, store, build.lib_params)
     return build, files
 
 
@@ -128,11 +154,13 @@ def _rebase(build: BuildRecord, files: dict[str, str], old: str, new: str) -> tu
     build = copy.deepcopy(build)
     build.lib = move(build.lib)
     build.graph_libs = {name: move(lib) for name, lib in build.graph_libs.items()}
+    build.params_file = move(build.params_file) if build.params_file else ""
+    build.lib_params = {move(lib): keys for lib, keys in build.lib_params.items()}
     return build, {move(path): digest for path, digest in files.items()}
 
 
 def _build_graphs(root: Path, manifest: Manifest, spec, build_dir: Path, files: dict[str, str],
-                  precision: str = "fp32") -> dict[str, str]:
+                  precision: str, store: ParamStoreWriter, lib_params: dict[str, list[str]]) -> dict[str, str]:
     """Build each extra graph (KV-cache prefill/decode, ...) into <build_dir>/<graph>/; lib paths by name.
 
     A graph that does not compile fails the whole build with a sentence naming it.
@@ -144,7 +172,8 @@ def _build_graphs(root: Path, manifest: Manifest, spec, build_dir: Path, files: 
         log.info("building graph %s (%d/%d)", name, index, len(manifest.graphs))
         rows = DECODE_ROWS if name == "decode" else None  # one row per sequence per step
         try:
-            result = build_tvm(root / graph.onnx, spec, build_dir / name, gemm_rows=rows, precision=precision)
+            result = build_tvm(root / graph.onnx, spec, build_dir / name, gemm_rows=rows, precision=precision,
+                               lift=True)
         except CompileError as exc:
             raise CompileError(f"The {name} graph of {manifest.name} did not compile for {spec.tag}, so "
                                f"the build is incomplete and was removed: {exc}") from exc
@@ -152,6 +181,8 @@ def _build_graphs(root: Path, manifest: Manifest, spec, build_dir: Path, files: 
             relpath = f"{TVM_DIR}/{build_dir.name}/{name}/{file}"
             files[relpath] = sha256_file(root / relpath)
         libs[name] = f"{TVM_DIR}/{build_dir.name}/{name}/{result.lib_file}"
+        lib_params[libs[name]] = store.add(result.params)
+        del result  # its weights are in the store's file now (or were there already)
     return libs
 
 

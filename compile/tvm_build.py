@@ -1,7 +1,9 @@
 """ONNX -> TVM Relax -> one exported library per target.
 
-``build_tvm`` imports the ONNX graph with its weights embedded, runs TVM's default Relax pipeline
-for the target (for CUDA that pipeline applies dlight's GPU schedules) and exports ``model.so``.
+``build_tvm`` imports the ONNX graph with its weights as constants, runs forgeline's Relax pipeline
+for the target (for CUDA that pipeline applies dlight's GPU schedules), lifts the packed weights out
+of ``main`` into a trailing ``params`` tuple (params_lift.py) and exports ``model.so``, which then
+holds kernels only; the caller stores the weights in the build's parameter file (params_store.py).
 
 CUDA builds run forgeline's CUDA pipeline (compile/cuda/pipeline.py) and are exported by
 compile/cuda/export.py: the kernels are compiled to a fatbin with nvcc (NVIDIA's PyPI nvcc first)
@@ -21,6 +23,7 @@ from forgeline.compile.cpu.pipeline import cpu_pipeline
 from forgeline.compile.dense_layers import dense_layers
 from forgeline.compile.guards import native_log_to, require_full_tvm, reraise_if_interrupted, watch_interrupts
 from forgeline.compile.onnx_fixups import normalize_for_import
+from forgeline.compile.params_lift import LiftedParams
 from forgeline.compile.shape_division import floor_shape_divisions
 from forgeline.compile.targets import TargetSpec
 from forgeline.runtime.errors import ArtifactError, CompileError, MissingDependencyError, error_summary
@@ -40,6 +43,9 @@ class TvmBuildResult:
     extra_files: list[str] = field(default_factory=list)  # relative to out_dir
     unscheduled: list[str] = field(default_factory=list)  # CPU kernels no schedule rule took
     dense_layers: list[str] = field(default_factory=list)  # "KxN" of each matmul the dense rewrites take (CPU)
+    # The weights ``main`` takes as its trailing ``params`` tuple, in order (params_lift.py); the
+    # caller stores them (params_store.py) and drops them.
+    params: list = field(default_factory=list)
 
 
 def _import_compiler():
@@ -61,15 +67,18 @@ def _import_onnx(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None
     onnx, tvm, from_onnx = _import_compiler()
     started = time.perf_counter()
     try:
-        model = onnx.load(str(onnx_path), load_external_data=True)
+        # The graph alone: each weight is read from its external-data file as the importer reaches
+        # it, so the graph's weights are never held twice (proto and Relax constants).
+        model = onnx.load(str(onnx_path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - onnx raises assorted errors for bad files
-        raise ArtifactError(f"{onnx_path} is not a readable ONNX model with its external data "
-                            f"({error_summary(exc, last=True)}); export the bundle again.") from exc
+        raise ArtifactError(f"{onnx_path} is not a readable ONNX model ({error_summary(exc, last=True)}); "
+                            "export the bundle again.") from exc
     normalize_for_import(model)
     _refuse_unsupported_ops(model)
     op_types = sorted({node.op_type for node in model.graph.node})
     try:
-        mod = from_onnx(model, shape_dict=shape_dict, keep_params_in_input=False)
+        with external_data_from(onnx_path.parent):
+            mod = from_onnx(model, shape_dict=shape_dict, keep_params_in_input=False)
     except Exception as exc:  # noqa: BLE001 - the importer raises many TVM/Python error types
         reraise_if_interrupted(exc)
         node = _failing_node(exc)
@@ -109,17 +118,38 @@ def _refuse_unsupported_ops(model) -> None:
                            "model cannot be compiled; replace that op in the model, or run it with ONNX Runtime.")
 
 
+@contextlib.contextmanager
+def external_data_from(folder: Path):
+    """Make TVM's ONNX importer read external tensors from ``folder``, one at a time.
+
+    The importer turns each initializer into numpy with ``onnx_frontend.get_numpy`` (onnx's
+    ``to_array``, which reads a tensor's external data relative to a base folder, the current one
+    by default) and then into a Relax constant, so each tensor's bytes live briefly twice at most.
+    """
+    from onnx.numpy_helper import to_array
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    original = onnx_frontend.get_numpy
+    onnx_frontend.get_numpy = lambda tensor: to_array(tensor, base_dir=str(folder))
+    try:
+        yield
+    finally:
+        onnx_frontend.get_numpy = original
+
+
 def import_relax(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None):
     """The ONNX model as a Relax IRModule (static shapes where ``shape_dict`` gives them)."""
     return _import_onnx(Path(onnx_path), shape_dict)[1]
 
 
-def _pipeline(target, spec: TargetSpec, gemm_rows: int | None, precision: str, unscheduled: list[str] | None):
+def _pipeline(target, spec: TargetSpec, gemm_rows: int | None, precision: str, unscheduled: list[str] | None,
+              lifted: LiftedParams | None):
     if spec.kind == "cuda":
         from forgeline.compile.cuda.pipeline import cuda_pipeline
 
-        return cuda_pipeline(target, precision)
-    return cpu_pipeline(target, gemm_rows=gemm_rows, unscheduled=unscheduled, precision=precision)
+        return cuda_pipeline(target, precision, lifted=lifted)
+    return cpu_pipeline(target, gemm_rows=gemm_rows, unscheduled=unscheduled, precision=precision,
+                        lifted=lifted)
 
 
 def _codegen_environment(spec: TargetSpec):
@@ -131,7 +161,7 @@ def _codegen_environment(spec: TargetSpec):
 
 
 def _compile(tvm, mod, spec: TargetSpec, gemm_rows: int | None = None,
-             unscheduled: list[str] | None = None, precision: str = "fp32"):
+             unscheduled: list[str] | None = None, precision: str = "fp32", lifted: LiftedParams | None = None):
     from tvm.target import Target
 
     started = time.perf_counter()
@@ -141,7 +171,7 @@ def _compile(tvm, mod, spec: TargetSpec, gemm_rows: int | None = None,
         target = Target(spec.target)
         with _codegen_environment(spec):
             executable = tvm.compile(mod, target=target,
-                                     relax_pipeline=_pipeline(target, spec, gemm_rows, precision, unscheduled))
+                                     relax_pipeline=_pipeline(target, spec, gemm_rows, precision, unscheduled, lifted))
     except CompileError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -154,8 +184,11 @@ def _compile(tvm, mod, spec: TargetSpec, gemm_rows: int | None = None,
 
 
 def build_tvm(onnx_path: Path, spec: TargetSpec, out_dir: Path, *,
-              gemm_rows: int | None = None, precision: str = "fp32") -> TvmBuildResult:
-    """Compile ``onnx_path`` for ``spec`` into ``out_dir/model.so`` (weights embedded).
+              gemm_rows: int | None = None, precision: str = "fp32", lift: bool = True) -> TvmBuildResult:
+    """Compile ``onnx_path`` for ``spec`` into ``out_dir/model.so``.
+
+    With ``lift`` the library holds kernels only and its weights come back in ``result.params``
+    (``main`` takes them as a trailing tuple); without, they are embedded in the library.
 
     ``gemm_rows`` fixes the CPU GEMM tile height (cpu.matmul.DECODE_ROWS for a decode graph);
     ``precision``: "bf16" puts CPU dense layers on AMX (cpu.pipeline.apply_cpu_defaults), "fp16" casts
@@ -168,16 +201,17 @@ def build_tvm(onnx_path: Path, spec: TargetSpec, out_dir: Path, *,
     started = time.perf_counter()
     logger.info("Building %s for %s: %s", onnx_path, spec.tag, spec.target)
     with watch_interrupts(), native_log_to(logger):
-        return _build(onnx_path, spec, out_dir, gemm_rows, precision, started)
+        return _build(onnx_path, spec, out_dir, gemm_rows, precision, started, LiftedParams() if lift else None)
 
 
 def _build(onnx_path: Path, spec: TargetSpec, out_dir: Path, gemm_rows: int | None, precision: str,
-           started: float) -> TvmBuildResult:
+           started: float, lifted: LiftedParams | None) -> TvmBuildResult:
     tvm, mod = _import_onnx(onnx_path)
     dense = dense_layers(mod) if spec.kind != "cuda" else []
     logger.info("%d dense layer(s) take the %s dense-layer rewrite.", len(dense), precision)
     unscheduled: list[str] = []
-    executable = _compile(tvm, mod, spec, gemm_rows, unscheduled, precision)
+    executable = _compile(tvm, mod, spec, gemm_rows, unscheduled, precision, lifted)
+    del mod  # the imported weights: only the lifted (packed) ones live on, in ``lifted``
     export_started = time.perf_counter()
     try:
         if spec.kind == "cuda":
@@ -203,7 +237,8 @@ def _build(onnx_path: Path, spec: TargetSpec, out_dir: Path, gemm_rows: int | No
     seconds = time.perf_counter() - started
     logger.info("Built %s in %.2f s: %s", spec.tag, seconds, note)
     return TvmBuildResult(lib_file=LIB_NAME, codegen_only=codegen_only, note=note,
-                          seconds=seconds, extra_files=extra, unscheduled=unscheduled, dense_layers=dense)
+                          seconds=seconds, extra_files=extra, unscheduled=unscheduled, dense_layers=dense,
+                          params=lifted.arrays if lifted is not None else [])
 
 
 __all__ = ["TvmBuildResult", "build_tvm", "import_relax"]

@@ -18,6 +18,7 @@ from forgeline.runtime.errors import ArtifactError, ConfigError
 from forgeline.runtime.format import (
     DEFAULT_TOLERANCE,
     GOLDEN_FILE,
+    ONNX_FILE,
     ORT_STAGE,
     WEIGHTS_FILE,
     Manifest,
@@ -35,6 +36,7 @@ from forgeline.runtime.validate import graph_dim_limits
 from .eager import case_sizes, golden_dims, make_case, output_specs
 from .kv_graphs import export_generation_graphs
 from .onnx_export import export_onnx
+from .shared_data import share_external_data
 from .tokenizer_io import TOKENIZER_FILE, write_tokenizer
 
 log = logging.getLogger(__name__)
@@ -75,12 +77,14 @@ def export_into(name: str, out: Path, options: ExportOptions = ExportOptions()) 
     limits = model.dim_limits()
     export_onnx(model, out, limits)
     graphs = export_generation_graphs(model, out) if options.generation_graphs else {}
+    share_external_data(out, [ONNX_FILE, *(g.onnx for g in graphs.values())], checkpoint=WEIGHTS_FILE)
     cases = [make_case(model, golden_dims(model, i), options.seed + i, f"case{i}") for i in range(options.golden_cases)]
     save_golden(out / GOLDEN_FILE, cases)
     manifest = _new_manifest(model, options, cases)
     manifest.graphs = graphs
     manifest.dim_limits = graph_dim_limits(manifest)  # past, src_seq, ...: bounded like seq
     manifest.tokenizer = _ship_tokenizer(out, model, options)
+    del model  # the weights are on disk now; ONNX Runtime's check needs the memory
     for path in sorted(out.iterdir()):
         if path.is_file() and path.name != "manifest.json":
             manifest.record_file(out, path.name)

@@ -28,6 +28,10 @@ def opened_paths(manifest: Manifest) -> list[tuple[str, str]]:
         paths.append((build.lib, f"the library of build {tag}"))
         paths += [(lib, f"the {name!r} library of build {tag}") for name, lib in build.graph_libs.items()]
         paths += [(b["lib"], f"the bucket {key} library of build {tag}") for key, b in build.buckets.items()]
+        if build.params_file:
+            paths.append((build.params_file, f"the parameter file of build {tag}"))
+        paths += [(b["params_file"], f"the bucket {key} parameter file of build {tag}")
+                  for key, b in build.buckets.items() if b.get("params_file")]
     return paths
 
 

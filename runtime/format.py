@@ -10,7 +10,8 @@ Layout of an artifact folder::
     model.onnx (+ .data)   the exported graph
     weights.safetensors    the eager checkpoint (lets `forgeline check` re-run eager PyTorch)
     golden.npz             reference inputs and eager outputs, case{i}/in/<name>, case{i}/out/<name>
-    tvm/<tag>/model.so     one compiled build per target
+    tvm/<tag>/model.so     one compiled build per target: kernels only
+    tvm/<tag>/params.safetensors  its weights, layout-packed, shared by the build's libraries
     manifest.sig           optional ed25519 signature of manifest.json's bytes (signing.py)
     .forgeline.lock        the writers' lock file (artifact_io.py)
 
@@ -174,6 +175,11 @@ class BuildRecord:
     # "KxN" of each matmul with a constant weight that the CPU dense-layer rewrites took (GEMM
     # schedule with packed weights; the reduced-precision kernels), in program order.
     dense_layers: list[str] = field(default_factory=list)
+    # The weights its libraries take at load (params_file.py): the build's parameter file and, per
+    # library path, the ordered keys of its ``params`` tuple. A bucket's keys are in its record
+    # ("params"), with "params_file" when it adds tensors the build's file lacks.
+    params_file: str = ""
+    lib_params: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def parity_tolerance(self) -> Tolerance | None:

@@ -219,6 +219,7 @@ def open_model(root: Path, manifest: Manifest, backend: str = "tvm", target: str
         return Model(root, manifest, backend, OrtExecutor(_onnx_path(root, manifest)), None)
     build = select_build(manifest, target)
     from .backends.tvm import TvmExecutor
+    from .params_file import binding_for
 
     device = build.device
     log.info("loading TVM build %s for %s", build.tag, manifest.name)
@@ -230,7 +231,7 @@ def open_model(root: Path, manifest: Manifest, backend: str = "tvm", target: str
         executor = BucketedExecutor(root, build, manifest.inputs, device, device_id=device_id)
         return Model(root, manifest, backend, executor, build, device_id)
     executor = TvmExecutor(confined(root, build.lib, "the build library"), device=device, device_id=device_id,
-                           sha256=manifest.files.get(build.lib))
+                           sha256=manifest.files.get(build.lib), params=binding_for(root, build, build.lib))
     return Model(root, manifest, backend, executor, build, device_id)
 
 

@@ -44,6 +44,12 @@ def _str_map(value: Any, where: str) -> dict[str, str]:
     return value
 
 
+def _str_list(value: Any, where: str) -> list[str]:
+    for i, item in enumerate(expect(value, list, where)):
+        expect(item, str, f"{where}[{i}]")
+    return value
+
+
 def check_tensor(d: Any, where: str) -> None:
     expect(d, dict, where)
     for key in ("name", "dtype", "dims"):
@@ -76,9 +82,14 @@ def check_build(d: Any, where: str) -> None:
     if d["kind"] not in BUILD_KINDS:
         raise _fail(f"{where}.kind", f"is {d['kind']!r}, not one of {', '.join(sorted(BUILD_KINDS))}")
     _str_map(d.get("graph_libs", {}), f"{where}.graph_libs")
+    expect(d.get("params_file", ""), str, f"{where}.params_file")
+    for lib, keys in expect(d.get("lib_params", {}), dict, f"{where}.lib_params").items():
+        _str_list(keys, f"{where}.lib_params[{lib!r}]")
     for key, bucket in expect(d.get("buckets", {}), dict, f"{where}.buckets").items():
         expect(bucket, dict, f"{where}.buckets[{key!r}]")
         expect(bucket.get("lib"), str, f"{where}.buckets[{key!r}].lib")
+        _str_list(bucket.get("params", []), f"{where}.buckets[{key!r}].params")
+        expect(bucket.get("params_file", ""), str, f"{where}.buckets[{key!r}].params_file")
         for dim, size in expect(bucket.get("dims"), dict, f"{where}.buckets[{key!r}].dims").items():
             expect(size, int, f"{where}.buckets[{key!r}].dims[{dim!r}]")
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 
+from forgeline.compile.params_lift import lift_constants
 from forgeline.compile.symbolic_rows import name_compound_rows
 from forgeline.runtime.backends.cpu_kernels import MATMUL_FUNC
 
@@ -146,10 +147,12 @@ def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: 
 
 
 def cpu_pipeline(target, *, offload_matmul: bool = False, gemm_rows: int | None = None,
-                 unscheduled: list[str] | None = None, precision: str = "fp32"):
+                 unscheduled: list[str] | None = None, precision: str = "fp32", lifted=None):
     """The default Relax CPU pipeline with ``apply_cpu_defaults`` in place of its first half.
 
-    Kernels left without a schedule are logged as a warning and appended to ``unscheduled``.
+    Kernels left without a schedule are logged as a warning and appended to ``unscheduled``. With
+    ``lifted`` (a compile.params_lift.LiftedParams), the packed weights leave the library for a
+    trailing ``params`` tuple and their values go to ``lifted``.
     """
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
@@ -164,6 +167,8 @@ def cpu_pipeline(target, *, offload_matmul: bool = False, gemm_rows: int | None 
                            len(missed), ", ".join(missed))
         if unscheduled is not None:
             unscheduled.extend(missed)
+        if lifted is not None:  # after every weight is packed: the packed values are lifted
+            mod = lift_constants(mod, lifted)
         with target:
             return tvm.transform.Sequential(cpu_generic.dataflow_lower_passes(target)
                                             + cpu_generic.finalize_passes(target))(mod)

@@ -16,6 +16,7 @@ from tvm import relax
 from tvm.relax.backend.cuda import pipeline as tvm_cuda
 from tvm.target import Target
 
+from ..params_lift import lift_params_pass
 from ..tensor_intrinsics import load_tensor_intrinsics
 from .rules import default_rules, schedule_gpu_kernels
 from .scan import cumsum_on_last_axis
@@ -59,11 +60,12 @@ def load_cuda_intrinsics() -> None:
     load_tensor_intrinsics(("cuda",))
 
 
-def cuda_pipeline(target: Target, precision: str = "fp32", rules: list | None = None):
+def cuda_pipeline(target: Target, precision: str = "fp32", rules: list | None = None, lifted=None):
     """A module pass that compiles a Relax module for the CUDA ``target``.
 
     ``rules`` replaces the dlight rules (``rules.default_rules``); ``[]`` puts every kernel on
-    the one-thread fallback.
+    the one-thread fallback. With ``lifted`` (compile.params_lift.LiftedParams) the weights, folded
+    to their final dtype, leave the library for a trailing ``params`` tuple.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {PRECISIONS}")  # checked upstream
@@ -74,7 +76,8 @@ def cuda_pipeline(target: Target, precision: str = "fp32", rules: list | None = 
             load_cuda_intrinsics()
         with target:
             schedule = schedule_gpu_kernels(default_rules(precision) if rules is None else rules)
-            passes = [*fuse_passes(target, precision), schedule, *lower_passes(target)]
+            lift = [lift_params_pass(lifted)] if lifted is not None else []
+            passes = [*fuse_passes(target, precision), schedule, *lift, *lower_passes(target)]
             return tvm.transform.Sequential(passes)(mod)
 
     return _pipeline

@@ -18,11 +18,14 @@ from forgeline.runtime.errors import ArtifactError
 from forgeline.runtime.format import ONNX_FILE, TVM_DIR, BuildRecord, Manifest, StageRecord
 from forgeline.runtime.host import can_run, describe_host
 from forgeline.runtime.inputs import random_inputs
+from forgeline.runtime.params_file import PARAMS_FILE, ParamBinding, parse_header
+from forgeline.runtime.paths import confined
 from forgeline.runtime.parity import compare_outputs, raise_if_failed, stage_record
 
 from .database import TuningDatabase
 from .builder import limit_tensor_intrinsics
 from .options import ResolvedTuning, bucket_key
+from ..params_store import ParamStoreWriter
 from ..tvm_build import import_relax
 
 logger = logging.getLogger(__name__)
@@ -68,11 +71,14 @@ def _tune_bucket(root, manifest: Manifest, build: BuildRecord, dims: dict[str, i
         tuned = tune_module(mod, target, db, settings)
         database_sha = db.sha256()
     lib = f"{TVM_DIR}/{build.tag}/bucket-{key}.so"
+    params_path = f"{TVM_DIR}/{build.tag}/bucket-{key}.{PARAMS_FILE}"
     stage = f"{TVM_DIR}/{build.tag}/{key}"
     with staging_dir(root / lib) as staged:
         _export(tuned.executable, build, staged / "bucket.so")
+        keys, extra = _store_bucket_params(root, build, tuned, staged / PARAMS_FILE)
         bucket = {
-            "dims": dict(dims), "lib": lib, "trials": tuned.trials, "reused_trials": tuned.reused_trials,
+            "dims": dict(dims), "lib": lib, "params": keys,
+            "trials": tuned.trials, "reused_trials": tuned.reused_trials,
             "tasks_tuned": tuned.tasks_tuned, "tasks_default": tuned.tasks_default,
             "gemm_schedule": tuned.gemm_schedule,
             "tuning_seconds": round(tuned.seconds, 2), "database": str(db.folder),
@@ -83,10 +89,16 @@ def _tune_bucket(root, manifest: Manifest, build: BuildRecord, dims: dict[str, i
             logger.warning("bucket %s of %s not checked on this host: it has no GPU", key, build.tag)
             record = None
         else:
+            files = tuple(p for p in (extra, _build_params(root, build)) if p is not None)
             record = check_bucket(root, manifest, str((staged / "bucket.so").relative_to(root)), dims,
-                                  stage=stage, device=build.device)
+                                  stage=stage, device=build.device, params=ParamBinding(files, tuple(keys)) if keys else None)
             raise_if_failed(record)  # a bucket that misses is never kept; the artifact stays as it was
         digest = sha256_file(staged / "bucket.so")
+        moves = [(staged / "bucket.so", root / lib)]
+        if extra is not None:  # tensors the build's file lacks (a layout MetaSchedule chose)
+            bucket["params_file"] = params_path
+            moves.append((extra, root / params_path))
+            params_digest = sha256_file(extra)
 
         def drop(current: Manifest) -> None:
             if build.tag not in current.builds:
@@ -94,17 +106,39 @@ def _tune_bucket(root, manifest: Manifest, build: BuildRecord, dims: dict[str, i
                                     "compile it again, then tune.")
             current.builds[build.tag].buckets.pop(key, None)
             current.files.pop(lib, None)
+            current.files.pop(params_path, None)
 
         def add(current: Manifest) -> None:
             current.builds[build.tag].buckets[key] = bucket
             current.files[lib] = digest
+            if extra is not None:
+                current.files[params_path] = params_digest
             if record is not None:
                 current.stages[stage] = record
 
-        manifest = update_manifest(root, add, drop=drop, moves=[(staged / "bucket.so", root / lib)])
+        manifest = update_manifest(root, add, drop=drop, moves=moves)
     logger.info("bucket %s: %d trials run, %d reused; %d task(s) tuned, %d left at defaults",
                 key, tuned.trials, tuned.reused_trials, len(tuned.tasks_tuned), len(tuned.tasks_default))
     return manifest
+
+
+def _build_params(root: Path, build: BuildRecord) -> Path | None:
+    return confined(root, build.params_file, "the build's parameter file") if build.params_file else None
+
+
+def _store_bucket_params(root: Path, build: BuildRecord, tuned, path: Path) -> tuple[list[str], Path | None]:
+    """The bucket's parameter keys; tensors the build's file lacks go to ``path`` (returned), else None."""
+    shared = _build_params(root, build)
+    known = set(parse_header(shared)[0]) if shared is not None else set()
+    store = ParamStoreWriter(path, known=known)
+    try:
+        keys = store.add(tuned.params)
+        tuned.params = []  # stored: free them before the check loads the library
+        written = store.finish()
+    except BaseException:
+        store.abandon()
+        raise
+    return keys, (path if written else None)
 
 
 def _export(executable, build: BuildRecord, lib_path: Path) -> None:
@@ -117,12 +151,12 @@ def _export(executable, build: BuildRecord, lib_path: Path) -> None:
 
 
 def check_bucket(root: Path, manifest: Manifest, lib: str, dims: dict[str, int], stage: str,
-                 device: str = "cpu") -> StageRecord:
+                 device: str = "cpu", params: ParamBinding | None = None) -> StageRecord:
     """The bucket library against ONNX Runtime on random valid inputs of the bucket's shape."""
     from forgeline.runtime.backends.ort import OrtExecutor
     from forgeline.runtime.backends.tvm import TvmExecutor
 
-    reference, candidate = OrtExecutor(root / ONNX_FILE), TvmExecutor(root / lib, device=device)
+    reference, candidate = OrtExecutor(root / ONNX_FILE), TvmExecutor(root / lib, device=device, params=params)
     names = manifest.output_names()
     rows = []
     for case in range(CHECK_CASES):

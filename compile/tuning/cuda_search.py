@@ -24,6 +24,7 @@ from forgeline.runtime.errors import ConfigError
 from forgeline.runtime.host import cuda_driver_problem
 
 from ..cuda.pipeline import fuse_passes, load_cuda_intrinsics, lower_passes
+from ..params_lift import LiftedParams, lift_constants
 from ..cuda.rules import default_rules, schedule_gpu_kernels
 from .database import TuningDatabase
 from .search import SearchSettings, TunedModule, run_search
@@ -110,15 +111,20 @@ def tune_cuda_module(mod: tvm.IRModule, target: Target, db: TuningDatabase,
         result.trials, result.seconds = sum(done), time.perf_counter() - started
     for task, name in zip(tasks, names):
         (result.tasks_tuned if db.has_record(task.dispatched[0]) else result.tasks_default).append(name)
-    result.executable = compile_cuda_with_database(fused, target, db)
+    lifted = LiftedParams()
+    result.executable = compile_cuda_with_database(fused, target, db, lifted)
+    result.params = lifted.arrays
     return result
 
 
-def compile_cuda_with_database(fused: tvm.IRModule, target: Target, db: TuningDatabase):
+def compile_cuda_with_database(fused: tvm.IRModule, target: Target, db: TuningDatabase,
+                               lifted: LiftedParams | None = None):
     """The database's best schedules, dlight's elsewhere, then TVM's CUDA lowering."""
     with target, db.ms, tvm.transform.PassContext(opt_level=3):
         mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(fused)
         mod = schedule_gpu_kernels(default_rules())(mod)  # leaves the tuned kernels alone
+        if lifted is not None:  # the weights leave the library, as in untuned builds
+            mod = lift_constants(mod, lifted)
         lower = tvm.transform.Sequential(lower_passes(target))
         return tvm.compile(mod, target=target, relax_pipeline=lower)
 

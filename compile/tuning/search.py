@@ -33,6 +33,7 @@ from forgeline.runtime.host import cpu_core_count
 
 from ..cpu.pipeline import rewrite_graph, schedule_cpu_kernels, schedule_matmul_kernels
 from ..cpu.weights import fold_packed_weights
+from ..params_lift import LiftedParams, lift_constants
 from .database import TuningDatabase
 from .builder import PooledBuilder, WarmupDeferredXGB, make_runner, make_strategy
 from .progress import TuningProgress, quiet_metaschedule_console, reset_metaschedule_loggers
@@ -61,6 +62,7 @@ class TunedModule:
     tasks_default: list[str] = field(default_factory=list)  # left at the default schedules
     gemm_schedule: list[str] = field(default_factory=list)  # matmuls on the GEMM schedule (cpu/matmul.py)
     seconds: float = 0.0  # spent searching and measuring (0 when nothing was tuned)
+    params: list = field(default_factory=list)  # the weights ``main`` takes as its params tuple (params_lift.py)
 
 
 def prepare(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
@@ -103,7 +105,9 @@ def tune_module(mod: tvm.IRModule, target: Target, db: TuningDatabase,
         result.trials, result.seconds = sum(trials_per_task), time.perf_counter() - started
     for task, name in zip(tasks, names):
         (result.tasks_tuned if db.has_record(task.dispatched[0]) else result.tasks_default).append(name)
-    result.executable = compile_with_database(fused, target, db)
+    lifted = LiftedParams()
+    result.executable = compile_with_database(fused, target, db, lifted)
+    result.params = lifted.arrays
     return result
 
 
@@ -160,7 +164,8 @@ def run_search(tasks, names: list[str], target: Target, db: TuningDatabase,
     return list(progress.trials)
 
 
-def compile_with_database(fused: tvm.IRModule, target: Target, db: TuningDatabase):
+def compile_with_database(fused: tvm.IRModule, target: Target, db: TuningDatabase,
+                          lifted: LiftedParams | None = None):
     """Swap in the database's best schedules, default ones elsewhere, then lower and build."""
     # relax.pipeline.dataflow_lower_passes is broken for CPU in TVM 0.27 (it looks the passes
     # up on the cpu_generic package, which does not export them); take them from the module.
@@ -170,6 +175,8 @@ def compile_with_database(fused: tvm.IRModule, target: Target, db: TuningDatabas
         mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(fused)
         mod = schedule_cpu_kernels(mod, target)  # skips the functions marked scheduled above
         mod = fold_packed_weights(mod)
+        if lifted is not None:  # the packed weights leave the library, as in untuned builds
+            mod = lift_constants(mod, lifted)
         # Only lowering from here: fusing again would rename the tuned functions.
         lower = tvm.transform.Sequential([*dataflow_lower_passes(target), *finalize_passes(target)])
         return tvm.compile(mod, target=target, relax_pipeline=lower)

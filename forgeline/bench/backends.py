@@ -23,7 +23,7 @@ def _run_tvm(root: Path, manifest: Manifest, inputs, options) -> Callable[[], An
     from forgeline.runtime.model import select_build
 
     build = select_build(manifest, "cpu")
-    return _executor_runner(root / build.lib, manifest, inputs)
+    return _executor_runner(root, build, build.lib, manifest, inputs)
 
 
 def _run_tvm_tuned(root: Path, manifest: Manifest, inputs, options) -> Callable[[], Any]:
@@ -34,15 +34,15 @@ def _run_tvm_tuned(root: Path, manifest: Manifest, inputs, options) -> Callable[
     bucket = (getattr(build, "buckets", None) or {}).get(key)
     if not bucket:
         raise ConfigError(f"no tuned build for {key} in {build.tag}; tune that bucket first.")
-    return _executor_runner(root / bucket["lib"], manifest, inputs)
+    return _executor_runner(root, build, bucket["lib"], manifest, inputs)
 
 
-def _executor_runner(lib: Path, manifest: Manifest, inputs) -> Callable[[], Any]:
+def _executor_runner(root: Path, build, lib: str, manifest: Manifest, inputs) -> Callable[[], Any]:
     # The executor directly, not load(): load() may dispatch to a tuned bucket for this shape,
     # and "tvm" must time the untuned dynamic build it names.
-    from forgeline.runtime.backends.tvm import TvmExecutor
+    from forgeline.runtime.backends.tvm_params import library_executor
 
-    executor = TvmExecutor(lib, device="cpu")
+    executor = library_executor(root, build, lib, device="cpu")
     ordered = [inputs[name] for name in manifest.input_names()]
     return lambda: executor.run(ordered)
 

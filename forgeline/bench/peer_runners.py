@@ -124,7 +124,7 @@ def tvm_runner(which: str) -> Callable[..., Runner]:
     exactly this shape), or a build tag (a reduced-precision build the manifest lists)."""
 
     def load(root: Path, manifest: Manifest, inputs: dict[str, np.ndarray], work: Path) -> Runner:
-        from forgeline.runtime.backends.tvm import TvmExecutor
+        from forgeline.runtime.backends.tvm_params import library_executor
         from forgeline.runtime.format import symbolic_sizes
         from forgeline.runtime.model import select_build
 
@@ -137,7 +137,7 @@ def tvm_runner(which: str) -> Callable[..., Runner]:
                 shape = "x".join(str(v) for v in dims.values())
                 raise PeerUnavailable(f"no tuned build for {shape} in {build.tag} (pass --tune-minutes)")
             lib = bucket["lib"]
-        executor = TvmExecutor(root / lib, device="cpu")
+        executor = library_executor(root, build, lib, device="cpu")
         ordered = [inputs[name] for name in manifest.input_names()]
         return lambda: executor.run(ordered)
 

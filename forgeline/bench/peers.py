@@ -39,12 +39,12 @@ def bf16_build(manifest: Manifest):
 
 def run_tvm_bf16(root: Path, manifest: Manifest, inputs, options) -> Callable[[], Any]:
     from forgeline.runtime.amx import needs_amx, request_amx_permission
-    from forgeline.runtime.backends.tvm import TvmExecutor
+    from forgeline.runtime.backends.tvm_params import library_executor
 
     build = bf16_build(manifest)
     if needs_amx(build.requires):
         request_amx_permission()
-    executor = TvmExecutor(root / build.lib, device="cpu")
+    executor = library_executor(root, build, device="cpu")
     ordered = [inputs[name] for name in manifest.input_names()]
     return lambda: executor.run(ordered)
 

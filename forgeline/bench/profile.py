@@ -33,6 +33,9 @@ def profile_tvm_kernels(path: str | Path, options: BenchOptions = BenchOptions()
     from forgeline.runtime.backends.cpu_kernels import register_cpu_kernels
     from forgeline.runtime.backends.environ import allow_tvm_threads
     from forgeline.runtime.backends.tvm import import_tvm_runtime
+    from forgeline.runtime.backends.tvm_io import FfiCpuIO
+    from forgeline.runtime.backends.tvm_params import bind_params
+    from forgeline.runtime.params_file import binding_for
     from forgeline.runtime.host import cpu_core_count
     from forgeline.runtime.model import select_build
 
@@ -41,10 +44,14 @@ def profile_tvm_kernels(path: str | Path, options: BenchOptions = BenchOptions()
     allow_tvm_threads(cpu_core_count())  # as TvmExecutor does: else TVM runs serially on 2 cores
     tvm = import_tvm_runtime()
     register_cpu_kernels()
-    lib_path = root / (lib or select_build(manifest, "cpu").lib)
+    build = select_build(manifest, "cpu")
+    lib_path = root / (lib or build.lib)
     vm = tvm.runtime.vm.VirtualMachine(tvm.runtime.load_module(str(lib_path)), tvm.cpu(0))
     inputs = bench_inputs(manifest, options)
     args = [tvm.runtime.tensor(inputs[name]) for name in manifest.input_names()]
+    binding = binding_for(root, build, lib or build.lib)
+    if binding is not None:  # the weights' tuple, bound as the runtime binds it
+        args.append(bind_params(FfiCpuIO(), binding, "cpu:0"))
     main = vm["main"]
     for _ in range(max(1, options.warmup)):
         main(*args)

@@ -29,6 +29,7 @@ class BucketedExecutor:
         self._root = Path(root)
         self._device, self._device_id = device, device_id
         self._inputs = inputs
+        self._build = build
         self._libs = {DYNAMIC: build.lib}
         self._by_dims: dict[tuple, str] = {}  # sorted (dim, size) pairs -> bucket key
         for key, bucket in build.buckets.items():
@@ -55,12 +56,15 @@ class BucketedExecutor:
     def _executor(self, key: str):
         with self._lock:
             if key not in self._executors:
+                from ..params_file import binding_for
                 from ..paths import confined
                 from .tvm import TvmExecutor
 
                 log.info("loading %s build %s", "the dynamic" if key == DYNAMIC else "bucket", self._libs[key])
                 path = confined(self._root, self._libs[key], f"the {key} library")
-                self._executors[key] = TvmExecutor(path, device=self._device, device_id=self._device_id)
+                params = binding_for(self._root, self._build, self._libs[key])
+                self._executors[key] = TvmExecutor(path, device=self._device, device_id=self._device_id,
+                                                   params=params)
             return self._executors[key]
 
     def close(self) -> None:

@@ -31,6 +31,8 @@ from forgeline.runtime.host import cpu_core_count, cuda_compute_capabilities, cu
 
 from .environ import ENV_LOCK, allow_tvm_threads, scoped_environ
 from .tvm_io import FfiCpuIO, PackageIO, without_optional_imports
+from .tvm_params import PARAMS_NAME, bind_params
+from ..params_file import ParamBinding
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +146,7 @@ class TvmExecutor:
     """A compiled Relax VM library, ready to run on numpy arrays."""
 
     def __init__(self, lib_path: Path, device: str = "cpu", num_threads: int | None = None,
-                 device_id: int = 0, sha256: str | None = None):
+                 device_id: int = 0, sha256: str | None = None, params: ParamBinding | None = None):
         self.lib_path = Path(lib_path)
         if not self.lib_path.is_file():
             raise ArtifactError(
@@ -158,7 +160,7 @@ class TvmExecutor:
         self.num_threads = num_threads or cpu_core_count()
         if self.num_threads < 1:
             raise InputError(f"num_threads={num_threads} must be at least 1.")
-        self.device = device
+        self.device, self._device_id = device, device_id
         if device == "cpu":
             allow_tvm_threads(self.num_threads)
         if device == "cuda":
@@ -186,10 +188,22 @@ class TvmExecutor:
         # Relax keeps the ONNX graph inputs' names and order as main's parameters.
         param_name = self._vm["get_function_param_name"]
         self.input_names = [str(param_name("main", i)) for i in range(arity)]
+        self._params = self._bind(params)  # () or (the weights' tuple,), passed on every call
         self._tensor_type = ffi.Tensor
         self._configured_threads: set[int] = set()
         logger.info("Loaded %s on %s in %.2f s.", self.lib_path.name, device,
                     time.perf_counter() - started)
+
+    def _bind(self, params: ParamBinding | None) -> tuple:
+        takes_params = bool(self.input_names) and self.input_names[-1] == PARAMS_NAME
+        if params is None and not takes_params:
+            return ()
+        if params is None or not takes_params:
+            raise ArtifactError(f"{self.lib_path} {'takes' if takes_params else 'takes no'} weights from a parameter "
+                                f"file, but its manifest {'lists none' if params is None else 'lists some'}; "
+                                "the artifact is inconsistent, rebuild it.")
+        self.input_names.pop()
+        return (bind_params(self._io, params, f"{self.device}:{self._device_id}"),)
 
     def _configure_threads(self) -> None:
         # TVM keeps one thread pool per calling thread, so configure each caller's pool once,
@@ -208,6 +222,7 @@ class TvmExecutor:
         """Drop the VM and the library; the executor cannot run afterwards."""
         with self._lock:
             self._main = self._vm = None
+            self._params = ()
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         """Run the model on inputs in ONNX graph order; return outputs in ONNX graph order."""
@@ -227,7 +242,7 @@ class TvmExecutor:
             raise InputError(f"An input could not become a TVM tensor ({exc}); pass numpy "
                              "arrays of the dtypes the model was exported with.") from exc
         try:
-            result = self._main(*inputs)
+            result = self._main(*inputs, *self._params)
         except (TypeError, ValueError, IndexError, RuntimeError) as exc:
             message = str(exc).strip()
             # The VM checks every argument against the signature and names it (ErrorContext);

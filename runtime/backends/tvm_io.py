@@ -91,6 +91,10 @@ class FfiCpuIO:
         np.from_dlpack(tensor)[...] = array  # one copy into TVM's aligned memory
         return tensor
 
+    def param_tensor(self, array: np.ndarray):
+        """``array`` (a view of a mapped parameter file) as a TVM tensor on the same memory."""
+        return self.ffi.from_dlpack(array, require_alignment=64, require_contiguous=True)
+
     @staticmethod
     def to_numpy(tensor) -> np.ndarray:
         return np.from_dlpack(tensor)  # the output's own memory, kept alive by the view
@@ -113,6 +117,10 @@ class PackageIO:
 
     def to_device(self, array: np.ndarray):
         return self._tvm.runtime.tensor(np.ascontiguousarray(array), self._device)
+
+    def param_tensor(self, array: np.ndarray):
+        """A device copy of ``array``, made once per parameter at load."""
+        return self.to_device(array)
 
     @staticmethod
     def to_numpy(tensor) -> np.ndarray:

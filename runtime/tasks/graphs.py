@@ -32,5 +32,8 @@ def open_graph(model, name: str):
         )
     from ..backends.tvm import TvmExecutor
 
+    from ..params_file import binding_for
+
     return TvmExecutor(confined(model.path, lib, f"the {name!r} library"), device=model.build.device,
-                       device_id=model.device_id, sha256=model.manifest.files.get(lib))
+                       device_id=model.device_id, sha256=model.manifest.files.get(lib),
+                       params=binding_for(model.path, model.build, lib))
