@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from forgeline.cli import main
+from forgeline.cli.app import main
 
 
 def test_build_and_check_gpt_moe(tmp_path, capsys):
