@@ -74,8 +74,9 @@ class PlainReporter(Reporter):
 
     def finished(self, task: Task, ok: bool) -> None:
         self.quarters.pop(id(task), None)
-        count = f" {_count(task)}{_info(task)}," if task.total else ""
-        self._print(f"{task.name}:{count} {'done' if ok else 'failed'} in {task.elapsed:.1f} s")
+        if ok:  # a failure is told by the command's one `error:` sentence, not by a stage line
+            count = f" {_count(task)}{_info(task)}," if task.total else ""
+            self._print(f"{task.name}:{count} done in {task.elapsed:.1f} s")
 
 
 
@@ -92,23 +93,22 @@ class RichReporter(Reporter):
     def started(self, task: Task) -> None:
         if not self.ids:
             self.bars.start()
-        indent = "  " * len(self.ids)  # a stage inside another one
-        self.ids[id(task)] = self.bars.add_task(indent + task.name, total=task.total or 1, info="", task=task)
+        self.ids[id(task)] = self.bars.add_task(task.name, total=task.total or 1, info="", task=task)
 
     def advanced(self, task: Task) -> None:
         if id(task) in self.ids:
-            self.bars.update(self.ids[id(task)], completed=min(task.done, task.total or 0), info=_info(task))
+            self.bars.update(self.ids[id(task)], completed=min(task.done, task.total or 0), info=task.info)
 
     def finished(self, task: Task, ok: bool) -> None:
         rich_id = self.ids.pop(id(task), None)
         if rich_id is None:
             return
-        # A finished search may need fewer trials than planned; the work is done, so the bar is full.
-        self.bars.update(rich_id, completed=(task.total or 1) if ok else task.done, info=_info(task), ok=ok)
-        self.bars.stop_task(rich_id)
-        line = self.bars.make_tasks_table([t for t in self.bars.tasks if t.id == rich_id])
+        if ok:  # a failure is told by the command's one `error:` sentence; its live line just goes
+            # A search may need fewer trials than planned; the work is done, so the bar is full.
+            self.bars.update(rich_id, completed=task.total or 1, info=task.info)
+            self.bars.stop_task(rich_id)
+            self.console.print(self.bars.make_tasks_table([t for t in self.bars.tasks if t.id == rich_id]))
         self.bars.remove_task(rich_id)
-        self.console.print(line)
         if not self.ids:
             self.bars.stop()
 
@@ -142,8 +142,6 @@ class _TimeColumn(ProgressColumn):
 
     def render(self, task):
         ours = task.fields["task"]
-        if not task.fields.get("ok", True):
-            return Text(f"failed after {ours.elapsed:.1f} s", style="red")
         text = f"{ours.elapsed:.1f} s"
         if ours.total and 0 < ours.done < ours.total and not task.finished:
             text += f", ~{ours.elapsed / ours.done * (ours.total - ours.done):.0f} s left"

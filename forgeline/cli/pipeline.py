@@ -63,7 +63,8 @@ def _build(args: argparse.Namespace) -> int:
     from forgeline.api import build
 
     report = build(args.model, args.output, export_options(args), compile_options(args), tune=tune_options(args))
-    print(f"built {args.model}/{'hf' if args.from_hf else args.preset} in {args.output}")
+    if not args.quiet:  # -q: the check table alone
+        print(f"built {args.model}/{'hf' if args.from_hf else args.preset} in {args.output}")
     return print_report(report)
 
 
