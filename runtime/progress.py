@@ -52,8 +52,14 @@ class Task:
         return (self.ended or time.perf_counter()) - self.started
 
     def advance(self, done: int | None = None, *, by: int = 1, info: str | None = None) -> None:
-        """Set ``done`` (or add ``by`` to it) and the latest figure, and tell the reporter."""
+        """Set ``done`` (or add ``by`` to it) and the latest figure, and tell the reporter.
+
+        Work that runs past its plan (MetaSchedule may measure a few more candidates than asked)
+        raises ``total`` with it, so the count never reads "18/16".
+        """
         self.done = done if done is not None else self.done + by
+        if self.total is not None and self.done > self.total:
+            self.total = self.done
         if info is not None:
             self.info = info
         self.reporter.advanced(self)

@@ -52,7 +52,7 @@ class TuningProgress(PyMeasureCallback):
         started_tasks = sum(1 for t in self.trials if t)
         best = self.best_ms[task_id]
         if self.bar is not None:
-            self.bar.advance(min(done, self.total_trials),
+            self.bar.advance(done,
                              info=f"{self.task_names[task_id][:32]} best {best:.4f} ms" if best < float("inf") else "")
         logger.info(
             "tuning: %d/%d trials, %d/%d tasks started; %s best %s; %.0f s elapsed, ~%.0f s left",
@@ -73,6 +73,10 @@ def reset_metaschedule_loggers() -> None:
     run's file handlers point into its deleted log folder.
     """
     ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    if not logger.isEnabledFor(logging.DEBUG):
+        # The run gives its console handler this logger's level at that moment: WARNING keeps its
+        # "[INFO] Logging directory: ..." line off the console (the run then sets DEBUG for its files).
+        ms_logger.setLevel(logging.WARNING)
     for handler in list(ms_logger.handlers):
         name = handler.get_name()
         if name is None or name.startswith("tvm.s_tir.meta_schedule"):

@@ -97,7 +97,7 @@ class RichReporter(Reporter):
 
     def advanced(self, task: Task) -> None:
         if id(task) in self.ids:
-            self.bars.update(self.ids[id(task)], completed=min(task.done, task.total or 0), info=task.info)
+            self.bars.update(self.ids[id(task)], total=task.total or 1, completed=task.done, info=task.info)
 
     def finished(self, task: Task, ok: bool) -> None:
         rich_id = self.ids.pop(id(task), None)

@@ -188,3 +188,10 @@ def _screen(text: str) -> list[str]:
     while lines and not lines[-1]:
         lines.pop()
     return lines
+
+
+def test_work_past_its_plan_raises_the_total():
+    out = io.StringIO()
+    with reporting_to(PlainReporter(out)), stage("search 3 kernel(s)", total=16, unit="trials") as bar:
+        bar.advance(18)
+    assert "search 3 kernel(s): 18/18 trials, done in" in out.getvalue()
