@@ -36,6 +36,7 @@ _NOISY_LOGGERS = ("torch.onnx._internal",)
 
 
 def verbosity(quiet: bool, verbose: int) -> int:
+    """The output mode from ``-q`` and the number of ``-v`` flags."""
     return QUIET if quiet else min(NORMAL + verbose, DEBUG)
 
 
@@ -77,7 +78,6 @@ class PlainReporter(Reporter):
         if ok:  # a failure is told by the command's one `error:` sentence, not by a stage line
             count = f" {_count(task)}{_info(task)}," if task.total else ""
             self._print(f"{task.name}:{count} done in {task.elapsed:.1f} s")
-
 
 
 class RichReporter(Reporter):
