@@ -6,7 +6,7 @@ into a temporary folder unless given), on the TVM and ONNX Runtime backends: the
 import / load / first run, and of the process' CPU time, which a shared machine disturbs far
 less than the wall time. ``--compare-python`` adds the same probes run by another interpreter
 (say another checkout's venv) for a before/after in one run. Writes
-``benchmarks/results/cold_start.json``.
+``benchmarks/results/cold_start-<host>-fp32-<date>.json``.
 
     python benchmarks/cold_start.py [--runs 7] [--tiny DIR --small DIR] [--compare-python PY]
 """
@@ -20,7 +20,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+from result_names import RESULTS_DIR, result_stem  # benchmarks/ is on sys.path when a script runs
 FIELDS = ("import_s", "load_s", "run_s", "total_s", "cpu_s")
 
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", type=Path, help="a tiny artifact (default: build gpt-moe tiny)")
     p.add_argument("--small", type=Path, help="a small artifact (default: build gpt small)")
     p.add_argument("--compare-python", help="another interpreter to probe beside this one")
-    p.add_argument("--out", type=Path, default=RESULTS_DIR / "cold_start.json")
+    p.add_argument("--out", type=Path, default=RESULTS_DIR / f"{result_stem('cold_start')}.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     with tempfile.TemporaryDirectory(prefix="forgeline-cold-") as tmp:

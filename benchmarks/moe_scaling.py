@@ -15,7 +15,7 @@ against dense bert.
     python benchmarks/moe_scaling.py                       # everything, ~15 min on 2 cores
     python benchmarks/moe_scaling.py --experts 4,32 --models bert-moe --shapes 1x128
 
-Prints a markdown table; writes benchmarks/results/moe_scaling.json and moe_scaling.png. On a
+Prints a markdown table; writes benchmarks/results/moe_scaling-<host>-fp32-<date>.json and .png. On a
 shared machine read the ratios within one run, not the absolute numbers.
 """
 
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import statistics
 import sys
 import time
@@ -34,7 +33,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 log = logging.getLogger("moe_scaling")
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+from result_names import RESULTS_DIR, result_stem  # benchmarks/ is on sys.path when a script runs
 DENSE = {"bert-moe": "bert", "gpt-moe-tc": "gpt", "gpt-moe": "gpt"}  # the dense model of each family
 BACKENDS = ("eager", "ort", "tvm")
 
@@ -257,8 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     text += "\n\n" + "\n".join(f"- {c.key()}: median {c.median:.1f} ms, fastest {c.best:.1f} ms" for c in extras)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    tag = re.sub(r"[^A-Za-z0-9._-]+", "-", args.label.split(":")[0]).strip("-")
-    stem = "moe_scaling" + (f"_{tag}" if tag else "")
+    stem = result_stem("moe_scaling")  # the label is stored in the file, not in its name
     record = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": host_info(),
               "label": args.label, "capacity_factor": args.capacity_factor, "rounds": args.rounds,
               "iters": args.iters, "table": text,

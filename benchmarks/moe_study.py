@@ -23,7 +23,7 @@ define/moe.py), so wall time per step tracks the active compute, not the number 
 
     python benchmarks/moe_study.py                 # full study: 3 seeds, about 45 minutes on an idle 2-core machine
     python benchmarks/moe_study.py --quick --seeds 0   # a ~1 minute check of the whole pipeline
-Writes benchmarks/results/moe_study.json, docs/moe_study.png and docs/moe_study.md.
+Writes benchmarks/results/moe_study-<host>-fp32-<date>.json, docs/moe_study.png and docs/moe_study.md.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from forgeline.train.trainer import Trainer, TrainOptions, training_config
 
 log = logging.getLogger("moe_study")
 ROOT = Path(__file__).resolve().parents[1]
+from result_names import RESULTS_DIR, result_stem  # noqa: E402 - benchmarks/ is on sys.path when a script runs
 
 
 @dataclass(frozen=True)
@@ -366,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; each trains every router once")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--families", default=",".join(FAMILIES), help="comma-separated subset of bert-moe,gpt-moe")
-    p.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/moe_study.json")
+    p.add_argument("--json", type=Path, default=RESULTS_DIR / f"{result_stem('moe_study')}.json")
     p.add_argument("--plot", type=Path, default=ROOT / "docs/moe_study.png")
     p.add_argument("--doc", type=Path, default=ROOT / "docs/moe_study.md")
     args = p.parse_args(argv)

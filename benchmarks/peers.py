@@ -5,7 +5,7 @@ IREE (llvm-cpu, target cpu host, static shapes) where installed (``pip install "
 beside forgeline's untuned dynamic TVM build, the tuned bucket build when there is one, and any
 reduced-precision build the manifest lists. One interleaved run per shape in this process
 (forgeline.bench.peer_report); every output is checked against eager PyTorch. Prints a markdown table
-and writes ``benchmarks/results/peers-<model>-<preset>.json`` and ``.png``.
+and writes ``benchmarks/results/peers-<model>-<preset>-<host>-fp32-<date>.json``, ``.md`` and ``.png``.
 
     python benchmarks/peers.py gpt --preset small --batch 1,8 --seq 128 [--tune-minutes N] [--artifact DIR]
 
@@ -21,7 +21,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+from result_names import RESULTS_DIR, result_stem  # benchmarks/ is on sys.path when a script runs
 SECONDS_PER_TRIAL = 0.6  # steady-state tuning cost per trial on 2 cores (compile/tuning/builder.py)
 
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(reports)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"peers-{reports[0].model}-{reports[0].preset}"
+    stem = args.out / result_stem(f"peers-{reports[0].model}-{reports[0].preset}")
     stem.with_suffix(".json").write_text(json.dumps([r.to_dict() for r in reports], indent=2))
     stem.with_suffix(".md").write_text(table + "\n")
     wrote_png = plot(reports, stem.with_suffix(".png"))

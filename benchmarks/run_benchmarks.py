@@ -4,7 +4,7 @@ For gpt-small, bert-small and gpt-moe-small (expert choice) at batch 1, seq 128 
 export + compile (untuned, with forgeline's CPU defaults), optionally tune a bucket for the
 benchmark shape, then time eager PyTorch, ONNX Runtime, TVM untuned and TVM tuned side by side
 with ``forgeline.bench``. Prints a markdown table with the date and machine and writes
-``benchmarks/results/latest.json`` and ``latest.md``.
+``benchmarks/results/run_benchmarks-<host>-fp32-<date>.json`` and ``.md``.
 
     python benchmarks/run_benchmarks.py                      # untuned, a few minutes on 2 cores
     python benchmarks/run_benchmarks.py --stock-tvm          # + TVM's stock pipeline (slow)
@@ -27,7 +27,7 @@ from pathlib import Path
 log = logging.getLogger("benchmarks")
 
 MODELS = ("gpt", "bert", "gpt-moe")
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+from result_names import RESULTS_DIR, result_stem  # benchmarks/ is on sys.path when a script runs
 SECONDS_PER_TRIAL = 0.6  # steady state per trial on 2 cores with compile/tuning/builder.py (measured 0.5-0.6)
 
 
@@ -189,11 +189,12 @@ def main(argv: list[str] | None = None) -> int:
                "host": host_info(), "batch": args.batch, "seq": args.seq, "iters": args.iters,
                "seconds": round(time.perf_counter() - started, 1), "models": models}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "latest.json").write_text(json.dumps(results, indent=2))
+    stem = result_stem("run_benchmarks")
+    (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2))
     table = markdown(results)
-    (args.out / "latest.md").write_text(table)
+    (args.out / f"{stem}.md").write_text(table)
     print(table)
-    print(f"wrote {args.out / 'latest.json'} and {args.out / 'latest.md'} "
+    print(f"wrote {args.out / stem}.json and .md "
           f"in {results['seconds']:.0f} s")
     return 0
 

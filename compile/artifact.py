@@ -22,6 +22,7 @@ from forgeline.runtime.format import ONNX_FILE, TVM_DIR, BuildRecord, Manifest, 
 from forgeline.runtime.host import can_run, describe_host, read_cpu_features
 from forgeline.runtime.kv_check import with_generation_rows
 from forgeline.runtime.model import load, open_model
+from forgeline.runtime import progress
 from forgeline.runtime.params_file import PARAMS_FILE
 from forgeline.runtime.parity import raise_if_failed
 
@@ -127,7 +128,8 @@ def _build_libraries(root: Path, manifest: Manifest, spec, staged: Path, precisi
     """The main library and the extra graphs' ones; their weights go to ``store``, each tensor once."""
     from forgeline.runtime.format import sha256_file
 
-    result = build_tvm(root / ONNX_FILE, spec, staged, precision=precision, lift=True)
+    with progress.stage(f"compile for {spec.tag}"):
+        result = build_tvm(root / ONNX_FILE, spec, staged, precision=precision, lift=True)
     rel = lambda name: f"{TVM_DIR}/{staged.name}/{name}"  # noqa: E731 - paths inside the artifact
     build = BuildRecord(
         tag=spec.tag, kind=spec.kind, target=spec.target, requires=spec.requires, lib=rel(result.lib_file),
@@ -172,8 +174,9 @@ def _build_graphs(root: Path, manifest: Manifest, spec, build_dir: Path, files: 
         log.info("building graph %s (%d/%d)", name, index, len(manifest.graphs))
         rows = DECODE_ROWS if name == "decode" else None  # one row per sequence per step
         try:
-            result = build_tvm(root / graph.onnx, spec, build_dir / name, gemm_rows=rows, precision=precision,
-                               lift=True)
+            with progress.stage(f"compile the {name} graph"):
+                result = build_tvm(root / graph.onnx, spec, build_dir / name, gemm_rows=rows, precision=precision,
+                                   lift=True)
         except CompileError as exc:
             raise CompileError(f"The {name} graph of {manifest.name} did not compile for {spec.tag}, so "
                                f"the build is incomplete and was removed: {exc}") from exc
@@ -196,7 +199,7 @@ def _check_staged(root: Path, manifest: Manifest, build: BuildRecord, files: dic
     staged.builds = {build.tag: build}
     staged.files.update(files)
     check_confinement(root, staged)
-    with open_model(root, staged, backend="tvm", target=build.tag) as model:
+    with progress.stage(f"check {build.tag} vs eager"), open_model(root, staged, backend="tvm", target=build.tag) as model:
         return with_generation_rows(model.selfcheck(), model)
 
 

@@ -31,6 +31,7 @@ from forgeline.runtime.golden import GoldenCase, save_golden
 from forgeline.runtime.kv_check import with_generation_rows
 from forgeline.runtime.model import load
 from forgeline.runtime.parity import raise_if_failed
+from forgeline.runtime import progress
 from forgeline.runtime.validate import graph_dim_limits
 
 from .eager import case_sizes, golden_dims, make_case, output_specs
@@ -75,7 +76,8 @@ def export_into(name: str, out: Path, options: ExportOptions = ExportOptions()) 
     save_checkpoint(model, out / WEIGHTS_FILE)
     set_shareable_mode(out / WEIGHTS_FILE)  # safetensors writes 0600
     limits = model.dim_limits()
-    export_onnx(model, out, limits)
+    with progress.stage(f"export {name}/{options.preset} to ONNX"):
+        export_onnx(model, out, limits)
     graphs = export_generation_graphs(model, out) if options.generation_graphs else {}
     share_external_data(out, [ONNX_FILE, *(g.onnx for g in graphs.values())], checkpoint=WEIGHTS_FILE)
     cases = [make_case(model, golden_dims(model, i), options.seed + i, f"case{i}") for i in range(options.golden_cases)]
@@ -95,7 +97,7 @@ def export_into(name: str, out: Path, options: ExportOptions = ExportOptions()) 
 
 def record_ort_parity(root: Path, manifest: Manifest) -> None:
     """Measure ONNX Runtime against the eager outputs and store the result in the manifest."""
-    with load(root, backend="ort") as model:
+    with progress.stage("check ONNX Runtime vs eager"), load(root, backend="ort") as model:
         manifest.stages[ORT_STAGE] = with_generation_rows(model.selfcheck(), model)
     manifest.save(root)
     log.info("ONNX Runtime vs %s: %s", manifest.reference, "pass" if manifest.stages[ORT_STAGE].passed else "FAIL")

@@ -32,6 +32,7 @@ import torch
 from forgeline.define import ForgelineModel
 from forgeline.define.moe import trace_shift
 from forgeline.runtime.errors import ExportError, error_summary
+from forgeline.runtime import progress
 from forgeline.runtime.format import GraphSpec, TensorSpec
 
 from .onnx_export import check_onnx
@@ -97,7 +98,8 @@ def export_generation_graphs(model: ForgelineModel, out_dir: Path) -> dict[str, 
     specs = {}
     for graph in generation_graphs(model):
         filename = f"{graph.name}.onnx"
-        _export(model, graph, Path(out_dir) / filename)
+        with progress.stage(f"export the {graph.name} graph"):
+            _export(model, graph, Path(out_dir) / filename)
         specs[graph.name] = GraphSpec(filename, graph.inputs, graph.outputs)
     return specs
 

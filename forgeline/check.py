@@ -20,6 +20,7 @@ from pathlib import Path
 
 from forgeline.define import ForgelineModel, load_checkpoint
 from forgeline.export.eager import golden_dims, make_case, run_eager
+from forgeline.runtime import progress
 from forgeline.runtime.errors import ArtifactError
 from forgeline.runtime.format import GOLDEN_FILE, TVM_DIR, WEIGHTS_FILE, StageRecord
 from forgeline.runtime.golden import GoldenCase, load_golden
@@ -54,7 +55,8 @@ def check_artifact(path: str | Path, fresh_cases: int = 2, verify_key=None) -> C
     ``verify_key`` (a PEM public key or its path): the artifact must carry a valid signature by it.
     """
     root = Path(path)
-    with load(root, backend="ort", verify_key=verify_key) as ort_model:  # signature, paths, hashes first
+    with (load(root, backend="ort", verify_key=verify_key) as ort_model,  # signature, paths, hashes first
+          progress.stage("check ONNX Runtime vs eager on fresh inputs")):
         manifest = ort_model.manifest
         eager = load_checkpoint(root / WEIGHTS_FILE).eval() if manifest.source == "registry" else None
         if eager is not None:
@@ -67,7 +69,8 @@ def check_artifact(path: str | Path, fresh_cases: int = 2, verify_key=None) -> C
         if build.codegen_only or not runnable:
             report.skipped[f"{TVM_DIR}/{tag}"] = why or build.note
             continue
-        with load(root, backend="tvm", target=tag, verify_key=verify_key) as model:
+        with (progress.stage(f"check {tag} vs eager on fresh inputs"),
+              load(root, backend="tvm", target=tag, verify_key=verify_key) as model):
             report.stages.append(_stage(model, cases))
             for key, bucket in build.buckets.items():
                 report.stages.append(_bucket_stage(model, key, bucket["dims"], _bucket_reference(root, eager)))

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from forgeline.runtime.errors import ArtifactError, ConfigError
+from forgeline.runtime import progress
 from forgeline.runtime.tokenizer import ByteTokenizer
 
 from forgeline.define.checkpoint import load_checkpoint, save_checkpoint
@@ -74,9 +75,9 @@ def lr_at(step: int, options: TrainOptions) -> float:
     if step < options.warmup_steps:
         return options.lr * (step + 1) / options.warmup_steps
     span = max(1, options.steps - options.warmup_steps)
-    progress = min(1.0, (step - options.warmup_steps) / span)
+    fraction = min(1.0, (step - options.warmup_steps) / span)
     floor = options.lr * options.min_lr_ratio
-    return floor + 0.5 * (options.lr - floor) * (1.0 + math.cos(math.pi * progress))
+    return floor + 0.5 * (options.lr - floor) * (1.0 + math.cos(math.pi * fraction))
 
 
 # --------------------------------------------------------------------------------------- objectives
@@ -258,12 +259,26 @@ def fit(trainer: Trainer, output: str | Path) -> TrainResult:
     o = trainer.options
     if trainer.step == 0:
         log.info("step 0: val loss %.4f", trainer.evaluate().loss)
+    first = trainer.step
+    with progress.stage(f"train {trainer.model.config.name}", total=o.steps, unit="steps") as bar:
+        bar.advance(trainer.step)  # a resumed run starts where it stopped
+        seconds = _steps(trainer, output, bar)
+    trainer.save(output)
+    done = trainer.step - first
+    return TrainResult(Path(output), trainer.step, trainer.history, seconds,
+                       done * trainer.tokens_per_step() / seconds if seconds else 0.0)
+
+
+def _steps(trainer: Trainer, output: str | Path, bar: progress.Task) -> float:
+    """Step up to options.steps, logging, evaluating and saving on schedule; the seconds spent stepping."""
+    o = trainer.options
     first, seconds = trainer.step, 0.0
     while trainer.step < o.steps:
         t0 = time.perf_counter()
         loss = trainer.train_step()
         seconds += time.perf_counter() - t0
         done = trainer.step - first
+        bar.advance(trainer.step, info=f"loss {loss:.4f}")
         if trainer.step % o.log_every == 0 or trainer.step == o.steps:
             eta = seconds / done * (o.steps - trainer.step)
             log.info("step %d/%d  loss %.4f  lr %.2e  %.0f tok/s  ETA %s", trainer.step, o.steps, loss,
@@ -272,10 +287,7 @@ def fit(trainer: Trainer, output: str | Path) -> TrainResult:
             log.info("step %d: val loss %.4f", trainer.step, trainer.evaluate().loss)
         if o.save_every and trainer.step % o.save_every == 0 and trainer.step < o.steps:
             trainer.save(output)
-    trainer.save(output)
-    done = trainer.step - first
-    return TrainResult(Path(output), trainer.step, trainer.history, seconds,
-                       done * trainer.tokens_per_step() / seconds if seconds else 0.0)
+    return seconds
 
 
 def _clock(seconds: float) -> str:

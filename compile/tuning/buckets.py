@@ -18,6 +18,7 @@ from forgeline.runtime.errors import ArtifactError
 from forgeline.runtime.format import ONNX_FILE, TVM_DIR, BuildRecord, Manifest, StageRecord
 from forgeline.runtime.host import can_run, describe_host
 from forgeline.runtime.inputs import random_inputs
+from forgeline.runtime import progress
 from forgeline.runtime.params_file import PARAMS_FILE, ParamBinding, parse_header
 from forgeline.runtime.paths import confined
 from forgeline.runtime.parity import compare_outputs, raise_if_failed, stage_record
@@ -67,7 +68,7 @@ def _tune_bucket(root, manifest: Manifest, build: BuildRecord, dims: dict[str, i
     key = bucket_key(dims)
     shapes = {s.name: [dims[d] if isinstance(d, str) else d for d in s.dims] for s in manifest.inputs}
     mod = import_relax(root / ONNX_FILE, shapes)
-    with db.locked():
+    with db.locked(), progress.stage(f"tune bucket {key}"):
         tuned = tune_module(mod, target, db, settings)
         database_sha = db.sha256()
     lib = f"{TVM_DIR}/{build.tag}/bucket-{key}.so"
@@ -90,8 +91,10 @@ def _tune_bucket(root, manifest: Manifest, build: BuildRecord, dims: dict[str, i
             record = None
         else:
             files = tuple(p for p in (extra, _build_params(root, build)) if p is not None)
-            record = check_bucket(root, manifest, str((staged / "bucket.so").relative_to(root)), dims,
-                                  stage=stage, device=build.device, params=ParamBinding(files, tuple(keys)) if keys else None)
+            with progress.stage(f"check bucket {key} vs ONNX Runtime"):
+                record = check_bucket(root, manifest, str((staged / "bucket.so").relative_to(root)), dims,
+                                      stage=stage, device=build.device,
+                                      params=ParamBinding(files, tuple(keys)) if keys else None)
             raise_if_failed(record)  # a bucket that misses is never kept; the artifact stays as it was
         digest = sha256_file(staged / "bucket.so")
         moves = [(staged / "bucket.so", root / lib)]

@@ -1,8 +1,8 @@
-"""Progress of a MetaSchedule tuning job as log lines: tasks, trials, best latency, time left.
+"""Progress of a MetaSchedule tuning job: tasks, trials, best latency, time left.
 
 MetaSchedule calls every measure callback after each round of candidates; this one counts the
 trials of each task (the tuning ledger keeps those counts), remembers each task's best latency,
-and logs one INFO line per round.
+advances the search's progress bar (runtime/progress.py) and logs one INFO line per round.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import time
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
+from forgeline.runtime.progress import Task
+
 logger = logging.getLogger(__name__)
 
 
@@ -20,8 +22,9 @@ logger = logging.getLogger(__name__)
 class TuningProgress(PyMeasureCallback):
     """Counts trials per task and logs a progress line after every measured round."""
 
-    def __init__(self, task_names: list[str], total_trials: int) -> None:
+    def __init__(self, task_names: list[str], total_trials: int, bar: Task | None = None) -> None:
         super().__init__()
+        self.bar = bar
         self.task_names = list(task_names)
         self.total_trials = max(total_trials, 1)
         self.trials = [0] * len(task_names)  # candidates measured, per task
@@ -48,6 +51,9 @@ class TuningProgress(PyMeasureCallback):
         left = elapsed / done * max(self.total_trials - done, 0) if done else float("nan")
         started_tasks = sum(1 for t in self.trials if t)
         best = self.best_ms[task_id]
+        if self.bar is not None:
+            self.bar.advance(done,
+                             info=f"{self.task_names[task_id][:32]} best {best:.4f} ms" if best < float("inf") else "")
         logger.info(
             "tuning: %d/%d trials, %d/%d tasks started; %s best %s; %.0f s elapsed, ~%.0f s left",
             done, self.total_trials, started_tasks, len(self.task_names), self.task_names[task_id],
@@ -67,6 +73,10 @@ def reset_metaschedule_loggers() -> None:
     run's file handlers point into its deleted log folder.
     """
     ms_logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    if not logger.isEnabledFor(logging.DEBUG):
+        # The run gives its console handler this logger's level at that moment: WARNING keeps its
+        # "[INFO] Logging directory: ..." line off the console (the run then sets DEBUG for its files).
+        ms_logger.setLevel(logging.WARNING)
     for handler in list(ms_logger.handlers):
         name = handler.get_name()
         if name is None or name.startswith("tvm.s_tir.meta_schedule"):

@@ -30,6 +30,7 @@ from tvm_ffi.structural import structural_hash
 from forgeline.runtime.backends.environ import allow_tvm_threads
 from forgeline.runtime.exit_cleanup import removed_on_stop
 from forgeline.runtime.host import cpu_core_count
+from forgeline.runtime.progress import stage
 
 from ..cpu.pipeline import rewrite_graph, schedule_cpu_kernels, schedule_matmul_kernels
 from ..cpu.weights import fold_packed_weights
@@ -136,7 +137,6 @@ def run_search(tasks, names: list[str], target: Target, db: TuningDatabase,
     logger.info("tuning %d task(s) for %d trials (at most %d per task, %d per round), measuring "
                 "%s", len(tasks), trials, per_task, per_round,
                 "through RPC tracker %s:%d key %s" % settings.rpc if settings.rpc else "here")
-    progress = TuningProgress(names, trials)
     # Before the runner's workers start: measured candidates must run on every core, as the
     # runtime runs them (runtime/backends/environ.py); without it TVM ran them on one of two.
     allow_tvm_threads(cpu_core_count())
@@ -144,7 +144,9 @@ def run_search(tasks, names: list[str], target: Target, db: TuningDatabase,
                             **({"build_fn": build_fn} if build_fn is not None else {}))
     runner = make_runner(timeout_sec=settings.timeout_s, rpc=settings.rpc)
     reset_metaschedule_loggers()
-    with tempfile.TemporaryDirectory(prefix="forgeline-tune-logs-") as logs, removed_on_stop(Path(logs)):
+    with (tempfile.TemporaryDirectory(prefix="forgeline-tune-logs-") as logs, removed_on_stop(Path(logs)),
+          stage(f"search {len(tasks)} kernel(s)", total=trials, unit="trials") as bar):
+        progress = TuningProgress(names, trials, bar)
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             tasks, work_dir=logs, strategy=make_strategy(), seed=settings.seed)
         quiet_metaschedule_console()

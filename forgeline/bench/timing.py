@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from forgeline.runtime import progress
 from forgeline.runtime.errors import ConfigError, ForgelineError
 from forgeline.runtime.format import Manifest
 
@@ -127,7 +128,8 @@ def bench_artifact(path: str | Path, options: BenchOptions = BenchOptions()) -> 
     for index, backend in enumerate(options.backends, 1):
         log.info("bench [%d/%d] loading %s", index, len(options.backends), backend)
         try:
-            runners[backend] = RUNNERS[backend](root, manifest, inputs, options)
+            with progress.stage(f"load {backend}"):
+                runners[backend] = RUNNERS[backend](root, manifest, inputs, options)
         except ForgelineError as exc:
             log.info("%s not run: %s", backend, exc)
             results[backend] = BackendResult(backend, False, note=str(exc))
@@ -174,11 +176,17 @@ def interleaved_samples(runners: dict[str, Callable[[], Any]], *, iters: int,
     the previous backend's thread pool has stopped spinning (``wait_until_idle``), then runs once
     untimed (waking its own pool, warming caches) before the timed runs.
     """
-    for runner in runners.values():
-        for _ in range(warmup):
-            runner()
-    samples: dict[str, list[float]] = {name: [] for name in runners}
     rounds = -(-iters // _BLOCK)
+    with progress.stage(f"time {', '.join(runners)}", total=rounds, unit="rounds") as bar:
+        for runner in runners.values():
+            for _ in range(warmup):
+                runner()
+        return _timed_rounds(runners, iters, rounds, bar)
+
+
+def _timed_rounds(runners: dict[str, Callable[[], Any]], iters: int, rounds: int,
+                  bar: progress.Task) -> dict[str, list[float]]:
+    samples: dict[str, list[float]] = {name: [] for name in runners}
     for index in range(rounds):
         for name, runner in runners.items():
             if not wait_until_idle():
@@ -190,6 +198,7 @@ def interleaved_samples(runners: dict[str, Callable[[], Any]], *, iters: int,
                 runner()
                 samples[name].append((time.perf_counter() - started) * 1e3)
         log.info("bench: round %d/%d", index + 1, rounds)
+        bar.advance()
     return samples
 
 

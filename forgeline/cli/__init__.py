@@ -1,10 +1,10 @@
 """The command-line driver, `forgeline …`: the successor of tvmc for Relax.
 
-``registry`` holds the one list of subcommands; ``pipeline``, ``tune``, ``bench``, ``generate``,
-``bert`` and ``train`` register theirs; ``options`` and ``output`` are what they share; ``app``
-builds the parser and runs ``main``.
+``app`` builds the parser over every registered command and runs ``main`` (the ``forgeline``
+entry point: ``forgeline.cli.app:main``). ``registry`` holds the one list of subcommands;
+``pipeline``, ``tune``, ``bench``, ``generate``, ``bert``, ``train`` and ``trust`` register
+theirs; ``options``, ``files``, ``output`` and ``console`` are what they share.
+
+This file imports nothing: ``app`` imports the command modules through this package, so a
+``main`` re-exported here would be an import cycle.
 """
-
-from .app import main
-
-__all__ = ["main"]

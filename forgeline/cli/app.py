@@ -1,13 +1,13 @@
 """`forgeline …`: the parser over every registered command, and ``main``.
 
-Library code logs; only the command modules print. User mistakes end in `error: <sentence>` and
+Library code logs and reports progress; the command modules print, and ``console`` draws the
+progress (one line per stage). User mistakes end in `error: <sentence>` and
 exit status 1, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import traceback
 
@@ -17,6 +17,7 @@ from forgeline.runtime.storage import is_storage_errno, storage_error
 # Every module that registers commands, imported here once so that `forgeline --help` and
 # `python -m forgeline.cli --help` list the same commands.
 from . import pipeline, tune, generate, bert, bench, train, trust  # noqa: F401, I001  (they register on import, in this order)
+from .console import command_console, verbosity
 from .registry import COMMANDS
 from .signals import handle_stop_signals
 
@@ -26,8 +27,10 @@ def _parser() -> argparse.ArgumentParser:
         prog="forgeline",
         description="Export PyTorch Transformers to ONNX, compile them with TVM, and check every stage.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
-    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="show forgeline's logs and other libraries' warnings instead of progress; "
+                             "-vv: every library's debug logs")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only the result and errors")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text, configure, run in COMMANDS:
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -38,14 +41,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    # forgeline's own progress at INFO; other libraries (onnx_ir logs every pass) only when verbose.
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
-    logging.getLogger("forgeline").setLevel(level)
     handle_stop_signals()  # SIGTERM/SIGHUP: clean up, one line, exit 143/129 (signals.py)
     try:
-        return args.run(args)
+        with command_console(verbosity(args.quiet, args.verbose)):
+            return args.run(args)
     except ForgelineError as exc:
         if args.verbose and exc.__cause__ is not None:
             traceback.print_exception(exc, file=sys.stderr)  # what caused it, for a bug report

@@ -67,7 +67,8 @@ def _build(args: argparse.Namespace) -> int:
     model, source = build_source(args)
     report = build(model, args.output, export_options(args), compile_options(args), tune=tune_options(args), **source)
     what = model if args.onnx else f"{args.model}/{'hf' if args.from_hf else args.preset}"
-    print(f"built {what} in {args.output}")
+    if not args.quiet:  # -q: the check table alone
+        print(f"built {what} in {args.output}")
     return print_report(report)
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from forgeline.bench import BenchOptions, bench_artifact, estimate_flops, profile_tvm_kernels
 from forgeline.bench.timing import add_ratios, summarize_samples
-from forgeline.cli import main
+from forgeline.cli.app import main
 from forgeline.runtime.errors import ConfigError
 
 BATCH, SEQ = 2, 8

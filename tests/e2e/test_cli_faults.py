@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from forgeline.cli import main
+from forgeline.cli.app import main
 
 
 def _fails_with(capsys, argv: list[str], *phrases: str) -> str:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import forgeline.runtime as rt
-from forgeline.cli import main
+from forgeline.cli.app import main
 from forgeline.runtime.errors import ArtifactError
 from forgeline.runtime.signing import generate_keypair, sign_artifact
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from forgeline.cli import main
+from forgeline.cli.app import main
 from forgeline.define import build_model, load_checkpoint
 from forgeline.train.data import load_corpus
 from forgeline.train.trainer import Trainer, TrainOptions, fit, state_path, training_config

@@ -80,7 +80,7 @@ def test_a_graph_that_does_not_compile_fails_the_build(moe_cuda, tmp_path, monke
 
 @pytest.mark.skipif(bool(cuda_compute_capabilities()), reason="this host has a GPU")
 def test_cli_tune_for_cuda_without_gpu_or_tracker_refuses_in_one_sentence(moe_cuda, capsys, tmp_path):
-    from forgeline.cli import main
+    from forgeline.cli.app import main
 
     code = main(["tune", str(moe_cuda), "--target", "cuda", "--buckets", "1x8",
                  "--tuning-db", str(tmp_path / "db")])

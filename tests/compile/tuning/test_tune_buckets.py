@@ -2,7 +2,7 @@
 
 import pytest
 
-from forgeline.cli import main
+from forgeline.cli.app import main
 from forgeline.compile.tuning import TuneOptions, parse_buckets, resolve_tuning
 from forgeline.runtime.errors import ConfigError
 from forgeline.runtime.format import Manifest, TensorSpec

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from forgeline.cli import main
+from forgeline.cli.app import main
 from forgeline.compile.tuning import TuneOptions, tune_artifact
 from forgeline.define import load_checkpoint
 from forgeline.export.eager import run_eager

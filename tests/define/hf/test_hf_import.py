@@ -151,7 +151,7 @@ def test_pytorch_bin_and_wrong_shapes(tmp_path, hf_gpt2):
 def test_gpt2_artifact_logits_and_generation_match_transformers(tmp_path, hf_gpt2, capsys):
     """`forgeline build gpt --from-hf`, then the compiled artifact: logits, full-recompute greedy
     decoding and the KV-cache generate all give transformers' own numbers and tokens."""
-    from forgeline.cli import main
+    from forgeline.cli.app import main
     from forgeline.runtime import load
 
     reference, folder = hf_gpt2
@@ -179,7 +179,7 @@ def test_gpt2_artifact_logits_and_generation_match_transformers(tmp_path, hf_gpt
 
 
 def test_cli_refuses_a_wrong_family_or_folder_with_one_sentence(tmp_path, hf_gpt2, capsys):
-    from forgeline.cli import main
+    from forgeline.cli.app import main
 
     _, folder = hf_gpt2
     assert main(["-q", "export", "bert", "--from-hf", str(folder), "-o", str(tmp_path / "a")]) == 1

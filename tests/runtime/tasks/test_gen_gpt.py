@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from forgeline.cli import main
+from forgeline.cli.app import main
 from forgeline.define import load_checkpoint
 from forgeline.runtime import InputError, load
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from forgeline.cli import main
+from forgeline.cli.app import main
 from forgeline.define import load_checkpoint
 from forgeline.runtime import load
 from forgeline.runtime.tokenizer import BYTE_SPECIALS
