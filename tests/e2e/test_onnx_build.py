@@ -18,7 +18,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from forgeline.cli import main
+from forgeline.cli.app import main
 from forgeline.runtime import load
 from forgeline.runtime.format import DEFAULT_TOLERANCE
 

@@ -16,7 +16,7 @@ import torch
 from torch.export import Dim
 
 import forgeline
-from forgeline.cli import main
+from forgeline.cli.app import main
 from forgeline.runtime import load
 from forgeline.runtime.format import DEFAULT_TOLERANCE
 
