@@ -213,10 +213,16 @@ def _opset(model) -> int:
 
 
 def _constants(model) -> dict[str, np.ndarray]:
-    """Initializers and Constant nodes by name, as arrays."""
-    from onnx import numpy_helper
+    """Initializers and Constant nodes by name, as arrays.
 
-    constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    Initializers stored as external data are weights, never the small shape and scalar constants
+    the rewrites look for; they are left unread, since the graph is loaded without its external
+    data (tvm_build.py reads each weight once, as the importer reaches it).
+    """
+    from onnx import TensorProto, numpy_helper
+
+    constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer
+                 if init.data_location != TensorProto.EXTERNAL}
     for node in model.graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
             constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
