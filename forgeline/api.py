@@ -25,7 +25,7 @@ def build(
     is complete, so a build that fails, is killed or is interrupted leaves ``out_dir`` as it was
     (with ``overwrite``, the previous artifact stays until the new one replaces it).
     """
-    resolve_precision_target(compile_options, tune)  # a refusal (bf16 without AMX) before export
+    resolve_precision_target(compile_options, tune)  # a refusal (bf16 without AVX512-BF16 or AMX) before export
     with staged_artifact(Path(out_dir), export_options.overwrite) as staged:
         export_into(name, staged, export_options)
         compile_artifact(staged, compile_options, tune=tune)

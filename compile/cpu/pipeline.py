@@ -135,8 +135,9 @@ def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: 
         raise ValueError(f"apply_cpu_defaults is for llvm targets, not {target.kind.name}.")
     if offload_matmul:
         mod = offload_matmuls(mod)
-    if precision != "fp32":
-        mod = bf16_dense_matmuls(mod, emulate=precision == "bf16-emulated")
+    if precision != "fp32":  # "bf16[-avx512bf16][-emulated]" (compile/precision.py)
+        mod = bf16_dense_matmuls(mod, emulate=precision.endswith("-emulated"),
+                                 kernel="avx512bf16" if "avx512bf16" in precision else "amx")
     mod = rewrite_graph(mod)
     with target:
         mod = tvm.transform.Sequential(cpu_generic.library_dispatch_passes(target)

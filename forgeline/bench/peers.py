@@ -27,8 +27,8 @@ def bf16_build(manifest: Manifest):
     builds = [b for b in manifest.builds.values()
               if b.precision == "bf16" and b.kind == "llvm" and not b.tag.endswith("emu")]
     if not builds:
-        raise ConfigError("the artifact has no AMX bf16 build (emulated ones are not timed); "
-                          "compile one with --precision bf16 on an AMX host.")
+        raise ConfigError("the artifact has no bf16 build (emulated ones are not timed); compile one "
+                          "with --precision bf16 on a host with AVX512-BF16 or AMX.")
     host = describe_host()
     for build in builds:
         ok, why = can_run(build.requires, host)
