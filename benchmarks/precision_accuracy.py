@@ -72,7 +72,7 @@ def build(name: str, preset: str, out: Path, precisions, kernels, weights: Path 
     if not ((out / "manifest.json").is_file() and Manifest.load(out).builds):
         export_model(name, out, ExportOptions(preset=preset, overwrite=True, generation_graphs=False, weights=weights))
         compile_artifact(out)
-        compile_precisions(out, precisions, kernels)
+    compile_precisions(out, precisions, kernels)  # those it lacks
     return out
 
 
@@ -128,7 +128,8 @@ def _openvino(root: Path, manifest, work: Path):
         got = request.infer(inputs).to_tuple()
         return {n: np.array(v) for n, v in zip(names, got)}
 
-    return str(compiled.get_property("INFERENCE_PRECISION_HINT")), run
+    precision = compiled.get_property("INFERENCE_PRECISION_HINT")  # an ov.Type: "bf16" or "f32"
+    return getattr(precision, "to_string", lambda: str(precision))(), run
 
 
 def _ort_int8(root: Path, manifest, work: Path):

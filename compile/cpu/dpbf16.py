@@ -25,8 +25,9 @@ For CPUs with AVX512-BF16 and no AMX (AMD Zen 4/5, Intel Cooper Lake). The kerne
 - **Parallel tasks** are (column panel, row tile) pairs, panel-major: each thread streams its own
   column panels of the weight once while A (already halved to bf16) is re-read from cache, and a
   batch-1 GEMV still spreads its columns over every core.
-- **Epilogue.** Bias and the residual are added as the tile is written back from registers; the
-  last panel of an N that is not a multiple of 32 is written lane by lane.
+- **Epilogue.** Bias, then GELU or the residual, are applied as the tile is written back from
+  registers (the fp32 GEMM schedule's epilogues; GELU as epilogues.py's polynomials); the last
+  panel of an N that is not a multiple of 32 is written lane by lane.
 
 ``emulate=True`` builds the same kernel with ``vdpbf16ps`` written as TIR vector arithmetic in the
 instruction's order (odd product first, then even, each an fp32 add), so it checks the packing,
@@ -108,23 +109,30 @@ def _emulated_dot(acc, a, b):
     return (acc + high(a) * high(b)) + low(a) * low(b)
 
 
-def dpbf16_dense(k: int, n: int, *, residual: bool = False, emulate: bool = False):
+def dpbf16_dense(k: int, n: int, *, residual: bool = False, gelu: str | None = None, emulate: bool = False):
     """The PrimFunc ``(A (m, k) f32, W packed, bias (n,) f32, [R (m, n) f32,] C (m, n) f32)``.
 
     ``m`` is symbolic. ``C = A @ W + bias (+ R)``, the argument order of amx.amx_dense, so the
-    Relax rewrite (bf16.py) calls either kernel the same way.
+    Relax rewrite (bf16.py) calls either kernel the same way. ``gelu`` ("erf" or "tanh", not with
+    ``residual``) gives ``C = GELU(A @ W + bias)`` (dense_gelu.py fuses it).
     """
     from tvm.script import tirx as T
 
+    from .epilogues import gelu as gelu_of
+
+    if gelu is not None and residual:
+        raise ValueError("a dense kernel fuses GELU or a residual, not both.")
     pairs = padded(k, 2) // 2
     panels = padded(n, PANEL_COLS) // PANEL_COLS
     w_shape = packed_shape(k, n)
     dot = _emulated_dot if emulate else _native_dot
     vec_chunks, vec_tail = divmod(pairs, LANES)
 
-    def _epilogue(value, bias, res, row, col):
+    def _epilogue(value, bias, res, row, col):  # resolved as the kernel is built
         value = value + bias[col]
-        return value + res[row, col] if residual else value  # resolved as the kernel is built
+        if gelu is not None:
+            return gelu_of(value, gelu)
+        return value + res[row, col] if residual else value
 
     def _pair(A, row, kk):
         if k % 2 == 0:

@@ -39,15 +39,22 @@ def parse_precisions(text: str) -> list[str]:
 
 def compile_precisions(root: Path, precisions: list[str], bf16_kernels: tuple[str, ...] = ("auto",),
                        mcpu: str | None = None) -> list[str]:
-    """Add a build per precision (bf16: per kernel) to the artifact at ``root``; the tags built."""
+    """Add a build per precision (bf16: per kernel) to the artifact at ``root``, unless it has it;
+    the tags of the artifact's builds of those precisions."""
     from forgeline.compile import CompileOptions, compile_artifact
+    from forgeline.compile.artifact import resolve_precision_target
+    from forgeline.runtime.format import Manifest
 
     built = []
     for precision in precisions:
         for kernel in (bf16_kernels if precision == "bf16" else ("auto",)):
             options = CompileOptions(precision=precision, mcpu=mcpu, **({"bf16_kernel": kernel} if precision == "bf16" else {}))
             try:
-                manifest = compile_artifact(root, options)
+                if resolve_precision_target(options).tag in Manifest.load(root).builds:
+                    manifest = Manifest.load(root)
+                    log.info("reusing the %s build of %s", precision, root)
+                else:
+                    manifest = compile_artifact(root, options)
             except ConfigError as exc:
                 log.warning("no %s build%s: %s", precision, f" ({kernel} kernel)" if kernel != "auto" else "", exc)
                 continue

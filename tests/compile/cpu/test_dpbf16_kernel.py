@@ -22,10 +22,11 @@ PLAIN_TARGET = {"kind": "llvm", "num-cores": 2}
 ROWS = [1, 3, 4, 5, TILE_ROWS, TILE_ROWS + 1, 29, 128]
 
 
-def _build(k: int, n: int, *, emulate: bool, residual: bool = False, target: dict = PLAIN_TARGET):
+def _build(k: int, n: int, *, emulate: bool, residual: bool = False, gelu: str | None = None,
+           target: dict = PLAIN_TARGET):
     import tvm
 
-    func = dpbf16_dense(k, n, residual=residual, emulate=emulate).with_attr("global_symbol", "main")
+    func = dpbf16_dense(k, n, residual=residual, gelu=gelu, emulate=emulate).with_attr("global_symbol", "main")
     return tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(target))
 
 
@@ -105,3 +106,51 @@ def test_native_kernel_matches_numpy(native_51x70):
 @NO_DPBF16
 def test_native_kernel_adds_bias_and_residual():
     _check(_build(256, 96, emulate=False, residual=True, target=NATIVE_TARGET), 256, 96, residual=True)
+
+
+def _dense_gelu_module(w: np.ndarray, bias: np.ndarray, op: str):
+    """Relax ``gelu(x @ w + bias)`` at a symbolic row count, as the ONNX importer writes it."""
+    from tvm import relax, tirx
+
+    x = relax.Var("x", relax.TensorType([tirx.Var("m", "int64"), w.shape[0]], "float32"))
+    builder = relax.BlockBuilder()
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            y = builder.emit(relax.op.add(relax.op.matmul(x, relax.const(w)), relax.const(bias)))
+            out = builder.emit_output(getattr(relax.op.nn, op)(y))
+        builder.emit_func_output(out)
+    return builder.get()
+
+
+def _check_gelu(got, a, w, bias, approximate: str) -> None:
+    pre = torch.from_numpy(_torch_bf16(a) @ _torch_bf16(w) + bias)
+    want = torch.nn.functional.gelu(pre, approximate=approximate).numpy()
+    scale = np.abs(_torch_bf16(a)) @ np.abs(_torch_bf16(w)) + 1
+    # the accumulation bound through GELU's slope (< 1.13), plus the polynomials' 5e-7
+    k = w.shape[0]
+    assert np.all(np.abs(got - want) <= 1.2 * 4 * k * 2.0 ** -24 * scale + 1e-6 * (1 + np.abs(want)))
+
+
+@pytest.mark.parametrize("kind,approximate", [("erf", "none"), ("tanh", "tanh")])
+def test_emulated_kernel_applies_gelu(kind, approximate):
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal((51, 70)).astype(np.float32)
+    bias = rng.standard_normal(70).astype(np.float32)
+    lib = _build(51, 70, emulate=True, gelu=kind)
+    for m in (1, 13, 29):
+        a = rng.standard_normal((m, 51)).astype(np.float32)
+        _check_gelu(_run(lib, a, w, bias), a, w, bias, approximate)
+
+
+@pytest.mark.parametrize("op,kind", [("gelu", "erf"), ("gelu_tanh", "tanh")])
+def test_gelu_after_a_dense_layer_joins_the_kernel(op, kind):
+    from forgeline.compile.cpu.bf16 import bf16_dense_matmuls
+    from forgeline.compile.cpu.dense_gelu import fuse_dense_gelu
+
+    rng = np.random.default_rng(7)
+    mod = _dense_gelu_module(rng.standard_normal((40, 48)).astype(np.float32),
+                             rng.standard_normal(48).astype(np.float32), op)
+    fused = fuse_dense_gelu(bf16_dense_matmuls(mod, emulate=True, kernel="avx512bf16"), emulate=True)
+    names = sorted(gv.name_hint for gv in fused.functions)
+    assert names == ["avx512bf16_dense_40x48_gelu_" + kind, "main"]  # the plain kernel is gone
+    assert f"relax.nn.{op}" not in fused.script() and f"R.nn.{op}" not in fused.script()
