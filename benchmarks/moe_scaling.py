@@ -80,6 +80,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-extras", action="store_true", help="skip the eager gpt-moe and training-step extras")
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/moe_scaling"), help="artifacts (reused when present)")
     p.add_argument("--build-only", action="store_true", help="export and compile the artifacts, time nothing")
+    p.add_argument("--preset", default="small", help="model sizes (tiny: a quick check of the script)")
     p.add_argument("--precision", default="fp32",
                    help="also build and time this precision (bf16, int8) as backend tvm-<precision>")
     p.add_argument("--label", default="", help="a note stored with the results (e.g. 'before: dense MoE')")
@@ -91,10 +92,11 @@ def _overrides(experts: int, capacity_factor: float) -> dict:
     return {} if experts == 0 else dict(n_experts=experts, capacity_factor=capacity_factor, moe_every=2)
 
 
-def build_artifact(name: str, experts: int, capacity_factor: float, work: Path, precision: str = "fp32") -> Path:
+def build_artifact(name: str, experts: int, capacity_factor: float, work: Path, precision: str = "fp32",
+                   preset: str = "small") -> Path:
     """Export + compile (untuned, CPU) ``name`` at the small sizes with ``experts`` experts, and a
     ``precision`` build beside the fp32 one."""
-    out = _fp32_artifact(name, experts, capacity_factor, work)
+    out = _fp32_artifact(name, experts, capacity_factor, work, preset)
     if precision != "fp32":
         from forgeline.compile import CompileOptions, compile_artifact
         from forgeline.runtime.format import Manifest
@@ -104,22 +106,22 @@ def build_artifact(name: str, experts: int, capacity_factor: float, work: Path, 
     return out
 
 
-def _fp32_artifact(name: str, experts: int, capacity_factor: float, work: Path) -> Path:
+def _fp32_artifact(name: str, experts: int, capacity_factor: float, work: Path, preset: str) -> Path:
     from forgeline.compile import CompileOptions, compile_artifact
     from forgeline.define import build_model, get_config, save_checkpoint
     from forgeline.export import ExportOptions, export_model
     from forgeline.runtime.format import Manifest
 
-    out = work / f"{name}-E{experts}"
-    config = get_config(name, "small", **_overrides(experts, capacity_factor))
+    out = work / f"{name}-E{experts}" if preset == "small" else work / f"{name}-{preset}-E{experts}"
+    config = get_config(name, preset, **_overrides(experts, capacity_factor))
     if (out / "manifest.json").is_file() and Manifest.load(out).config == config.to_dict() and Manifest.load(out).builds:
         log.info("reusing %s", out)
         return out
     work.mkdir(parents=True, exist_ok=True)
-    checkpoint = work / f"{name}-E{experts}.safetensors"
+    checkpoint = out.with_suffix(".safetensors")
     save_checkpoint(build_model(config), checkpoint)
     started = time.perf_counter()
-    export_model(name, out, ExportOptions(preset="small", weights=checkpoint, overwrite=True, generation_graphs=False))
+    export_model(name, out, ExportOptions(preset=preset, weights=checkpoint, overwrite=True, generation_graphs=False))
     compile_artifact(out, CompileOptions(target="cpu"))
     log.info("built %s in %.0f s", out, time.perf_counter() - started)
     return out
@@ -250,7 +252,7 @@ def collect_cases(args, experts, shapes, backends) -> list[Case]:
     models = [m for m in args.models.split(",") if m]
     for name in models + sorted({DENSE[m] for m in models}):
         for e in (experts if name in DENSE else [0]):
-            root = build_artifact(name, e, args.capacity_factor, args.work_dir, args.precision)
+            root = build_artifact(name, e, args.capacity_factor, args.work_dir, args.precision, args.preset)
             cases += artifact_cases(root, name, e, shapes, backends)
     if not (args.no_extras or args.build_only):
         cases += [eager_forward_case(name, shape) for name in ("gpt", "gpt-moe") for shape in shapes]
