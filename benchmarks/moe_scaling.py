@@ -14,6 +14,11 @@ against dense bert.
 
     python benchmarks/moe_scaling.py                       # everything, ~15 min on 2 cores
     python benchmarks/moe_scaling.py --experts 4,32 --models bert-moe --shapes 1x128
+    python benchmarks/moe_scaling.py --precision bf16 --no-extras   # + tvm-bf16 beside fp32
+
+``--precision bf16`` (or int8, where forgeline has it) adds that build to every artifact and
+times it as the backend ``tvm-<precision>`` beside the others; a precision this host cannot run
+is refused before anything is built.
 
 Prints a markdown table; writes benchmarks/results/moe_scaling-<host>-fp32-<date>.json and .png. On a
 shared machine read the ratios within one run, not the absolute numbers.
@@ -74,6 +79,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-extras", action="store_true", help="skip the eager gpt-moe and training-step extras")
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/moe_scaling"), help="artifacts (reused when present)")
     p.add_argument("--build-only", action="store_true", help="export and compile the artifacts, time nothing")
+    p.add_argument("--preset", default="small", help="model sizes (tiny: a quick check of the script)")
+    p.add_argument("--precision", default="fp32",
+                   help="also build and time this precision (bf16, int8) as backend tvm-<precision>")
     p.add_argument("--label", default="", help="a note stored with the results (e.g. 'before: dense MoE')")
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     return p.parse_args(argv)
@@ -83,23 +91,36 @@ def _overrides(experts: int, capacity_factor: float) -> dict:
     return {} if experts == 0 else dict(n_experts=experts, capacity_factor=capacity_factor, moe_every=2)
 
 
-def build_artifact(name: str, experts: int, capacity_factor: float, work: Path) -> Path:
-    """Export + compile (untuned, CPU) ``name`` at the small sizes with ``experts`` experts."""
+def build_artifact(name: str, experts: int, capacity_factor: float, work: Path, precision: str = "fp32",
+                   preset: str = "small") -> Path:
+    """Export + compile (untuned, CPU) ``name`` at the small sizes with ``experts`` experts, and a
+    ``precision`` build beside the fp32 one."""
+    out = _fp32_artifact(name, experts, capacity_factor, work, preset)
+    if precision != "fp32":
+        from forgeline.compile import CompileOptions, compile_artifact
+        from forgeline.runtime.format import Manifest
+
+        if not any(b.precision == precision for b in Manifest.load(out).builds.values()):
+            compile_artifact(out, CompileOptions(target="cpu", precision=precision))
+    return out
+
+
+def _fp32_artifact(name: str, experts: int, capacity_factor: float, work: Path, preset: str) -> Path:
     from forgeline.compile import CompileOptions, compile_artifact
     from forgeline.define import build_model, get_config, save_checkpoint
     from forgeline.export import ExportOptions, export_model
     from forgeline.runtime.format import Manifest
 
-    out = work / f"{name}-E{experts}"
-    config = get_config(name, "small", **_overrides(experts, capacity_factor))
+    out = work / f"{name}-E{experts}" if preset == "small" else work / f"{name}-{preset}-E{experts}"
+    config = get_config(name, preset, **_overrides(experts, capacity_factor))
     if (out / "manifest.json").is_file() and Manifest.load(out).config == config.to_dict() and Manifest.load(out).builds:
         log.info("reusing %s", out)
         return out
     work.mkdir(parents=True, exist_ok=True)
-    checkpoint = work / f"{name}-E{experts}.safetensors"
+    checkpoint = out.with_suffix(".safetensors")
     save_checkpoint(build_model(config), checkpoint)
     started = time.perf_counter()
-    export_model(name, out, ExportOptions(preset="small", weights=checkpoint, overwrite=True, generation_graphs=False))
+    export_model(name, out, ExportOptions(preset=preset, weights=checkpoint, overwrite=True, generation_graphs=False))
     compile_artifact(out, CompileOptions(target="cpu"))
     log.info("built %s in %.0f s", out, time.perf_counter() - started)
     return out
@@ -202,10 +223,11 @@ def plot(cases: list[Case], experts: list[int], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     panels = sorted({(c.model, c.shape) for c in cases
-                     if c.model in DENSE and c.model != "gpt-moe" and c.experts and c.backend in BACKENDS})
+                     if c.model in DENSE and c.model != "gpt-moe" and c.experts and c.backend != "train"})
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, (model, shape) in zip(axes[0], panels):
-        for color, backend in zip(("tab:green", "tab:blue", "tab:red"), BACKENDS):
+        timed = [*BACKENDS, *sorted({c.backend for c in cases} - set(BACKENDS) - {"train"})]  # + tvm-<precision>
+        for color, backend in zip(("tab:green", "tab:blue", "tab:red", "tab:purple", "tab:orange"), timed):
             points = sorted((c.experts, c.median) for c in cases
                             if (c.model, c.shape, c.backend) == (model, shape, backend) and c.experts)
             if points:
@@ -229,7 +251,7 @@ def collect_cases(args, experts, shapes, backends) -> list[Case]:
     models = [m for m in args.models.split(",") if m]
     for name in models + sorted({DENSE[m] for m in models}):
         for e in (experts if name in DENSE else [0]):
-            root = build_artifact(name, e, args.capacity_factor, args.work_dir)
+            root = build_artifact(name, e, args.capacity_factor, args.work_dir, args.precision, args.preset)
             cases += artifact_cases(root, name, e, shapes, backends)
     if not (args.no_extras or args.build_only):
         cases += [eager_forward_case(name, shape) for name in ("gpt", "gpt-moe") for shape in shapes]
@@ -239,12 +261,23 @@ def collect_cases(args, experts, shapes, backends) -> list[Case]:
     return cases
 
 
+def _check_precision(precision: str) -> None:
+    """Refuse a precision forgeline lacks, or this host's CPU cannot run, before any build."""
+    from forgeline.compile import CompileOptions
+    from forgeline.compile.artifact import resolve_precision_target
+
+    resolve_precision_target(CompileOptions(target="cpu", precision=precision))
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     args = _args(argv)
     experts = [int(e) for e in args.experts.split(",")]
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     backends = [b for b in args.backends.split(",") if b]
+    if args.precision != "fp32":
+        _check_precision(args.precision)
+        backends.append(f"tvm-{args.precision}")
     cases = collect_cases(args, experts, shapes, [] if args.build_only else backends)
     if args.build_only:
         return 0

@@ -1,16 +1,22 @@
 """forgeline against the runtimes users already have, on the artifact's own model.onnx.
 
-ONNX Runtime (defaults), OpenVINO (f32 hint, and its default precision: bf16 on AMX CPUs) and
-IREE (llvm-cpu, target cpu host, static shapes) where installed (``pip install ".[peers]"``),
-beside forgeline's untuned dynamic TVM build, the tuned bucket build when there is one, and any
-reduced-precision build the manifest lists. One interleaved run per shape in this process
-(forgeline.bench.peer_report); every output is checked against eager PyTorch. Prints a markdown table
-and writes ``benchmarks/results/peers-<model>-<preset>-<host>-fp32-<date>.json``, ``.md`` and ``.png``.
+ONNX Runtime (defaults, and int8 after ``quantize_dynamic``), OpenVINO (f32 hint, and its default
+precision: bf16 on CPUs with AVX512-BF16 or AMX) and IREE (llvm-cpu, target cpu host, static
+shapes) where installed (``pip install ".[peers]"``), beside forgeline's untuned dynamic TVM
+build, the tuned bucket build when there is one, and every reduced-precision build the manifest
+lists (``tvm-bf16``, ``tvm-int8``, ...). One interleaved run per shape in this process
+(forgeline.bench.peer_report); every output is checked against eager PyTorch, and the table gives
+each backend's top-1 agreement with eager fp32 beside its latency. Prints a markdown table and
+writes ``benchmarks/results/peers-<model>-<preset>-<host>-<date>.json``, ``.md`` and ``.png``.
 
     python benchmarks/peers.py gpt --preset small --batch 1,8 --seq 128 [--tune-minutes N] [--artifact DIR]
+        [--precisions auto|bf16,int8|none] [--bf16-kernels auto,avx512bf16]
 
-Without ``--artifact`` the model is exported and compiled into a temporary folder first. The
-machine this runs on may be shared: read the ratios, which come from one interleaved run.
+Without ``--artifact`` the model is exported and compiled into a temporary folder first, in fp32
+and in every reduced CPU precision forgeline has (``--precisions auto``: bf16, and int8 where
+it exists) that this host can run; ``--bf16-kernels auto,avx512bf16`` on an AMX host adds the
+AVX512-BF16 kernel's build beside the AMX one. The machine this runs on may be shared: read the
+ratios, which come from one interleaved run.
 """
 
 from __future__ import annotations
@@ -36,16 +42,22 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tune-minutes", type=float, default=0.0,
                    help="tune one bucket per shape for about this long in all (0: no tuned build)")
     p.add_argument("--artifact", type=Path, help="an existing artifact folder (default: build one)")
+    p.add_argument("--precisions", default="auto",
+                   help="reduced-precision builds to add when building: auto (all), none, or e.g. bf16,int8")
+    p.add_argument("--bf16-kernels", default="auto",
+                   help="bf16 kernels to build: auto (the CPU's best), amx, avx512bf16, comma-separated")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
     return p.parse_args(argv)
 
 
-def build(model: str, preset: str, out: Path) -> Path:
+def build(model: str, preset: str, out: Path, precisions: list[str], bf16_kernels: tuple[str, ...]) -> Path:
+    from forgeline.bench.precisions import compile_precisions
     from forgeline.compile import compile_artifact
     from forgeline.export import ExportOptions, export_model
 
     export_model(model, out, ExportOptions(preset=preset, overwrite=True, generation_graphs=False))
     compile_artifact(out)
+    compile_precisions(out, precisions, bf16_kernels)
     return out
 
 
@@ -90,9 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     from forgeline.bench.peer_report import PeerOptions, bench_peers, markdown_table
 
+    from forgeline.bench.precisions import parse_precisions
+
     batches = [int(b) for b in args.batch.split(",")]
+    precisions = [] if args.precisions == "none" else parse_precisions(args.precisions)
+    kernels = tuple(k for k in args.bf16_kernels.split(",") if k)
     with tempfile.TemporaryDirectory(prefix="forgeline-peers-art-") as tmp:
-        artifact = args.artifact or build(args.model, args.preset, Path(tmp) / f"{args.model}-{args.preset}")
+        artifact = args.artifact or build(args.model, args.preset, Path(tmp) / f"{args.model}-{args.preset}",
+                                          precisions, kernels)
         if args.tune_minutes > 0:
             tune(artifact, batches, args.seq, args.tune_minutes)
         reports = [bench_peers(artifact, PeerOptions(batch=b, seq=args.seq, iters=args.iters, warmup=args.warmup))
@@ -100,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(reports)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / result_stem(f"peers-{reports[0].model}-{reports[0].preset}")
+    stem = args.out / result_stem(f"peers-{reports[0].model}-{reports[0].preset}", precision=None)
     stem.with_suffix(".json").write_text(json.dumps([r.to_dict() for r in reports], indent=2))
     stem.with_suffix(".md").write_text(table + "\n")
     wrote_png = plot(reports, stem.with_suffix(".png"))

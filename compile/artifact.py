@@ -28,7 +28,7 @@ from forgeline.runtime.parity import raise_if_failed
 
 from .cpu.matmul import DECODE_ROWS
 from .params_store import ParamStoreWriter
-from .precision import kernel_precision, precision_target
+from .precision import PrecisionPlan, plan_precision
 from .guards import watch_interrupts
 from .targets import resolve_target
 from .tuning import TuneOptions, tune_artifact
@@ -45,20 +45,26 @@ class CompileOptions:
     arch: str | None = None  # cuda: "sm_90" by default
     mcpu: str | None = None  # cpu: LLVM CPU name; detected from the host by default
     num_cores: int | None = None  # cpu: threads the schedules assume; all cores by default
-    precision: str = "fp32"  # of the dense matmuls: "fp32" or "bf16" (AMX; precision.py)
-    emulate_amx: bool = False  # bf16 tile steps as TIR loops: same numerics, slow (for tests)
+    precision: str = "fp32"  # of the dense matmuls: "fp32", "bf16" (CPU) or "fp16" (CUDA)
+    emulate_amx: bool = False  # bf16 instructions as TIR loops: same numerics, slow (for tests)
+    bf16_kernel: str = "auto"  # "amx" or "avx512bf16" forces one (precision.py); auto: the CPU's best
 
 
 def resolve_precision_target(options: CompileOptions, tune: TuneOptions | None = None):
     """The target of ``options``, precision included; refuses bad combinations before any work
     (``forgeline build`` calls it before exporting)."""
+    return resolve_precision_plan(options, tune).spec
+
+
+def resolve_precision_plan(options: CompileOptions, tune: TuneOptions | None = None) -> PrecisionPlan:
+    """``resolve_precision_target``'s target with the CPU pipeline's kernel switch."""
     if tune is not None and options.precision != "fp32":
         raise ConfigError(f"Tuning searches fp32 schedules only; build --precision "
                           f"{options.precision} without the tuning flags.")
     spec = resolve_target(options.target, arch=options.arch, mcpu=options.mcpu, num_cores=options.num_cores)
     host_features = None if options.mcpu else read_cpu_features()  # an explicit mcpu: a cross build
-    return precision_target(spec, options.precision, host_features=host_features,
-                            emulate_amx=options.emulate_amx)
+    return plan_precision(spec, options.precision, host_features=host_features,
+                          emulate=options.emulate_amx, bf16_kernel=options.bf16_kernel)
 
 
 def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(),
@@ -73,11 +79,12 @@ def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(
     manifest.verify_files(root)
     if ONNX_FILE not in manifest.files:
         raise ArtifactError(f"{root} holds no {ONNX_FILE}; export the model first with `forgeline export`.")
-    spec = resolve_precision_target(options, tune)
+    plan = resolve_precision_plan(options, tune)
+    spec = plan.spec
     log.info("compile %s for %s (target %s)", root, spec.tag, spec.target)
     final = root / TVM_DIR / spec.tag
     with watch_interrupts(), staging_dir(final) as staged:
-        build, files = _build_into(root, manifest, spec, staged, options)
+        build, files = _build_into(root, manifest, plan, staged, options)
         record = _check_staged(root, manifest, build, files)
         if record is not None and not record.passed:
             raise_if_failed(record)  # the artifact keeps what it had
@@ -97,12 +104,12 @@ def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(
     return manifest
 
 
-def _build_into(root: Path, manifest: Manifest, spec, staged: Path,
+def _build_into(root: Path, manifest: Manifest, plan: PrecisionPlan, staged: Path,
                 options: CompileOptions) -> tuple[BuildRecord, dict[str, str]]:
     """Build the model and its extra graphs into ``staged``; the record and file hashes (staged paths)."""
     from forgeline.runtime.format import sha256_file
 
-    precision = kernel_precision(options.precision, options.emulate_amx)
+    spec, precision = plan.spec, plan.kernels
     rel = lambda name: f"{TVM_DIR}/{staged.name}/{name}"  # noqa: E731 - paths inside the artifact
     store = ParamStoreWriter(staged / PARAMS_FILE)
     try:
@@ -115,9 +122,7 @@ def _build_into(root: Path, manifest: Manifest, spec, staged: Path,
         build.params_file = rel(PARAMS_FILE)
         files[build.params_file] = sha256_file(root / build.params_file)
     build.precision, build.tolerance = options.precision, _tolerance_record(options.precision)
-    if precision.endswith("emulated"):
-        build.note += (" Its bf16 tile steps are emulated in TIR loops: same numerics as AMX, "
-                       "slow, for checking only.")
+    build.note += _kernel_note(precision)
     log.info("stored %d distinct parameter tensors for %d libraries in %s", store.stored,
              len(build.lib_params), PARAMS_FILE)
     return build, files
@@ -141,6 +146,16 @@ def _build_libraries(root: Path, manifest: Manifest, spec, staged: Path, precisi
     del result  # its weights are in the store's file now
     build.graph_libs = _build_graphs(root, manifest, spec, staged, files, precision, store, build.lib_params)
     return build, files
+
+
+def _kernel_note(kernels: str) -> str:
+    """What the build record says of its bf16 kernel."""
+    if not kernels.startswith("bf16"):
+        return ""
+    name = "AVX512-BF16 (vdpbf16ps)" if "avx512bf16" in kernels else "AMX"
+    if kernels.endswith("emulated"):
+        return f" Its bf16 dense layers run the {name} kernel with the instructions emulated in TIR: same numerics, for checking only."
+    return f" Its bf16 dense layers run the {name} kernel."
 
 
 def _tolerance_record(precision: str) -> dict[str, float]:

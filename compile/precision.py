@@ -2,68 +2,127 @@
 
 fp32 is the default and leaves the target as it is. fp16 is for CUDA targets (tensor-core
 matmuls, compile/cuda/pipeline.py); its build gets a ``-fp16`` tag beside the fp32 one. bf16 is
-for CPU targets and needs AMX (amx_bf16 and amx_tile):
-forgeline refuses bf16 for this host's CPU when it has no AMX, rather than fall back, because
-the only other bf16 path on x86 (AVX512-BF16's ``vdpbf16ps``) runs at or below fp32 FMA's FLOP
-rate and so would be slower than the fp32 build, not faster. Naming an AMX CPU with ``mcpu``
-cross-compiles a bf16 build here for such a host; it is then not checked here.
+for CPU targets, on one of two kernels (``BF16_KERNELS``), picked by the CPU's features:
+
+- ``amx``: AMX tiles (amx_bf16, amx_tile; cpu/amx.py), the fastest where the CPU has them;
+- ``avx512bf16``: AVX512-BF16's ``vdpbf16ps`` (cpu/dpbf16.py), for CPUs with it and no AMX
+  (AMD Zen 4/5, Intel Cooper Lake), where it doubles fp32 FMA's multiply-adds per instruction.
+
+A CPU with neither is refused in one sentence naming the precisions it runs. The host's features
+decide for a native build; an explicit ``mcpu`` cross-compiles for that CPU (LLVM's features of
+it decide) and the build is then checked only if this host can run it. ``bf16_kernel`` forces
+one kernel (tests, and timing the AVX512-BF16 kernel on an AMX host); a forced kernel other than
+the one the CPU would get has the kernel in its tag.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from forgeline.runtime.errors import ConfigError
 
 from .cpu.amx import AMX_CPU_FEATURES, AMX_LLVM_ATTRS
+from .cpu.dpbf16 import DPBF16_CPU_FEATURES, DPBF16_LLVM_ATTRS
 from .targets import TargetSpec
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _TARGET_KIND = {"bf16": "llvm", "fp16": "cuda"}  # where each reduced precision is built
+# bf16 kernels, in order of preference: (cpu features, LLVM attributes)
+BF16_KERNELS = {"amx": (AMX_CPU_FEATURES, AMX_LLVM_ATTRS),
+                "avx512bf16": (DPBF16_CPU_FEATURES, DPBF16_LLVM_ATTRS)}
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """A precision build's target and the CPU pipeline's kernel switch (cpu.pipeline)."""
+
+    spec: TargetSpec
+    kernels: str  # "fp32", "fp16", "bf16" (AMX), "bf16-avx512bf16", each + "-emulated" when so
+
+
+def cpu_precisions() -> str:
+    """The precisions every CPU runs, for refusals: all but bf16 and the CUDA ones."""
+    return ", ".join(p for p in PRECISIONS if p != "bf16" and _TARGET_KIND.get(p, "llvm") == "llvm")
+
+
+def bf16_kernel_for(cpu_features) -> str | None:
+    """The bf16 kernel a CPU with ``cpu_features`` (/proc/cpuinfo spelling) runs best, or None."""
+    for kernel, (needs, _) in BF16_KERNELS.items():
+        if all(f in cpu_features for f in needs):
+            return kernel
+    return None
+
+
+def require_bf16_host(cpu_features, cpu_name: str, kernel: str = "auto") -> str:
+    """The bf16 kernel for this CPU (``kernel`` forces one); ConfigError, one sentence, if none."""
+    best = bf16_kernel_for(cpu_features)
+    if kernel == "auto" and best is not None:
+        return best
+    if kernel != "auto":
+        if kernel not in BF16_KERNELS:
+            raise ConfigError(f"Unknown bf16 kernel {kernel!r}; choose one of {', '.join(BF16_KERNELS)}.")
+        missing = [f for f in BF16_KERNELS[kernel][0] if f not in cpu_features]
+        if not missing:
+            return kernel
+        raise ConfigError(f"The {kernel} bf16 kernel needs {', '.join(missing)}, which the CPU "
+                          f"{cpu_name} lacks; leave the bf16 kernel to forgeline's choice.")
+    raise ConfigError(
+        f"--precision bf16 needs a CPU with AVX512-BF16 (avx512_bf16) or AMX (amx_bf16, amx_tile), "
+        f"and the CPU {cpu_name} has neither: build {cpu_precisions()} for it, or cross-compile "
+        f"bf16 for another CPU with --mcpu (znver4 for AVX512-BF16, sapphirerapids for AMX).")
 
 
 def require_amx_host(cpu_features: frozenset, cpu_name: str) -> None:
-    """Refuse bf16 for a host CPU without AMX, in one sentence."""
-    missing = [f for f in AMX_CPU_FEATURES if f not in cpu_features]
-    if missing:
-        raise ConfigError(
-            f"--precision bf16 needs a CPU with AMX ({', '.join(AMX_CPU_FEATURES)}), and this "
-            f"host's CPU ({cpu_name}) lacks {', '.join(missing)}; forgeline does not fall back to "
-            "a slower bf16 path, so build fp32 (the default) here, or cross-compile a bf16 build "
-            "for an AMX host with --mcpu sapphirerapids.")
+    """Refuse the AMX kernel for a CPU without AMX, in one sentence."""
+    require_bf16_host(cpu_features, cpu_name, "amx")
 
 
-def precision_target(spec: TargetSpec, precision: str, *, host_features: frozenset | None,
-                     emulate_amx: bool = False) -> TargetSpec:
+def plan_precision(spec: TargetSpec, precision: str, *, host_features: frozenset | None,
+                   emulate: bool = False, bf16_kernel: str = "auto") -> PrecisionPlan:
     """The target of a ``precision`` build; ``host_features`` None means a cross compile.
 
-    ``emulate_amx`` runs the bf16 tile steps as TIR loops (same numerics, slow, no AMX needed):
-    it lets tests check a bf16 build against eager fp32 on any host.
+    ``emulate`` runs the bf16 kernel's instructions as TIR loops (same numerics, slow, no AMX or
+    AVX512-BF16 needed): it lets tests check a bf16 build against eager fp32 on any host. It
+    emulates the AMX kernel unless ``bf16_kernel`` names the other.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"Unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
     if precision == "fp32":
-        return spec
+        return PrecisionPlan(spec, "fp32")
     if spec.kind != _TARGET_KIND[precision]:
         wanted = "cpu" if _TARGET_KIND[precision] == "llvm" else "cuda"
         raise ConfigError(f"--precision {precision} is built for --target {wanted} only, not for "
                           f"{spec.tag}; leave --precision at fp32 there.")
     if precision == "fp16":
-        return replace(spec, tag=f"{spec.tag}-fp16")
-    if emulate_amx:
-        return replace(spec, tag=f"{spec.tag}-{precision}emu")
-    if host_features is not None:
-        require_amx_host(host_features, spec.target.get("mcpu", "?"))
+        return PrecisionPlan(replace(spec, tag=f"{spec.tag}-fp16"), "fp16")
+    cpu_name = spec.target.get("mcpu", "?")
+    features = host_features if host_features is not None else spec.requires.get("cpu_features", [])
+    if emulate:
+        kernel = "amx" if bf16_kernel == "auto" else bf16_kernel
+        if kernel not in BF16_KERNELS:
+            raise ConfigError(f"Unknown bf16 kernel {kernel!r}; choose one of {', '.join(BF16_KERNELS)}.")
+        tag = "-bf16" if kernel == "amx" else f"-bf16-{kernel}"
+        return PrecisionPlan(replace(spec, tag=f"{spec.tag}{tag}emu"), _switch(kernel) + "-emulated")
+    kernel = require_bf16_host(features, cpu_name, bf16_kernel)
+    needs, attrs = BF16_KERNELS[kernel]
     target = dict(spec.target)
-    target["mattr"] = sorted(set(target.get("mattr", [])) | set(AMX_LLVM_ATTRS))
-    features = sorted(set(spec.requires.get("cpu_features", [])) | set(AMX_CPU_FEATURES))
-    return replace(spec, tag=f"{spec.tag}-{precision}", target=target,
-                   requires={**spec.requires, "cpu_features": features})
+    target["mattr"] = sorted(set(target.get("mattr", [])) | set(attrs))
+    cpu_features = sorted(set(spec.requires.get("cpu_features", [])) | set(needs))
+    tag = "-bf16" if kernel == bf16_kernel_for(features) else f"-bf16-{kernel}"
+    return PrecisionPlan(replace(spec, tag=f"{spec.tag}{tag}", target=target,
+                                 requires={**spec.requires, "cpu_features": cpu_features}), _switch(kernel))
 
 
-def kernel_precision(precision: str, emulate_amx: bool) -> str:
-    """The pipeline's precision switch (cpu.pipeline.apply_cpu_defaults)."""
-    return f"{precision}-emulated" if precision != "fp32" and emulate_amx else precision
+def _switch(kernel: str) -> str:
+    return "bf16" if kernel == "amx" else f"bf16-{kernel}"
 
 
-__all__ = ["PRECISIONS", "kernel_precision", "precision_target", "require_amx_host"]
+def precision_target(spec: TargetSpec, precision: str, *, host_features: frozenset | None,
+                     emulate_amx: bool = False, bf16_kernel: str = "auto") -> TargetSpec:
+    """The target of a ``precision`` build (``plan_precision``'s spec)."""
+    return plan_precision(spec, precision, host_features=host_features, emulate=emulate_amx,
+                          bf16_kernel=bf16_kernel).spec
+
+
+__all__ = ["BF16_KERNELS", "PRECISIONS", "PrecisionPlan", "bf16_kernel_for", "cpu_precisions",
+           "plan_precision", "precision_target", "require_amx_host", "require_bf16_host"]

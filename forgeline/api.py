@@ -48,7 +48,7 @@ def build(
     own = source_of(model, example_inputs=example_inputs, example_kwargs=example_kwargs,
                     dynamic_shapes=dynamic_shapes, input_names=input_names, output_names=output_names,
                     max_onnx_bytes=max_onnx_bytes, name=name)
-    resolve_precision_target(compile_options, tune)  # a refusal (bf16 without AMX) before export
+    resolve_precision_target(compile_options, tune)  # a refusal (bf16 without AVX512-BF16 or AMX) before export
     with staged_artifact(Path(out_dir), export_options.overwrite) as staged:
         if own is None:
             export_into(model, staged, export_options)

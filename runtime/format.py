@@ -100,7 +100,7 @@ DEFAULT_TOLERANCE = Tolerance(atol=1e-4, rtol=1e-3)
 # The tolerance of each build precision, against eager fp32 (the reference); a build records its
 # own in the manifest. bf16 rounds both operands of every dense matmul to 8 significant bits
 # (relative error up to 2^-9 each) and accumulates in fp32. Measured with AMX's numerics against
-# eager fp32 on held-out inputs at 1x128 and 8x128 (benchmarks/bf16_accuracy.py): worst max abs
+# eager fp32 on held-out inputs at 1x128 and 8x128 (benchmarks/precision_accuracy.py): worst max abs
 # 2.7e-2 on a briefly trained Shakespeare gpt's logits (|logits| <= 8.9), 1.1e-2 on random-init
 # gpt-small's (<= 1.8), 6.5e-3 on bert-small's; the fp32 builds stay within 6e-6. The bound
 # 5e-2 + 5e-2 * |x| is at least 1.8x the worst bf16 error while a real bug (a swapped weight, a

@@ -4,5 +4,6 @@
 register-blocked GEMM schedule; ``weights`` packs constant weights at build time; ``fast_math``
 swaps libm calls for vectorizable polynomials; ``rules`` schedules softmax, layer norm, transposes
 and whatever else is left. ``--precision bf16``: ``precision`` resolves the target, ``bf16`` puts
-the dense layers on ``amx``'s AMX bf16 GEMM, whose tile steps ``amx_tiles`` emits.
+the dense layers on ``amx``'s AMX bf16 GEMM (tile steps in ``amx_tiles``) or on ``dpbf16``'s
+AVX512-BF16 ``vdpbf16ps`` GEMM.
 """

@@ -1,4 +1,5 @@
-"""``--precision bf16`` on CPU: dense layers become calls of the AMX bf16 GEMM (amx.py).
+"""``--precision bf16`` on CPU: dense layers become calls of a bf16 GEMM (``DENSE_KERNELS``: the
+AMX one in amx.py, the AVX512-BF16 ``vdpbf16ps`` one in dpbf16.py; both take the same arguments).
 
 Runs on the imported Relax module, before legalization. Every ``matmul(x, W)`` whose weight is a
 constant ``(K, N)`` fp32 matrix, with the ``+ bias`` that follows it when the bias is a constant
@@ -17,7 +18,11 @@ from __future__ import annotations
 
 import logging
 
-from .amx import amx_dense, pack_weight
+from . import amx, dpbf16
+
+# kernel name -> (PrimFunc factory (k, n, *, residual, emulate), weight packing (K, N) -> panels)
+DENSE_KERNELS = {"amx": (amx.amx_dense, amx.pack_weight),
+                 "avx512bf16": (dpbf16.dpbf16_dense, dpbf16.pack_weight)}
 
 logger = logging.getLogger(__name__)
 
@@ -69,19 +74,21 @@ def _dense_shape(x, weight):
 class _Rewriter:
     """Builds the replacement calls and collects one kernel per (K, N)."""
 
-    def __init__(self, mod, emulate: bool):
+    def __init__(self, mod, emulate: bool, kernel: str = "amx"):
         from tvm import relax
 
         self.builder = relax.BlockBuilder(mod)  # add_func gives GlobalVars typed as PrimFuncs
         self.emulate = emulate
+        self.kernel_name = kernel
+        self.make_kernel, self.pack_weight = DENSE_KERNELS[kernel]
         self.kernels: dict = {}  # (K, N, residual) -> GlobalVar of its kernel
         self.count = 0
 
     def kernel(self, k: int, n: int, residual: bool):
         key = (k, n, residual)
         if key not in self.kernels:
-            func = amx_dense(k, n, residual=residual, emulate=self.emulate)
-            name = f"amx_dense_{k}x{n}" + ("_residual" if residual else "")
+            func = self.make_kernel(k, n, residual=residual, emulate=self.emulate)
+            name = f"{self.kernel_name}_dense_{k}x{n}" + ("_residual" if residual else "")
             self.kernels[key] = self.builder.add_func(func, name)
         return self.kernels[key]
 
@@ -96,7 +103,7 @@ class _Rewriter:
         for dim in lead[1:]:
             rows = rows * dim
         bias_const = bias if bias is not None else relax.const(np.zeros(n, np.float32))
-        packed = relax.const(pack_weight(weight.value.numpy()))
+        packed = relax.const(self.pack_weight(weight.value.numpy()))
         flat = relax.op.reshape(x, relax.ShapeExpr([rows, tirx.IntImm("int64", k)]))
         args = [flat, packed, bias_const]
         if residual is not None:
@@ -122,12 +129,12 @@ def _is_skip(call, other) -> bool:
             and call.ty.shape is not None and tvm_ffi.structural_equal(info.shape, call.ty.shape))
 
 
-def bf16_dense_matmuls(mod, *, emulate: bool = False):
-    """Rewrite the dense layers of every Relax function in ``mod`` to the AMX bf16 kernel."""
+def bf16_dense_matmuls(mod, *, emulate: bool = False, kernel: str = "amx"):
+    """Rewrite the dense layers of every Relax function in ``mod`` to the bf16 ``kernel``."""
     from tvm import relax
     from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
-    rewriter = _Rewriter(mod.clone(), emulate)
+    rewriter = _Rewriter(mod.clone(), emulate, kernel)
     rewritten = {}
     x, weight, bias = wildcard(), is_const(), is_const()
     matmul = is_op("relax.matmul")(x, weight)
@@ -166,9 +173,9 @@ def bf16_dense_matmuls(mod, *, emulate: bool = False):
     mod = rewriter.builder.get()
     for gvar, func in rewritten.items():
         mod[gvar] = func
-    logger.info("bf16: %d dense matmuls on the AMX kernel (%d kernel shapes)%s.", rewriter.count,
+    logger.info("bf16: %d dense matmuls on the %s kernel (%d kernel shapes)%s.", rewriter.count, kernel,
                 len(rewriter.kernels), ", emulated in TIR loops" if emulate else "")
     return relax.transform.DeadCodeElimination()(mod)
 
 
-__all__ = ["bf16_dense_matmuls"]
+__all__ = ["DENSE_KERNELS", "bf16_dense_matmuls"]

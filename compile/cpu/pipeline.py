@@ -32,6 +32,7 @@ from forgeline.compile.symbolic_rows import name_compound_rows
 from forgeline.runtime.backends.cpu_kernels import MATMUL_FUNC
 
 from .bf16 import bf16_dense_matmuls
+from .dense_gelu import fuse_dense_gelu
 from .fast_math import fast_math
 from .matmul import matmul_rule
 from .moe_rows import compact_expert_rows
@@ -136,8 +137,11 @@ def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: 
         raise ValueError(f"apply_cpu_defaults is for llvm targets, not {target.kind.name}.")
     if offload_matmul:
         mod = offload_matmuls(mod)
-    if precision != "fp32":
-        mod = bf16_dense_matmuls(mod, emulate=precision == "bf16-emulated")
+    if precision != "fp32":  # "bf16[-avx512bf16][-emulated]" (compile/precision.py)
+        kernel = "avx512bf16" if "avx512bf16" in precision else "amx"
+        mod = bf16_dense_matmuls(mod, emulate=precision.endswith("-emulated"), kernel=kernel)
+        if kernel == "avx512bf16":
+            mod = fuse_dense_gelu(mod, emulate=precision.endswith("-emulated"))
     mod = rewrite_graph(mod)
     with target:
         mod = tvm.transform.Sequential(cpu_generic.library_dispatch_passes(target)

@@ -23,7 +23,7 @@ from forgeline.runtime.errors import ForgelineError
 from forgeline.runtime.format import Manifest
 from forgeline.runtime.parity import compare_outputs
 
-from .peer_runners import PeerUnavailable, iree_runner, openvino_runner, ort_runner, tvm_runner
+from .peer_runners import PeerUnavailable, iree_runner, openvino_runner, ort_int8_runner, ort_runner, tvm_runner
 from .timing import host_info, interleaved_samples
 from .workload import bench_inputs
 
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 # name -> loader; reduced-precision TVM builds the manifest lists are added as "tvm-<precision>".
 PEER_LOADERS = {
     "ort": ort_runner,
+    "ort-int8": ort_int8_runner,  # quantize_dynamic: int8 weights, activations per call
     "openvino-f32": openvino_runner("f32"),
     "openvino": openvino_runner(None),  # its default precision: bf16 on CPUs with native bf16
     "iree": iree_runner,
@@ -89,13 +90,15 @@ class PeerReport:
 
 def reduced_precision_builds(manifest: Manifest) -> dict[str, str]:
     """"tvm-<precision>" -> build tag for every build whose record names a precision other than
-    fp32 (a ``precision`` field on builds; manifests without it have none). Emulated builds
-    (tags ending in "emu") are for checking, not timing."""
+    fp32 (a ``precision`` field on builds; manifests without it have none); a build with a forced
+    kernel in its tag ("cpu-x-bf16-avx512bf16") is "tvm-bf16-avx512bf16". Emulated builds (tags
+    ending in "emu") are for checking, not timing."""
     found = {}
     for tag, build in manifest.builds.items():
         precision = getattr(build, "precision", None) or "fp32"
         if precision not in ("fp32", "float32") and not build.codegen_only and not tag.endswith("emu"):
-            found[f"tvm-{precision}"] = tag
+            kernel = tag.partition(f"-{precision}")[2]  # "" or "-<kernel>"
+            found[f"tvm-{precision}{kernel}"] = tag
     return found
 
 

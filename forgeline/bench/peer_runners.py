@@ -45,6 +45,36 @@ def ort_runner(root: Path, manifest: Manifest, inputs: dict[str, np.ndarray], wo
     return lambda: [np.asarray(o) for o in session.run(None, inputs)]
 
 
+def quantized_onnx(root: Path, work: Path) -> Path:
+    """model.onnx through ONNX Runtime's ``quantize_dynamic``: int8 weights (QInt8, per tensor,
+    its defaults), activations quantized per call, what ORT users get from one function call."""
+    _require("onnxruntime.quantization", "onnxruntime")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = work / "model.int8.onnx"
+    if not out.is_file():
+        quantize_dynamic(str(root / ONNX_FILE), str(out), weight_type=QuantType.QInt8)
+    return out
+
+
+def ort_int8_runner(root: Path, manifest: Manifest, inputs: dict[str, np.ndarray], work: Path) -> Runner:
+    """ONNX Runtime's CPU provider on the ``quantize_dynamic`` int8 copy of model.onnx."""
+    import onnxruntime as ort
+
+    path = quantized_onnx(root, work)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    order = [names.index(n) for n in manifest.output_names()]  # the manifest's output order
+
+    def run() -> list[np.ndarray]:
+        got = session.run(None, inputs)
+        return [np.asarray(got[i]) for i in order]
+
+    return run
+
+
 def openvino_runner(precision: str | None) -> Callable[..., Runner]:
     """OpenVINO's CPU plugin; ``precision`` "f32" asks for fp32, None keeps its default (bf16 on
     CPUs with native bf16). The model is reshaped to the benchmark's static shape first."""
@@ -124,11 +154,14 @@ def tvm_runner(which: str) -> Callable[..., Runner]:
     exactly this shape), or a build tag (a reduced-precision build the manifest lists)."""
 
     def load(root: Path, manifest: Manifest, inputs: dict[str, np.ndarray], work: Path) -> Runner:
+        from forgeline.runtime.amx import needs_amx, request_amx_permission
         from forgeline.runtime.backends.tvm_params import library_executor
         from forgeline.runtime.format import symbolic_sizes
         from forgeline.runtime.model import select_build
 
         build = manifest.builds.get(which) or _fp32_cpu_build(manifest) or select_build(manifest, "cpu")
+        if needs_amx(build.requires):
+            request_amx_permission()  # before the first tile instruction, or SIGILL
         lib = build.lib
         if which == "bucket":
             dims = symbolic_sizes(manifest.inputs, [inputs[n] for n in manifest.input_names()])

@@ -10,9 +10,13 @@ Backends:
 - ``tvm``: the artifact's dynamic-shape TVM build for this host (untuned);
 - ``tvm-tuned``: the tuned shape-bucket build for exactly (batch, seq), when the artifact has one
   (``BuildRecord.buckets["BxT"]["lib"]``); otherwise reported as not available;
-- ``tvm-bf16``: the artifact's ``--precision bf16`` build (AMX), where this host can run it;
-- ``openvino`` / ``openvino-f32``: OpenVINO's CPU plugin at its default precision (bf16 on AMX
-  CPUs) and at fp32, on model.onnx (peers.py; ``pip install forgeline[peers]``).
+- ``tvm-bf16`` / ``tvm-int8``: the artifact's ``--precision`` build, where this host can run it;
+- ``openvino`` / ``openvino-f32``: OpenVINO's CPU plugin at its default precision (bf16 on CPUs
+  with AVX512-BF16 or AMX) and at fp32, on model.onnx (peers.py; ``pip install forgeline[peers]``);
+- ``ort-int8``: ONNX Runtime on model.onnx after ``quantize_dynamic`` (int8 weights).
+
+Each backend's top-1 agreement with eager fp32 on the same inputs is reported beside its latency
+(agreement.py), where torch is installed.
 """
 
 from __future__ import annotations
@@ -33,12 +37,13 @@ from forgeline.runtime import progress
 from forgeline.runtime.errors import ConfigError, ForgelineError
 from forgeline.runtime.format import Manifest
 
+from .agreement import eager_reference, top1_agreements
 from .backends import RUNNERS
 from .workload import bench_inputs, estimate_flops
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("eager", "ort", "tvm", "tvm-tuned", "tvm-bf16", "openvino", "openvino-f32")
+BACKENDS = ("eager", "ort", "tvm", "tvm-tuned", "tvm-bf16", "tvm-int8", "openvino", "openvino-f32", "ort-int8")
 REFERENCE_BACKEND = "ort"  # every ratio is latency / ONNX Runtime's latency
 
 
@@ -78,6 +83,7 @@ class BackendResult:
     tokens_per_s: float | None = None  # batch * seq / p50
     gflops_per_s: float | None = None  # estimated forward FLOPs / p50
     vs_ort: float | None = None  # p50 / ONNX Runtime's p50 (lower is faster)
+    top1_agreement: float | None = None  # share of positions whose argmax equals eager fp32's
     samples_ms: list[float] = field(default_factory=list)
 
 
@@ -133,9 +139,12 @@ def bench_artifact(path: str | Path, options: BenchOptions = BenchOptions()) -> 
         except ForgelineError as exc:
             log.info("%s not run: %s", backend, exc)
             results[backend] = BackendResult(backend, False, note=str(exc))
+    reference = eager_reference(runners, lambda: RUNNERS["eager"](root, manifest, inputs, options))
+    agreement = top1_agreements(runners, manifest, reference)
     samples = interleaved_samples(runners, iters=options.iters, warmup=options.warmup)
     for backend, times in samples.items():
         results[backend] = summarize_samples(backend, times, options, flops)
+        results[backend].top1_agreement = agreement.get(backend)
     results = [results[b] for b in options.backends]
     add_ratios(results)
     return BenchReport(artifact=str(root), model=manifest.name, preset=manifest.preset,

@@ -14,8 +14,8 @@ from forgeline.runtime.errors import MissingDependencyError
 def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", type=Path, help="artifact folder")
     p.add_argument("--backends", default="eager,ort,tvm,tvm-tuned",
-                   help="comma-separated: eager, ort, tvm, tvm-tuned, tvm-bf16, openvino, "
-                        "openvino-f32 (default: the first four)")
+                   help="comma-separated: eager, ort, tvm, tvm-tuned, tvm-bf16, tvm-int8, openvino, "
+                        "openvino-f32, ort-int8 (default: the first four)")
     p.add_argument("--batch", type=int, default=1, help="batch size (default: 1)")
     p.add_argument("--seq", type=int, default=128, help="sequence length (default: 128)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs per backend (default: 5)")
@@ -41,7 +41,7 @@ def _bench(args: argparse.Namespace) -> int:
     report = bench_artifact(args.path, options)
     print(f"{report.model}/{report.preset} at batch {report.batch} x seq {report.seq} on "
           f"{report.host['cpu']} ({report.host['cores']} cores)")
-    print_table(("backend", "p50 ms", "p90 ms", "tokens/s", "GFLOP/s", "vs ORT", "note"),
+    print_table(("backend", "p50 ms", "p90 ms", "tokens/s", "GFLOP/s", "vs ORT", "top-1", "note"),
                  [_row(r) for r in report.results])
     if args.json:
         args.json.write_text(json.dumps(report.to_dict(), indent=2))
@@ -62,10 +62,11 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _row(r) -> tuple:
     if not r.available:
-        return (r.backend, "-", "-", "-", "-", "-", r.note)
+        return (r.backend, "-", "-", "-", "-", "-", "-", r.note)
     fmt = lambda x, spec: "-" if x is None else format(x, spec)  # noqa: E731
     return (r.backend, fmt(r.p50_ms, ".2f"), fmt(r.p90_ms, ".2f"), fmt(r.tokens_per_s, ".0f"),
-            fmt(r.gflops_per_s, ".1f"), fmt(r.vs_ort, ".2f") + ("x" if r.vs_ort else ""), r.note)
+            fmt(r.gflops_per_s, ".1f"), fmt(r.vs_ort, ".2f") + ("x" if r.vs_ort else ""),
+            fmt(r.top1_agreement, ".1%"), r.note)
 
 
 def plot_report(report, path: Path) -> None:

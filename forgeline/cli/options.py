@@ -29,7 +29,7 @@ def compile_args(p: argparse.ArgumentParser, with_path: bool = True) -> None:
     p.add_argument("--arch", help="CUDA architecture for --target cuda (default: sm_90)")
     p.add_argument("--mcpu", help="LLVM CPU name for --target cpu (default: detected from this host)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="precision of the matmuls: fp32 (default); bf16 on AMX CPUs (--target cpu); "
+                   help="precision of the matmuls: fp32 (default); bf16 on CPUs with AVX512-BF16 or AMX (--target cpu); "
                         "fp16 on CUDA tensor cores (--target cuda). Routers, norms and softmax stay fp32")
     add_tuning_flags(p)
 

@@ -1,12 +1,15 @@
-"""``--precision bf16``: tiny builds against eager fp32, the manifest record, refusal without AMX."""
+"""``--precision bf16``: tiny builds against eager fp32, the manifest record, the kernel per CPU and\nthe refusal of a CPU with neither AMX nor AVX512-BF16."""
 
 from __future__ import annotations
+
+import subprocess
 
 import numpy as np
 import pytest
 
 from forgeline.compile import CompileOptions, compile_artifact
-from forgeline.compile.precision import precision_target, require_amx_host
+from forgeline.compile.artifact import resolve_precision_plan
+from forgeline.compile.precision import precision_target, require_amx_host, require_bf16_host
 from forgeline.compile.targets import TargetSpec
 from forgeline.export import ExportOptions, export_model
 from forgeline.runtime.errors import ConfigError, TargetMismatchError
@@ -16,6 +19,8 @@ from forgeline.runtime.host import HostInfo, can_run, read_cpu_features
 from forgeline.runtime.model import load
 
 HAS_AMX = {"amx_bf16", "amx_tile"} <= read_cpu_features()
+HAS_DPBF16 = {"avx512f", "avx512_bf16"} <= read_cpu_features()
+NEITHER = frozenset({"avx2", "fma"})  # a Zen 3-like CPU: no bf16 instructions at all
 NO_AMX = frozenset({"avx2", "avx512f", "avx512_bf16"})  # a Zen 4-like CPU: bf16 dot, no tiles
 WITH_AMX = NO_AMX | {"amx_bf16", "amx_tile"}
 
@@ -32,17 +37,11 @@ def _cpu_spec() -> TargetSpec:
                       requires={"arch": "x86_64", "cpu_features": ["avx2"]})
 
 
-def test_emulated_bf16_build_matches_eager_fp32_within_bf16_tolerance(moe_bundle):
-    manifest = compile_artifact(moe_bundle, CompileOptions(precision="bf16", emulate_amx=True))
-    (tag,) = [t for t, b in manifest.builds.items() if b.precision == "bf16"]
-    build = manifest.builds[tag]
+def _check_against_eager(bundle, tag: str) -> None:
     tol = PRECISION_TOLERANCE["bf16"]
-    assert build.tolerance == {"atol": tol.atol, "rtol": tol.rtol}
-    assert manifest.stages[f"tvm/{tag}"].passed
-    assert manifest.stages[f"tvm/{tag}"].tolerance == tol
-    model = load(moe_bundle, target=tag)
+    model = load(bundle, target=tag)
     worst = 0.0
-    for case in load_golden(moe_bundle / GOLDEN_FILE):  # outputs of eager fp32 PyTorch
+    for case in load_golden(bundle / GOLDEN_FILE):  # outputs of eager fp32 PyTorch
         got = model.run(**case.inputs)
         want = case.outputs["logits"]  # (B, T, V)
         assert np.allclose(got["logits"], want, atol=tol.atol, rtol=tol.rtol)
@@ -54,12 +53,27 @@ def test_emulated_bf16_build_matches_eager_fp32_within_bf16_tolerance(moe_bundle
     assert worst > 1e-5
 
 
-def test_bf16_refused_on_a_host_without_amx():
-    with pytest.raises(ConfigError, match="needs a CPU with AMX"):
+def test_emulated_bf16_build_matches_eager_fp32_within_bf16_tolerance(moe_bundle):
+    manifest = compile_artifact(moe_bundle, CompileOptions(precision="bf16", emulate_amx=True))
+    (tag,) = [t for t, b in manifest.builds.items() if t.endswith("-bf16emu")]  # the AMX emulation
+    build = manifest.builds[tag]
+    tol = PRECISION_TOLERANCE["bf16"]
+    assert build.tolerance == {"atol": tol.atol, "rtol": tol.rtol}
+    assert manifest.stages[f"tvm/{tag}"].passed
+    assert manifest.stages[f"tvm/{tag}"].tolerance == tol
+    _check_against_eager(moe_bundle, tag)
+
+
+def test_bf16_kernel_follows_the_cpu_and_a_cpu_without_either_is_refused():
+    assert require_bf16_host(WITH_AMX, "sapphirerapids") == "amx"
+    assert require_bf16_host(NO_AMX, "znver4") == "avx512bf16"
+    assert require_bf16_host(WITH_AMX, "sapphirerapids", "avx512bf16") == "avx512bf16"  # forced
+    with pytest.raises(ConfigError, match=r"needs a CPU with AVX512-BF16 .* or AMX .* neither: build fp32"):
+        require_bf16_host(NEITHER, "znver3")
+    with pytest.raises(ConfigError, match="needs amx_bf16, amx_tile, which the CPU znver4 lacks"):
         require_amx_host(NO_AMX, "znver4")
-    with pytest.raises(ConfigError, match="lacks amx_bf16, amx_tile"):
-        precision_target(_cpu_spec(), "bf16", host_features=NO_AMX)
-    require_amx_host(WITH_AMX, "sapphirerapids")  # no error
+    with pytest.raises(ConfigError, match="neither"):
+        precision_target(_cpu_spec(), "bf16", host_features=NEITHER)
 
 
 def test_bf16_target_records_amx_requirements_and_a_host_without_them_is_refused():
@@ -71,6 +85,41 @@ def test_bf16_target_records_amx_requirements_and_a_host_without_them_is_refused
     assert not ok and "amx_bf16, amx_tile" in why
     assert can_run(spec.requires, HostInfo(arch="x86_64", cpu_features=WITH_AMX))[0]
     assert precision_target(_cpu_spec(), "fp32", host_features=NO_AMX) == _cpu_spec()
+
+
+def test_bf16_target_without_amx_records_avx512_bf16_requirements():
+    spec = precision_target(_cpu_spec(), "bf16", host_features=NO_AMX)
+    assert spec.tag == "cpu-test-bf16" and "+avx512bf16" in spec.target["mattr"]
+    assert not {"+amx-tile", "+amx-bf16"} & set(spec.target["mattr"])
+    assert {"avx512f", "avx512_bf16"} <= set(spec.requires["cpu_features"])
+    ok, why = can_run(spec.requires, HostInfo(arch="x86_64", cpu_features=NEITHER))
+    assert not ok and "avx512_bf16" in why
+    forced = precision_target(_cpu_spec(), "bf16", host_features=WITH_AMX, bf16_kernel="avx512bf16")
+    assert forced.tag == "cpu-test-bf16-avx512bf16"  # not the AMX build's tag
+
+
+def test_mcpu_cross_compiles_bf16_for_the_other_kind_of_host():
+    zen4 = resolve_precision_plan(CompileOptions(precision="bf16", mcpu="znver4"))
+    assert (zen4.spec.tag, zen4.kernels) == ("cpu-znver4-bf16", "bf16-avx512bf16")
+    assert "avx512_bf16" in zen4.spec.requires["cpu_features"]
+    assert "amx_tile" not in zen4.spec.requires["cpu_features"]
+    spr = resolve_precision_plan(CompileOptions(precision="bf16", mcpu="sapphirerapids"))
+    assert (spr.spec.tag, spr.kernels) == ("cpu-sapphirerapids-bf16", "bf16")
+    with pytest.raises(ConfigError, match="CPU x86-64-v3 has neither"):
+        resolve_precision_plan(CompileOptions(precision="bf16", mcpu="x86-64-v3"))
+
+
+def test_avx512_bf16_build_matches_eager_fp32_within_bf16_tolerance(moe_bundle):
+    """The vdpbf16ps kernel where the CPU has it, its TIR emulation elsewhere."""
+    options = CompileOptions(precision="bf16", bf16_kernel="avx512bf16", emulate_amx=not HAS_DPBF16)
+    manifest = compile_artifact(moe_bundle, options)
+    (tag,) = [t for t, b in manifest.builds.items() if "avx512bf16" in t]
+    assert manifest.stages[f"tvm/{tag}"].passed
+    if HAS_DPBF16:
+        lib = moe_bundle / manifest.builds[tag].lib
+        asm = subprocess.run(["objdump", "-d", str(lib)], capture_output=True, text=True).stdout
+        assert "vdpbf16ps" in asm
+    _check_against_eager(moe_bundle, tag)
 
 
 def test_cross_compiled_amx_build_is_recorded_and_gated_by_the_host(moe_bundle):
