@@ -42,8 +42,14 @@ class CompileOptions:
     arch: str | None = None  # cuda: "sm_90" by default
     mcpu: str | None = None  # cpu: LLVM CPU name; detected from the host by default
     num_cores: int | None = None  # cpu: threads the schedules assume; all cores by default
-    precision: str = "fp32"  # of the dense matmuls: "fp32" or "bf16" (AMX; precision.py)
+    precision: str = "fp32"  # of the dense matmuls: "fp32", "bf16" (AMX) or "int8" (precision.py)
     emulate_amx: bool = False  # bf16 tile steps as TIR loops: same numerics, slow (for tests)
+    emulate_int8: bool = False  # int8 dot products (VNNI's) as TIR loops: same numerics (for tests)
+
+    @property
+    def emulated(self) -> bool:
+        """Whether this build's reduced-precision instructions are emulated in TIR loops."""
+        return self.emulate_int8 if self.precision == "int8" else self.emulate_amx
 
 
 def resolve_precision_target(options: CompileOptions, tune: TuneOptions | None = None):
@@ -55,7 +61,7 @@ def resolve_precision_target(options: CompileOptions, tune: TuneOptions | None =
     spec = resolve_target(options.target, arch=options.arch, mcpu=options.mcpu, num_cores=options.num_cores)
     host_features = None if options.mcpu else read_cpu_features()  # an explicit mcpu: a cross build
     return precision_target(spec, options.precision, host_features=host_features,
-                            emulate_amx=options.emulate_amx)
+                            emulate_amx=options.emulated)
 
 
 def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(),
@@ -99,11 +105,11 @@ def _build_into(root: Path, manifest: Manifest, spec, staged: Path,
     """Build the model and its extra graphs into ``staged``; the record and file hashes (staged paths)."""
     from forgeline.runtime.format import sha256_file
 
-    precision = kernel_precision(options.precision, options.emulate_amx)
+    precision = kernel_precision(options.precision, options.emulated, spec)
     result = build_tvm(root / ONNX_FILE, spec, staged, precision=precision)
     rel = lambda name: f"{TVM_DIR}/{staged.name}/{name}"  # noqa: E731 - paths inside the artifact
-    note = result.note + (" Its bf16 tile steps are emulated in TIR loops: same numerics as AMX, "
-                          "slow, for checking only." if precision.endswith("emulated") else "")
+    note = result.note + (f" Its {options.precision} instructions are emulated in TIR loops: same "
+                          "numerics, slow, for checking only." if precision.endswith("emulated") else "")
     build = BuildRecord(
         tag=spec.tag, kind=spec.kind, target=spec.target, requires=spec.requires, lib=rel(result.lib_file),
         codegen_only=result.codegen_only, note=note, build_seconds=round(result.seconds, 2),

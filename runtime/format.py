@@ -100,7 +100,7 @@ DEFAULT_TOLERANCE = Tolerance(atol=1e-4, rtol=1e-3)
 # fp16 keeps 11 significant bits (bf16: 8), so its rounding error is 8x smaller; 1e-2 + 1e-2 * |x| is
 # that bound scaled down, with the same headroom. It is not yet measured on a GPU (see the README).
 PRECISION_TOLERANCE = {"fp32": DEFAULT_TOLERANCE, "bf16": Tolerance(atol=5e-2, rtol=5e-2),
-                       "fp16": Tolerance(atol=1e-2, rtol=1e-2)}
+                       "fp16": Tolerance(atol=1e-2, rtol=1e-2), "int8": Tolerance(atol=1.0, rtol=1.0)}
 
 
 def precision_tolerance(precision: str) -> Tolerance:
@@ -162,7 +162,7 @@ class BuildRecord:
     # runtime serves one when every symbolic dim of a call equals its dims exactly.
     buckets: dict[str, dict[str, Any]] = field(default_factory=dict)
     unscheduled: list[str] = field(default_factory=list)  # kernels no CPU schedule took (naive loops)
-    precision: str = "fp32"  # of the matmuls: "fp32" or "bf16" (routers, norms, softmax stay fp32)
+    precision: str = "fp32"  # of the matmuls: "fp32", "bf16" or "int8" (routers, norms, softmax stay fp32)
     tolerance: dict[str, float] = field(default_factory=dict)  # {atol, rtol} this build is held to
 
     @property

@@ -16,10 +16,34 @@ constant ``(K, N)`` fp32 matrix, with the ``+ bias`` that follows it when the bi
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from .amx import amx_dense, pack_weight
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DenseLowering:
+    """How a precision lowers ``x @ W + bias (+ residual)``: its kernel and its weight operands.
+
+    The kernel is called as ``kernel(x (m, K), *weight_operands(W), bias (N,), [residual (m, N),]
+    out (m, N))``; the operands are computed here at build time and embedded as constants.
+    """
+
+    label: str  # for the log line: what the dense layers run on
+    kernel: Callable  # (K, N, residual: bool) -> (PrimFunc, name)
+    weight_operands: Callable  # (W (K, N) fp32 ndarray) -> list of ndarrays
+
+
+def amx_lowering(emulate: bool) -> DenseLowering:
+    def kernel(k: int, n: int, residual: bool):
+        name = f"amx_dense_{k}x{n}" + ("_residual" if residual else "")
+        return amx_dense(k, n, residual=residual, emulate=emulate), name
+
+    return DenseLowering(label="bf16: the AMX kernel" + (", emulated in TIR loops" if emulate else ""),
+                         kernel=kernel, weight_operands=lambda weight: [pack_weight(weight)])
 
 
 def _router_matmuls(func) -> list:
@@ -69,24 +93,23 @@ def _dense_shape(x, weight):
 class _Rewriter:
     """Builds the replacement calls and collects one kernel per (K, N)."""
 
-    def __init__(self, mod, emulate: bool):
+    def __init__(self, mod, lowering: DenseLowering):
         from tvm import relax
 
         self.builder = relax.BlockBuilder(mod)  # add_func gives GlobalVars typed as PrimFuncs
-        self.emulate = emulate
+        self.lowering = lowering
         self.kernels: dict = {}  # (K, N, residual) -> GlobalVar of its kernel
         self.count = 0
 
     def kernel(self, k: int, n: int, residual: bool):
         key = (k, n, residual)
         if key not in self.kernels:
-            func = amx_dense(k, n, residual=residual, emulate=self.emulate)
-            name = f"amx_dense_{k}x{n}" + ("_residual" if residual else "")
+            func, name = self.lowering.kernel(k, n, residual)
             self.kernels[key] = self.builder.add_func(func, name)
         return self.kernels[key]
 
     def dense(self, x, weight, bias, residual=None):
-        """The bf16 replacement of ``x @ weight + bias (+ residual)`` (bias a constant or None)."""
+        """The replacement of ``x @ weight + bias (+ residual)`` (bias a constant or None)."""
         import numpy as np
         from tvm import relax, tirx
 
@@ -96,9 +119,9 @@ class _Rewriter:
         for dim in lead[1:]:
             rows = rows * dim
         bias_const = bias if bias is not None else relax.const(np.zeros(n, np.float32))
-        packed = relax.const(pack_weight(weight.value.numpy()))
+        operands = [relax.const(v) for v in self.lowering.weight_operands(weight.value.numpy())]
         flat = relax.op.reshape(x, relax.ShapeExpr([rows, tirx.IntImm("int64", k)]))
-        args = [flat, packed, bias_const]
+        args = [flat, *operands, bias_const]
         if residual is not None:
             args.append(relax.op.reshape(residual, relax.ShapeExpr([rows, tirx.IntImm("int64", n)])))
         out = relax.call_tir(self.kernel(k, n, residual is not None), args,
@@ -124,10 +147,15 @@ def _is_skip(call, other) -> bool:
 
 def bf16_dense_matmuls(mod, *, emulate: bool = False):
     """Rewrite the dense layers of every Relax function in ``mod`` to the AMX bf16 kernel."""
+    return rewrite_dense_layers(mod, amx_lowering(emulate))
+
+
+def rewrite_dense_layers(mod, lowering: DenseLowering):
+    """Rewrite the dense layers of every Relax function in ``mod`` to ``lowering``'s kernel."""
     from tvm import relax
     from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
-    rewriter = _Rewriter(mod.clone(), emulate)
+    rewriter = _Rewriter(mod.clone(), lowering)
     rewritten = {}
     x, weight, bias = wildcard(), is_const(), is_const()
     matmul = is_op("relax.matmul")(x, weight)
@@ -166,9 +194,9 @@ def bf16_dense_matmuls(mod, *, emulate: bool = False):
     mod = rewriter.builder.get()
     for gvar, func in rewritten.items():
         mod[gvar] = func
-    logger.info("bf16: %d dense matmuls on the AMX kernel (%d kernel shapes)%s.", rewriter.count,
-                len(rewriter.kernels), ", emulated in TIR loops" if emulate else "")
+    logger.info("%d dense matmuls on %s (%d kernel shapes).", rewriter.count, lowering.label,
+                len(rewriter.kernels))
     return relax.transform.DeadCodeElimination()(mod)
 
 
-__all__ = ["bf16_dense_matmuls"]
+__all__ = ["DenseLowering", "amx_lowering", "bf16_dense_matmuls", "rewrite_dense_layers"]

@@ -32,6 +32,7 @@ from forgeline.runtime.backends.cpu_kernels import MATMUL_FUNC
 
 from .bf16 import bf16_dense_matmuls
 from .fast_math import fast_math
+from .int8_layers import int8_dense_matmuls
 from .matmul import matmul_rule
 from .moe_rows import compact_expert_rows
 from .row_lanes import row_lanes_rule
@@ -135,7 +136,9 @@ def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: 
         raise ValueError(f"apply_cpu_defaults is for llvm targets, not {target.kind.name}.")
     if offload_matmul:
         mod = offload_matmuls(mod)
-    if precision != "fp32":
+    if precision.startswith("int8"):
+        mod = int8_dense_matmuls(mod, precision, rows=gemm_rows)
+    elif precision != "fp32":
         mod = bf16_dense_matmuls(mod, emulate=precision == "bf16-emulated")
     mod = rewrite_graph(mod)
     with target:
