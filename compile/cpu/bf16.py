@@ -33,8 +33,9 @@ class DenseLowering:
     """
 
     label: str  # for the log line: what the dense layers run on
-    kernel: Callable  # (K, N, residual: bool) -> (PrimFunc, name)
+    kernel: Callable  # (K, N, residual: bool[, activation: Relax op name]) -> (PrimFunc, name)
     weight_operands: Callable  # (W (K, N) fp32 ndarray) -> list of ndarrays
+    activations: tuple[str, ...] = ()  # Relax ops on ``x @ W + bias`` the kernel's epilogue applies
 
 
 def amx_lowering(emulate: bool) -> DenseLowering:
@@ -98,18 +99,19 @@ class _Rewriter:
 
         self.builder = relax.BlockBuilder(mod)  # add_func gives GlobalVars typed as PrimFuncs
         self.lowering = lowering
-        self.kernels: dict = {}  # (K, N, residual) -> GlobalVar of its kernel
+        self.kernels: dict = {}  # (K, N, residual, activation) -> GlobalVar of its kernel
         self.count = 0
 
-    def kernel(self, k: int, n: int, residual: bool):
-        key = (k, n, residual)
+    def kernel(self, k: int, n: int, residual: bool, activation: str | None):
+        key = (k, n, residual, activation)
         if key not in self.kernels:
-            func, name = self.lowering.kernel(k, n, residual)
+            extra = (activation,) if activation else ()
+            func, name = self.lowering.kernel(k, n, residual, *extra)
             self.kernels[key] = self.builder.add_func(func, name)
         return self.kernels[key]
 
-    def dense(self, x, weight, bias, residual=None):
-        """The replacement of ``x @ weight + bias (+ residual)`` (bias a constant or None)."""
+    def dense(self, x, weight, bias, residual=None, activation: str | None = None):
+        """The replacement of ``act(x @ weight + bias) (+ residual)`` (bias a constant or None)."""
         import numpy as np
         from tvm import relax, tirx
 
@@ -124,7 +126,7 @@ class _Rewriter:
         args = [flat, *operands, bias_const]
         if residual is not None:
             args.append(relax.op.reshape(residual, relax.ShapeExpr([rows, tirx.IntImm("int64", n)])))
-        out = relax.call_tir(self.kernel(k, n, residual is not None), args,
+        out = relax.call_tir(self.kernel(k, n, residual is not None, activation), args,
                              relax.TensorType([rows, n], "float32"))
         self.count += 1
         return relax.op.reshape(out, relax.ShapeExpr([*lead, tirx.IntImm("int64", n)]))
@@ -188,6 +190,14 @@ def rewrite_dense_layers(mod, lowering: DenseLowering):
 
         for pattern in residuals:
             func = rewrite_call(pattern, fuse_residual, func)
+        for op_name in lowering.activations:  # GELU on an FFN's first layer joins its epilogue
+
+            def fuse_activation(call, matches, op_name=op_name):
+                if not eligible(matches) or not _bias_of(matches[weight], matches[bias]):
+                    return call
+                return rewriter.dense(matches[x], matches[weight], matches[bias], activation=op_name)
+
+            func = rewrite_call(is_op(op_name)(with_bias), fuse_activation, func)
         func = rewrite_call(with_bias, fuse_bias, func)
         func = rewrite_call(matmul, plain, func)
         rewritten[gvar] = func

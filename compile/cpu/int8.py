@@ -13,7 +13,8 @@ The numerics are those of ONNX Runtime's ``quantize_dynamic`` with per-channel w
 - **Dot products** accumulate in int32 (int8_dots.py: ``vpdpbusd``, ``vpmaddubsw``/``vpmaddwd``
   or plain TIR), exactly: ``sum_k Aq Wq = sum_k q_a Wq + 128 sum_k Wq``.
 - **Epilogue**, as each register tile is written: ``C = float(acc - comp[n]) * (s_a[m] s_w[n]) +
-  bias[n] (+ R[m, n])``.
+  bias[n]``, then GELU (an FFN's first layer) or ``+ R[m, n]`` (a residual join) where the layer
+  has one: the fp32 GEMM's fused epilogues, with no extra pass over the output.
 
 The schedule follows the fp32 GEMM (matmul.py): a tile of ``rows`` x 2 vectors of int32
 accumulators stays in registers while k runs, the weights are read as contiguous panels, and
@@ -120,13 +121,16 @@ def _quantize_rows(k: int, k_row: int, rows_pad):
     return quantize
 
 
-def int8_dense(k: int, n: int, isa: Int8Isa, *, residual: bool = False, emulate: bool = False):
+def int8_dense(k: int, n: int, isa: Int8Isa, *, residual: bool = False, emulate: bool = False,
+               activation: str | None = None):
     """The PrimFunc ``(A (m, k) f32, W panels, s_w, comp, bias (n,) f32, [R (m, n) f32,] C (m, n) f32)``.
 
-    ``m`` is symbolic; ``C = dequant(Aq . Wq) + bias (+ R)``. A matmul without a bias passes zeros.
+    ``m`` is symbolic; ``C = act(dequant(Aq . Wq) + bias) (+ R)``, ``act`` the Relax GELU op named
+    by ``activation`` (gelu_math.GELU) or none. A matmul without a bias passes zeros.
     """
     from tvm.script import tirx as T
 
+    from .gelu_math import GELU
     from .int8_dots import dot_step
 
     lanes, rows = isa.lanes, isa.rows
@@ -143,8 +147,10 @@ def int8_dense(k: int, n: int, isa: Int8Isa, *, residual: bool = False, emulate:
         return (tiles(m) + CHUNK_TILES - 1) // CHUNK_TILES
 
     def value(acc, Sa, Sw, Comp, Bias, R, r, c, row, col):
+        # resolved as the kernel is built: only the layer's own epilogue is emitted
         out = T.Cast("float32", acc[r, c] - Comp[col]) * (Sa[row] * Sw[col]) + Bias[col]
-        return out + R[row, col] if residual else out  # resolved as the kernel is built
+        out = GELU[activation](out) if activation else out
+        return out + R[row, col] if residual else out
 
     @T.macro
     def tile(Aq, W, Sa, Sw, Comp, Bias, R, C, t, pair, m):

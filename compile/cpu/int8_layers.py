@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .bf16 import DenseLowering, rewrite_dense_layers
+from .gelu_math import GELU
 from .int8 import ISAS, int8_dense, pack_weight
 
 
@@ -23,13 +24,15 @@ def int8_lowering(isa_name: str, emulate: bool, rows: int | None = None) -> Dens
     """``rows`` overrides the register tile's height (1 for decode graphs: one row per sequence)."""
     isa = ISAS[isa_name] if rows is None else replace(ISAS[isa_name], rows=rows)
 
-    def kernel(k: int, n: int, residual: bool):
+    def kernel(k: int, n: int, residual: bool, activation: str | None = None):
         name = f"int8_{isa.name}_dense_{k}x{n}" + ("_residual" if residual else "")
-        return int8_dense(k, n, isa, residual=residual, emulate=emulate), name
+        name += f"_{activation.split('.')[-1]}" if activation else ""
+        return int8_dense(k, n, isa, residual=residual, emulate=emulate, activation=activation), name
 
     label = f"int8: the {isa.name} kernel" + (", emulated in TIR loops" if emulate else "")
     return DenseLowering(label=label, kernel=kernel,
-                         weight_operands=lambda weight: list(pack_weight(weight, isa)))
+                         weight_operands=lambda weight: list(pack_weight(weight, isa)),
+                         activations=tuple(GELU))
 
 
 def int8_dense_matmuls(mod, precision: str, rows: int | None = None):

