@@ -104,7 +104,7 @@ DEFAULT_TOLERANCE = Tolerance(atol=1e-4, rtol=1e-3)
 # built for haswell and run there too): worst max abs 4.5e-2 (VNNI) and 7.4e-2 (AVX2, 7-bit weights) on
 # random-init gpt-small's logits (|logits| <= 1.6), 2.6e-2 / 3.9e-2 on bert-small's, 5.6e-3 to
 # 1.0e-2 at tiny; ONNX Runtime's quantize_dynamic showed 3.5e-2 to 8.3e-2 on these models (small,
-1x128 and 8x128, against ORT fp32). The
+# 1x128 and 8x128, against ORT fp32). The
 # bound 0.15 + 0.05 * |x| is at least 2x the worst. Gross bugs (a lost compensation, residual or
 # bias, a swapped weight) move outputs by 1 or more and fail it; a subtle one (the u8 shift
 # compensated with 127 instead of 128) moved gpt-small's logits by only 0.18, so the kernel's
