@@ -139,6 +139,9 @@ def int8_dense(k: int, n: int, isa: Int8Isa, *, residual: bool = False, emulate:
     pairs = n_pad // cols
     w_shape = (n_pad // lanes, k_pad // 4, 4 * lanes)
     dot = dot_step(isa.name, lanes, emulate=emulate)
+    # The tile's rows and vectors are unrolled so that its accumulators get constant indices and
+    # live in registers; the emulation's loops would only make LLVM slower to compile.
+    tile_loop = T.serial if emulate else T.unroll
 
     def tiles(m):
         return (m + rows - 1) // rows
@@ -160,8 +163,8 @@ def int8_dense(k: int, n: int, isa: Int8Isa, *, residual: bool = False, emulate:
             for c in T.vectorized(cols):
                 acc[r, c] = 0
         for k4 in range(k_pad // 4):
-            for r in T.unroll(rows):
-                for v in T.unroll(2):
+            for r in tile_loop(rows):
+                for v in tile_loop(2):
                     dot(acc, r, v, Aq, t * rows + r, k4, W, pair * 2 + v)
         if t * rows + rows <= m and pair * cols + cols <= n:
             for r in T.unroll(rows):
