@@ -89,10 +89,26 @@ def pack_weight(weight: np.ndarray, isa: Int8Isa) -> tuple[np.ndarray, np.ndarra
 
 
 def _quantize_rows(k: int, k_row: int, rows_pad):
-    """The pre-pass macro: ``Aq`` (u8, +128) and ``Sa`` (row scales) from ``A``, padded rows 0."""
+    """The pre-pass macro: ``Aq`` (u8, +128) and ``Sa`` (row scales) from ``A``, padded rows 0.
+
+    Runs wholly inside K read A with plain vector loads; only a last partial run clamps its
+    column index (a clamped vector index is a gather).
+    """
     from tvm.script import tirx as T
 
-    runs = k_row // QUANT_LANES
+    whole, runs = k // QUANT_LANES, k_row // QUANT_LANES
+
+    def load(A, i, m, run, lane, clamp: bool):
+        col = T.min(run * QUANT_LANES + lane, k - 1) if clamp else run * QUANT_LANES + lane
+        return A[T.min(i, m - 1), col]
+
+    def code(A, i, m, run, lane, inv, clamp: bool):
+        # T.round is LLVM's nearbyint (ties to even, as numpy's rint); TVM's vectorizer scalarizes
+        # T.nearbyint itself, and LLVM then gathered the loop across runs.
+        q = T.max(T.min(T.round(load(A, i, m, run, lane, clamp) * inv), T.float32(127)), T.float32(-127))
+        if clamp:  # columns past K: code 128 (q = 0), against zero weights
+            q = T.if_then_else(run * QUANT_LANES + lane < k, q, T.float32(0))
+        return T.Cast("uint8", T.Cast("int32", q) + 128)
 
     @T.macro
     def quantize(A, Aq, Sa, m):
@@ -100,10 +116,12 @@ def _quantize_rows(k: int, k_row: int, rows_pad):
             peak = T.decl_buffer((QUANT_LANES,), "float32")  # 64 bytes: on the stack
             for lane in T.vectorized(QUANT_LANES):
                 peak[lane] = T.float32(0)
-            for run in range(runs):  # max |A| in 16 lanes (clamped reads repeat the last element)
+            for run in range(whole):  # max |A| in 16 lanes
                 for lane in T.vectorized(QUANT_LANES):
-                    peak[lane] = T.max(peak[lane], T.abs(
-                        A[T.min(i, m - 1), T.min(run * QUANT_LANES + lane, k - 1)]))
+                    peak[lane] = T.max(peak[lane], T.abs(load(A, i, m, run, lane, False)))
+            for run in range(whole, runs):  # the clamped reads repeat the last element
+                for lane in T.vectorized(QUANT_LANES):
+                    peak[lane] = T.max(peak[lane], T.abs(load(A, i, m, run, lane, True)))
             for lane in range(1, QUANT_LANES):
                 peak[0] = T.max(peak[0], peak[lane])
             if i >= m:
@@ -111,12 +129,12 @@ def _quantize_rows(k: int, k_row: int, rows_pad):
             Sa[i] = peak[0] / T.float32(127)
             # inv = 127 / max, 0 for an all-zero row (its codes are then all 128: q = 0)
             peak[1] = T.if_then_else(peak[0] > T.float32(0), T.float32(127) / peak[0], T.float32(0))
-            for run in range(runs):
+            for run in range(whole):
                 for lane in T.vectorized(QUANT_LANES):
-                    Aq[i, run * QUANT_LANES + lane] = T.Cast("uint8", T.Cast("int32", T.max(T.min(
-                        T.nearbyint(A[T.min(i, m - 1), T.min(run * QUANT_LANES + lane, k - 1)] * peak[1]),
-                        T.float32(127)), T.float32(-127))) * T.if_then_else(
-                            run * QUANT_LANES + lane < k, 1, 0) + 128)
+                    Aq[i, run * QUANT_LANES + lane] = code(A, i, m, run, lane, peak[1], False)
+            for run in range(whole, runs):
+                for lane in T.vectorized(QUANT_LANES):
+                    Aq[i, run * QUANT_LANES + lane] = code(A, i, m, run, lane, peak[1], True)
 
     return quantize
 
