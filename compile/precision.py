@@ -9,7 +9,7 @@ rate and so would be slower than the fp32 build, not faster. Naming an AMX CPU w
 cross-compiles a bf16 build here for such a host; it is then not checked here.
 
 int8 (cpu.int8_layers) runs on every x86-64 CPU with AVX2: ``vpdpbusd`` where the CPU has
-AVX512-VNNI, ``vpmaddubsw``/``vpmaddwd`` elsewhere. The kernel follows the host's /proc/cpuinfo
+AVX512-VNNI (or its 256-bit form with AVX-VNNI), ``vpmaddubsw``/``vpmaddwd`` elsewhere. The kernel follows the host's /proc/cpuinfo
 flags, or on a cross compile (``mcpu``) the features LLVM gives that CPU; the build requires them.
 """
 
@@ -20,7 +20,7 @@ from dataclasses import replace
 from forgeline.runtime.errors import ConfigError
 
 from .cpu.amx import AMX_CPU_FEATURES, AMX_LLVM_ATTRS
-from .cpu.int8 import AVX2, VNNI, Int8Isa
+from .cpu.int8 import AVX2, AVX_VNNI, VNNI, Int8Isa
 from .targets import TargetSpec
 
 PRECISIONS = ("fp32", "bf16", "int8", "fp16")
@@ -40,10 +40,9 @@ def require_amx_host(cpu_features: frozenset, cpu_name: str) -> None:
 
 def int8_isa(cpu_features, cpu_name: str) -> Int8Isa:
     """The int8 kernel for a CPU with ``cpu_features`` (/proc/cpuinfo spelling), or a refusal."""
-    if set(VNNI.cpu_features) <= set(cpu_features):
-        return VNNI
-    if set(AVX2.cpu_features) <= set(cpu_features):
-        return AVX2
+    for isa in (VNNI, AVX_VNNI, AVX2):  # the fastest first
+        if set(isa.cpu_features) <= set(cpu_features):
+            return isa
     raise ConfigError(f"--precision int8 needs a CPU with AVX2 (or AVX512-VNNI), and {cpu_name} has "
                       "neither; build fp32 (the default) here.")
 

@@ -38,7 +38,7 @@ QUANT_LANES = 16  # the activation pre-pass works in runs of 16 floats
 class Int8Isa:
     """One kernel variant: the instruction set and the register tile it fits."""
 
-    name: str  # "vnni" (AVX512-VNNI vpdpbusd) or "avx2" (vpmaddubsw + vpmaddwd)
+    name: str  # "vnni" (AVX512-VNNI vpdpbusd), "avxvnni" (its 256-bit VEX form), "avx2" (vpmaddubsw + vpmaddwd)
     lanes: int  # int32 lanes of one vector register
     rows: int  # rows of the register tile: rows x 2 accumulators + weights + broadcast fit
     weight_max: int  # 127; 63 on AVX2, so vpmaddubsw's int16 pair sums cannot saturate
@@ -47,12 +47,13 @@ class Int8Isa:
 
 
 # 7 x 2 zmm accumulators (896 bytes: under TVM's 1 KiB stack limit, so they stay in registers) plus
-# two weight vectors and the broadcast, of 32 registers; AVX2 has 16: 4 x 2 ymm and the temporaries
-# of the two-instruction dot.
+# two weight vectors and the broadcast, of 32 registers. AVX2 has 16: 6 x 2 ymm for AVX-VNNI's
+# one-instruction dot, 4 x 2 for AVX2's two instructions and their temporaries.
 VNNI = Int8Isa("vnni", 16, 7, 127, ("avx512f", "avx512bw", "avx512_vnni"),
                ("+avx512f", "+avx512bw", "+avx512vnni"))
+AVX_VNNI = Int8Isa("avxvnni", 8, 6, 127, ("avx2", "avx_vnni"), ("+avx2", "+avxvnni"))
 AVX2 = Int8Isa("avx2", 8, 4, 63, ("avx2",), ("+avx2",))
-ISAS = {isa.name: isa for isa in (VNNI, AVX2)}
+ISAS = {isa.name: isa for isa in (VNNI, AVX_VNNI, AVX2)}
 
 
 def padded(size: int, multiple: int) -> int:
@@ -237,4 +238,4 @@ def int8_dense(k: int, n: int, isa: Int8Isa, *, residual: bool = False, emulate:
     return dense_residual if residual else dense
 
 
-__all__ = ["AVX2", "ISAS", "Int8Isa", "VNNI", "int8_dense", "pack_weight", "padded", "quantize_weight"]
+__all__ = ["AVX2", "AVX_VNNI", "ISAS", "Int8Isa", "VNNI", "int8_dense", "pack_weight", "padded", "quantize_weight"]

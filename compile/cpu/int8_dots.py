@@ -8,6 +8,8 @@ int8 weights of a packed panel (``lanes * 4`` contiguous bytes, column-major wit
 - ``vnni``: ``vpdpbusd`` (AVX512-VNNI, ``llvm.x86.avx512.vpdpbusd.512``): 16 int32 lanes, the four
   u8 x s8 products summed exactly into each lane. LLVM 22 types its operands ``<64 x i8>`` (older
   LLVMs, and TVM's own ``dot_16x4_vnni``, ``<16 x i32>``).
+- ``avxvnni``: the same on 8 lanes (AVX-VNNI's VEX ``vpdpbusd``, ``llvm.x86.avx512.vpdpbusd.256``):
+  Alder Lake and later client CPUs, which have VNNI but no AVX-512.
 - ``avx2``: ``vpmaddubsw`` (``llvm.x86.avx2.pmadd.ub.sw``) sums pairs of u8 x s8 products into int16
   with signed saturation, then ``vpmaddwd`` (``llvm.x86.avx2.pmadd.wd``) by ones sums the pairs
   into int32 lanes. The AVX2 build quantizes weights to 7 bits (|w| <= 63) so that a pair sum,
@@ -24,12 +26,16 @@ from __future__ import annotations
 def _vnni_dot(lanes: int):
     from tvm.script import tirx as T
 
+    # The 256-bit form is AVX-VNNI's VEX vpdpbusd where the CPU has no AVX-512 (LLVM picks the
+    # encoding from the target's features).
+    intrinsic = "llvm.x86.avx512.vpdpbusd.512" if lanes == 16 else "llvm.x86.avx512.vpdpbusd.256"
+
     @T.macro
     def dot(acc, r, v, aq, row, k4, w, panel):
         acc[r, T.ramp(v * lanes, 1, lanes)] = T.call_llvm_pure_intrin(
-            "int32x16", T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+            f"int32x{lanes}", T.llvm_lookup_intrinsic_id(intrinsic),
             acc[r, T.ramp(v * lanes, 1, lanes)],
-            T.reinterpret("uint8x64", T.broadcast(
+            T.reinterpret(f"uint8x{4 * lanes}", T.broadcast(
                 T.reinterpret("int32", aq[row, T.ramp(k4 * 4, 1, 4)]), lanes)),
             w[panel, k4, T.ramp(0, 1, 4 * lanes)])
 
@@ -79,7 +85,7 @@ def dot_step(isa: str, lanes: int, *, emulate: bool):
     the dot of ``aq[row, 4 k4 : 4 k4 + 4]`` (u8) with ``w[panel, k4, :]`` (s8, lanes x 4)."""
     if emulate:
         return _emulated_dot(lanes, saturate_pairs=isa == "avx2")
-    return _vnni_dot(lanes) if isa == "vnni" else _avx2_dot(lanes)
+    return _avx2_dot(lanes) if isa == "avx2" else _vnni_dot(lanes)
 
 
 __all__ = ["dot_step"]

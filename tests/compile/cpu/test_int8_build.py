@@ -75,6 +75,8 @@ def test_int8_kernel_follows_the_host_flags():
     assert kernel_precision("int8", False, spec) == "int8-vnni"
     ok, why = can_run(spec.requires, HostInfo(arch="x86_64", cpu_features=AVX2_HOST))
     assert not ok and "avx512_vnni" in why  # a VNNI build is refused on a host without VNNI
+    spec = precision_target(_cpu_spec(), "int8", host_features=AVX2_HOST | {"avx_vnni"})  # Alder Lake
+    assert "+avxvnni" in spec.target["mattr"] and kernel_precision("int8", False, spec) == "int8-avxvnni"
     spec = precision_target(_cpu_spec(), "int8", host_features=AVX2_HOST)
     assert "+avx512vnni" not in spec.target["mattr"] and kernel_precision("int8", False, spec) == "int8-avx2"
     assert kernel_precision("int8", True, _cpu_spec()) == "int8-vnni-emulated"

@@ -12,20 +12,23 @@ import subprocess
 import numpy as np
 import pytest
 
-from forgeline.compile.cpu.int8 import AVX2, VNNI, int8_dense, pack_weight
+from forgeline.compile.cpu.int8 import AVX2, AVX_VNNI, VNNI, int8_dense, pack_weight
 from forgeline.runtime.host import read_cpu_features
 
 FEATURES = read_cpu_features()
-NATIVE = {"vnni": set(VNNI.cpu_features) <= FEATURES, "avx2": set(AVX2.cpu_features) <= FEATURES}
-MCPU = {"vnni": "cascadelake", "avx2": "haswell"}  # the oldest Intel CPU with each
+ISAS = {"vnni": VNNI, "avxvnni": AVX_VNNI, "avx2": AVX2}
+NATIVE = {name: set(isa.cpu_features) <= FEATURES for name, isa in ISAS.items()}
+MCPU = {"vnni": "cascadelake", "avxvnni": "alderlake", "avx2": "haswell"}  # the first CPU with each
 K, N = 100, 70  # K not a multiple of 16 (the pre-pass's runs), N not of 32 (a panel pair)
 ROWS = [1, 5, 13, 30]  # around the 7- and 4-row tiles; one build serves all: m is symbolic
 VARIANTS = [pytest.param("vnni", True, id="vnni-emulated"), pytest.param("avx2", True, id="avx2-emulated"),
+            pytest.param("avxvnni", True, id="avxvnni-emulated"),
             pytest.param("vnni", False, id="vnni", marks=pytest.mark.skipif(
                 not NATIVE["vnni"], reason="this CPU has no AVX512-VNNI (avx512_vnni)")),
+            pytest.param("avxvnni", False, id="avxvnni", marks=pytest.mark.skipif(
+                not NATIVE["avxvnni"], reason="this CPU has no AVX-VNNI (avx_vnni)")),
             pytest.param("avx2", False, id="avx2", marks=pytest.mark.skipif(
                 not NATIVE["avx2"], reason="this CPU has no AVX2"))]
-ISAS = {"vnni": VNNI, "avx2": AVX2}
 _LIBS: dict = {}
 
 
@@ -117,7 +120,8 @@ def test_avx2_pair_sums_saturate_without_7_bit_weights(emulate):
     assert not np.all(got == 127 * 127 * K)  # what exact arithmetic gives
 
 
-@pytest.mark.parametrize("isa,mnemonics", [("vnni", ["vpdpbusd"]), ("avx2", ["vpmaddubsw", "vpmaddwd"])])
+@pytest.mark.parametrize("isa,mnemonics", [("vnni", ["vpdpbusd %zmm"]), ("avxvnni", ["{vex} vpdpbusd %ymm"]),
+                                            ("avx2", ["vpmaddubsw", "vpmaddwd"])])
 def test_kernel_object_holds_the_instruction(isa, mnemonics, tmp_path):
     path = tmp_path / f"{isa}.so"
     _build(isa, emulate=False).export_library(str(path))
