@@ -9,8 +9,9 @@ rate and so would be slower than the fp32 build, not faster. Naming an AMX CPU w
 cross-compiles a bf16 build here for such a host; it is then not checked here.
 
 int8 (cpu.int8_layers) runs on every x86-64 CPU with AVX2: ``vpdpbusd`` where the CPU has
-AVX512-VNNI (or its 256-bit form with AVX-VNNI), ``vpmaddubsw``/``vpmaddwd`` elsewhere. The kernel follows the host's /proc/cpuinfo
-flags, or on a cross compile (``mcpu``) the features LLVM gives that CPU; the build requires them.
+AVX512-VNNI (or its 256-bit form with AVX-VNNI), ``vpmaddubsw``/``vpmaddwd`` elsewhere. The
+kernel follows the host's /proc/cpuinfo flags, or on a cross compile (``mcpu``) the features LLVM
+gives that CPU; the build requires them.
 """
 
 from __future__ import annotations

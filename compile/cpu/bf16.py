@@ -11,6 +11,10 @@ constant ``(K, N)`` fp32 matrix, with the ``+ bias`` that follows it when the bi
 - What stays fp32: MoE routers (a matmul that feeds a softmax: the expert choice must not move
   with bf16 rounding), attention's batched matmuls (no constant operand), the experts' stacked
   3-D weights, layer norm, softmax and every reduction. Those keep the fp32 schedules.
+
+The rewrite itself (``rewrite_dense_layers``) serves every reduced precision: a ``DenseLowering``
+names the kernel, the build-time weight operands and the activations its epilogue can apply
+(int8_layers.py lowers to the int8 GEMM with GELU fused; the AMX kernel takes none).
 """
 
 from __future__ import annotations

@@ -103,8 +103,9 @@ def test_dequantized_output_with_bias_and_residual(isa, emulate):
         assert 0 < np.abs(got - exact).max() < 0.05 * np.abs(exact).max()
 
 
-@pytest.mark.parametrize("emulate", [pytest.param(True, id="emulated"), pytest.param(False, id="native", marks=pytest.mark.skipif(
-    not NATIVE["avx2"], reason="this CPU has no AVX2"))])
+@pytest.mark.parametrize("emulate", [
+    pytest.param(True, id="emulated"),
+    pytest.param(False, id="native", marks=pytest.mark.skipif(not NATIVE["avx2"], reason="this CPU has no AVX2"))])
 def test_avx2_pair_sums_saturate_without_7_bit_weights(emulate):
     """vpmaddubsw saturates u8 x s8 pair sums at int16: what 7-bit weights avoid (int8_dots.py)."""
     lib, rng = _build("avx2", emulate), np.random.default_rng(3)
