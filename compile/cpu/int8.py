@@ -140,6 +140,31 @@ def _quantize_rows(k: int, k_row: int, rows_pad):
     return quantize
 
 
+def tile_accumulator(isa: Int8Isa, rows: int, k: int, *, emulate: bool):
+    """The macro ``accumulate(acc, Aq, W, row0, panel0)``: ``acc (rows, 2 lanes)`` int32 = the dot
+    of ``Aq``'s rows ``row0..`` with panels ``panel0, panel0 + 1`` of ``W`` over all of K."""
+    from tvm.script import tirx as T
+
+    from .int8_dots import dot_step
+
+    dot = dot_step(isa.name, isa.lanes, emulate=emulate)
+    # The tile's rows and vectors are unrolled so that its accumulators get constant indices and
+    # live in registers; the emulation's loops would only make LLVM slower to compile.
+    tile_loop = T.serial if emulate else T.unroll
+
+    @T.macro
+    def accumulate(acc, Aq, W, row0, panel0):
+        for r in T.unroll(rows):
+            for c in T.vectorized(2 * isa.lanes):
+                acc[r, c] = 0
+        for k4 in range(padded(k, 4) // 4):
+            for r in tile_loop(rows):
+                for v in tile_loop(2):
+                    dot(acc, r, v, Aq, row0 + r, k4, W, panel0 + v)
+
+    return accumulate
+
+
 def int8_dense(k: int, n: int, isa: Int8Isa, *, residual: bool = False, emulate: bool = False,
                activation: str | None = None):
     """The PrimFunc ``(A (m, k) f32, W panels, s_w, comp, bias (n,) f32, [R (m, n) f32,] C (m, n) f32)``.
@@ -150,17 +175,13 @@ def int8_dense(k: int, n: int, isa: Int8Isa, *, residual: bool = False, emulate:
     from tvm.script import tirx as T
 
     from .gelu_math import GELU
-    from .int8_dots import dot_step
 
     lanes, rows = isa.lanes, isa.rows
     cols = 2 * lanes  # one tile: rows x 2 vectors
     k_pad, n_pad, k_row = padded(k, 4), padded(n, cols), padded(k, QUANT_LANES)
     pairs = n_pad // cols
     w_shape = (n_pad // lanes, k_pad // 4, 4 * lanes)
-    dot = dot_step(isa.name, lanes, emulate=emulate)
-    # The tile's rows and vectors are unrolled so that its accumulators get constant indices and
-    # live in registers; the emulation's loops would only make LLVM slower to compile.
-    tile_loop = T.serial if emulate else T.unroll
+    accumulate = tile_accumulator(isa, rows, k, emulate=emulate)
 
     def tiles(m):
         return (m + rows - 1) // rows
@@ -178,13 +199,7 @@ def int8_dense(k: int, n: int, isa: Int8Isa, *, residual: bool = False, emulate:
     def tile(Aq, W, Sa, Sw, Comp, Bias, R, C, t, pair, m):
         # No let-bound names in the task body: TVM heap-allocates each one per parallel iteration.
         acc = T.decl_buffer((rows, cols), "int32")  # rows x 2 vectors: 896 bytes on AVX-512
-        for r in T.unroll(rows):
-            for c in T.vectorized(cols):
-                acc[r, c] = 0
-        for k4 in range(k_pad // 4):
-            for r in tile_loop(rows):
-                for v in tile_loop(2):
-                    dot(acc, r, v, Aq, t * rows + r, k4, W, pair * 2 + v)
+        accumulate(acc, Aq, W, t * rows, pair * 2)
         if t * rows + rows <= m and pair * cols + cols <= n:
             for r in T.unroll(rows):
                 for c in T.vectorized(cols):

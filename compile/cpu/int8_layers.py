@@ -5,7 +5,8 @@ constant 2-D weight) are rewritten by the same Relax rewrite as bf16 (bf16.py,
 ``rewrite_dense_layers``) into calls of ``int8_dense`` (int8.py), with the weight quantized and
 packed here, at build time. What stays fp32 is what stays fp32 in bf16: MoE routers (a matmul
 feeding a softmax: quantization must not move the expert choice), attention's batched matmuls
-(no constant operand), the experts' stacked weights, layer norm, softmax and every reduction.
+(no constant operand), layer norm, softmax and every reduction. MoE experts' stacked weights go
+to the int8 grouped GEMM (int8_moe.py, through moe_rows.py: ``int8_experts``).
 
 The precision string of the pipeline names the kernel: ``int8-vnni``, ``int8-avx2``, with
 ``-emulated`` for the plain-TIR emulation of either (compile/precision.py picks it).
@@ -18,6 +19,7 @@ from dataclasses import replace
 from .bf16 import DenseLowering, rewrite_dense_layers
 from .gelu_math import GELU
 from .int8 import ISAS, int8_dense, pack_weight
+from .int8_moe import grouped_int8_kernel, pack_expert_weights
 
 
 def int8_lowering(isa_name: str, emulate: bool, rows: int | None = None) -> DenseLowering:
@@ -45,4 +47,16 @@ def int8_dense_matmuls(mod, precision: str, rows: int | None = None):
     return rewrite_dense_layers(mod, int8_lowering(isa_name, emulate=bool(emulated), rows=rows))
 
 
-__all__ = ["int8_dense_matmuls", "int8_lowering"]
+def int8_experts(precision: str) -> DenseLowering:
+    """The MoE experts' grouped GEMM in int8 (int8_moe.py), for moe_rows.compact_expert_rows."""
+    _, isa_name, *emulated = precision.split("-")
+    isa, emulate = ISAS[isa_name], bool(emulated)
+
+    def kernel(k: int, n: int):
+        return grouped_int8_kernel(k, n, isa, emulate=emulate), f"moe_grouped_int8_{isa.name}_{k}x{n}"
+
+    return DenseLowering(label=f"int8: the {isa.name} grouped kernel", kernel=kernel,
+                         weight_operands=lambda weight: pack_expert_weights(weight, isa))
+
+
+__all__ = ["int8_dense_matmuls", "int8_experts", "int8_lowering"]

@@ -57,10 +57,19 @@ def test_int8_gpt_with_generation_graphs_via_the_cli(tmp_path, capsys):
     assert _worst_error(out, tag) > 1e-4
 
 
-def test_emulated_int8_bert_matches_eager_fp32(tmp_path):
-    """The VNNI kernel's numerics in plain TIR loops, end to end, on any x86-64 host."""
-    out = tmp_path / "bert"
-    export_model("bert", out, ExportOptions(generation_graphs=False))
+def test_emulated_int8_bert_moe_matches_eager_fp32(tmp_path):
+    """The VNNI kernels' numerics in plain TIR loops, end to end, on any x86-64 host: dense
+    layers, the MLM head and the MoE experts' grouped GEMM in int8, the routers in fp32."""
+    from forgeline.compile.cpu.int8_layers import int8_dense_matmuls, int8_experts
+    from forgeline.compile.cpu.moe_rows import compact_expert_rows
+    from forgeline.compile.tvm_build import import_relax
+
+    out = tmp_path / "bert-moe"
+    export_model("bert-moe", out, ExportOptions(generation_graphs=False))
+    mod = int8_dense_matmuls(import_relax(out / "model.onnx"), "int8-vnni-emulated")
+    names = {gv.name_hint for gv in compact_expert_rows(mod, int8_experts("int8-vnni-emulated")).functions}
+    assert any(name.startswith("moe_grouped_int8") for name in names)
+    assert not any(name.startswith("moe_grouped_matmul") for name in names)  # no fp32 experts left
     manifest = compile_artifact(out, CompileOptions(precision="int8", emulate_int8=True))
     (tag,) = [t for t, b in manifest.builds.items() if b.precision == "int8"]
     assert tag.endswith("-int8emu") and manifest.stages[f"tvm/{tag}"].passed

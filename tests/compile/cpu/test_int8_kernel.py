@@ -148,3 +148,28 @@ def test_gelu_epilogue(op, approximate):
     pre = torch.from_numpy(_quantized_reference(a, w, bias, ISAS[isa].weight_max))
     want = torch.nn.functional.gelu(pre, approximate=approximate).numpy()
     assert np.allclose(out.numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("emulate", [
+    pytest.param(True, id="emulated"),
+    pytest.param(False, id="native", marks=pytest.mark.skipif(not NATIVE["vnni"], reason="this CPU has no AVX512-VNNI"))])
+def test_grouped_expert_gemm(emulate):
+    """MoE experts (int8_moe.py): each 8-row tile on its expert's weights, filled rows only."""
+    import tvm
+
+    from forgeline.compile.cpu.int8_moe import grouped_int8_kernel, pack_expert_weights
+
+    experts, k, n = 3, 40, 64
+    func = grouped_int8_kernel(k, n, VNNI, emulate=emulate).with_attr("global_symbol", "main")
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target({"kind": "llvm", "mcpu": MCPU["vnni"]}))
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((experts, k, n)).astype(np.float32)
+    bias = rng.standard_normal((experts, 1, n)).astype(np.float32)
+    tiles = np.array([[0, 8], [0, 3], [2, 5], [1, 1]], np.int64)  # (expert, filled rows) per tile
+    a = rng.standard_normal((8 * len(tiles), k)).astype(np.float32)
+    out = tvm.runtime.tensor(np.full((8 * len(tiles), n), np.nan, np.float32))
+    lib["main"](*(tvm.runtime.tensor(x) for x in (a, *pack_expert_weights(w, VNNI), bias, tiles)), out)
+    for t, (expert, filled) in enumerate(tiles):
+        rows = slice(8 * t, 8 * t + filled)
+        want = _quantized_reference(a[rows], w[expert], bias[expert, 0], VNNI.weight_max)
+        assert np.allclose(out.numpy()[rows], want, rtol=1e-5, atol=1e-5), t
