@@ -45,9 +45,15 @@ class CompileOptions:
     arch: str | None = None  # cuda: "sm_90" by default
     mcpu: str | None = None  # cpu: LLVM CPU name; detected from the host by default
     num_cores: int | None = None  # cpu: threads the schedules assume; all cores by default
-    precision: str = "fp32"  # of the dense matmuls: "fp32", "bf16" (CPU) or "fp16" (CUDA)
+    precision: str = "fp32"  # of the dense matmuls: "fp32", "bf16", "int8" (CPU) or "fp16" (CUDA)
     emulate_amx: bool = False  # bf16 instructions as TIR loops: same numerics, slow (for tests)
+    emulate_int8: bool = False  # int8 dot products (VNNI's) as TIR loops: same numerics (for tests)
     bf16_kernel: str = "auto"  # "amx" or "avx512bf16" forces one (precision.py); auto: the CPU's best
+
+    @property
+    def emulated(self) -> bool:
+        """Whether this build's reduced-precision instructions are emulated in TIR loops."""
+        return self.emulate_int8 if self.precision == "int8" else self.emulate_amx
 
 
 def resolve_precision_target(options: CompileOptions, tune: TuneOptions | None = None):
@@ -64,7 +70,7 @@ def resolve_precision_plan(options: CompileOptions, tune: TuneOptions | None = N
     spec = resolve_target(options.target, arch=options.arch, mcpu=options.mcpu, num_cores=options.num_cores)
     host_features = None if options.mcpu else read_cpu_features()  # an explicit mcpu: a cross build
     return plan_precision(spec, options.precision, host_features=host_features,
-                          emulate=options.emulate_amx, bf16_kernel=options.bf16_kernel)
+                          emulate=options.emulated, bf16_kernel=options.bf16_kernel)
 
 
 def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(),
@@ -149,13 +155,17 @@ def _build_libraries(root: Path, manifest: Manifest, spec, staged: Path, precisi
 
 
 def _kernel_note(kernels: str) -> str:
-    """What the build record says of its bf16 kernel."""
-    if not kernels.startswith("bf16"):
+    """What the build record says of its reduced-precision kernel ("bf16...", "int8-<isa>...")."""
+    if kernels.startswith("int8"):
+        precision, name = "int8", kernels.split("-")[1].upper()
+    elif kernels.startswith("bf16"):
+        precision, name = "bf16", "AVX512-BF16 (vdpbf16ps)" if "avx512bf16" in kernels else "AMX"
+    else:
         return ""
-    name = "AVX512-BF16 (vdpbf16ps)" if "avx512bf16" in kernels else "AMX"
     if kernels.endswith("emulated"):
-        return f" Its bf16 dense layers run the {name} kernel with the instructions emulated in TIR: same numerics, for checking only."
-    return f" Its bf16 dense layers run the {name} kernel."
+        return (f" Its {precision} dense layers run the {name} kernel with the instructions emulated in TIR: "
+                "same numerics, slow, for checking only.")
+    return f" Its {precision} dense layers run the {name} kernel."
 
 
 def _tolerance_record(precision: str) -> dict[str, float]:

@@ -13,6 +13,11 @@ decide for a native build; an explicit ``mcpu`` cross-compiles for that CPU (LLV
 it decide) and the build is then checked only if this host can run it. ``bf16_kernel`` forces
 one kernel (tests, and timing the AVX512-BF16 kernel on an AMX host); a forced kernel other than
 the one the CPU would get has the kernel in its tag.
+
+int8 (cpu.int8_layers) runs on every x86-64 CPU with AVX2: ``vpdpbusd`` where the CPU has
+AVX512-VNNI (or its 256-bit form with AVX-VNNI), ``vpmaddubsw``/``vpmaddwd`` elsewhere. The
+kernel follows the host's /proc/cpuinfo flags, or on a cross compile (``mcpu``) the features LLVM
+gives that CPU; the build requires them.
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ from forgeline.runtime.errors import ConfigError
 
 from .cpu.amx import AMX_CPU_FEATURES, AMX_LLVM_ATTRS
 from .cpu.dpbf16 import DPBF16_CPU_FEATURES, DPBF16_LLVM_ATTRS
+from .cpu.int8 import AVX2, AVX_VNNI, VNNI, Int8Isa
 from .targets import TargetSpec
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-_TARGET_KIND = {"bf16": "llvm", "fp16": "cuda"}  # where each reduced precision is built
+PRECISIONS = ("fp32", "bf16", "int8", "fp16")
+_TARGET_KIND = {"bf16": "llvm", "int8": "llvm", "fp16": "cuda"}  # where each reduced precision is built
 # bf16 kernels, in order of preference: (cpu features, LLVM attributes)
 BF16_KERNELS = {"amx": (AMX_CPU_FEATURES, AMX_LLVM_ATTRS),
                 "avx512bf16": (DPBF16_CPU_FEATURES, DPBF16_LLVM_ATTRS)}
@@ -37,7 +43,7 @@ class PrecisionPlan:
     """A precision build's target and the CPU pipeline's kernel switch (cpu.pipeline)."""
 
     spec: TargetSpec
-    kernels: str  # "fp32", "fp16", "bf16" (AMX), "bf16-avx512bf16", each + "-emulated" when so
+    kernels: str  # "fp32", "fp16", "bf16" (AMX), "bf16-avx512bf16", "int8-<isa>", each + "-emulated" when so
 
 
 def cpu_precisions() -> str:
@@ -77,6 +83,35 @@ def require_amx_host(cpu_features: frozenset, cpu_name: str) -> None:
     require_bf16_host(cpu_features, cpu_name, "amx")
 
 
+def int8_isa(cpu_features, cpu_name: str) -> Int8Isa:
+    """The int8 kernel for a CPU with ``cpu_features`` (/proc/cpuinfo spelling), or a refusal."""
+    for isa in (VNNI, AVX_VNNI, AVX2):  # the fastest first
+        if set(isa.cpu_features) <= set(cpu_features):
+            return isa
+    raise ConfigError(f"--precision int8 needs a CPU with AVX2 (or AVX512-VNNI), and {cpu_name} has "
+                      "neither; build fp32 (the default) here.")
+
+
+def _int8_target(spec: TargetSpec, host_features: frozenset | None) -> TargetSpec:
+    features = spec.requires.get("cpu_features", []) if host_features is None else host_features
+    isa = int8_isa(features, spec.target.get("mcpu", "?"))
+    target = dict(spec.target)
+    target["mattr"] = sorted(set(target.get("mattr", [])) | set(isa.llvm_attrs))
+    required = sorted(set(spec.requires.get("cpu_features", [])) | set(isa.cpu_features))
+    return replace(spec, tag=f"{spec.tag}-int8", target=target,
+                   requires={**spec.requires, "cpu_features": required})
+
+
+def kernel_precision(precision: str, emulated: bool, spec: TargetSpec | None = None) -> str:
+    """The int8 pipeline switch: "int8-<isa>", the kernel chosen from the features ``spec`` requires
+    (from ``_int8_target``); an emulated int8 build emulates the VNNI kernel."""
+    if precision != "int8":
+        raise ValueError(f"kernel_precision is for int8, not {precision}; plan_precision gives the others.")
+    features = spec.requires.get("cpu_features", []) if spec is not None else []
+    isa = VNNI if emulated else int8_isa(features, spec.tag if spec is not None else "?")
+    return f"int8-{isa.name}" + ("-emulated" if emulated else "")
+
+
 def plan_precision(spec: TargetSpec, precision: str, *, host_features: frozenset | None,
                    emulate: bool = False, bf16_kernel: str = "auto") -> PrecisionPlan:
     """The target of a ``precision`` build; ``host_features`` None means a cross compile.
@@ -95,6 +130,9 @@ def plan_precision(spec: TargetSpec, precision: str, *, host_features: frozenset
                           f"{spec.tag}; leave --precision at fp32 there.")
     if precision == "fp16":
         return PrecisionPlan(replace(spec, tag=f"{spec.tag}-fp16"), "fp16")
+    if precision == "int8":
+        target = replace(spec, tag=f"{spec.tag}-int8emu") if emulate else _int8_target(spec, host_features)
+        return PrecisionPlan(target, kernel_precision("int8", emulate, target))
     cpu_name = spec.target.get("mcpu", "?")
     features = host_features if host_features is not None else spec.requires.get("cpu_features", [])
     if emulate:
@@ -124,5 +162,5 @@ def precision_target(spec: TargetSpec, precision: str, *, host_features: frozens
                           bf16_kernel=bf16_kernel).spec
 
 
-__all__ = ["BF16_KERNELS", "PRECISIONS", "PrecisionPlan", "bf16_kernel_for", "cpu_precisions",
-           "plan_precision", "precision_target", "require_amx_host", "require_bf16_host"]
+__all__ = ["BF16_KERNELS", "PRECISIONS", "PrecisionPlan", "bf16_kernel_for", "cpu_precisions", "int8_isa",
+           "kernel_precision", "plan_precision", "precision_target", "require_amx_host", "require_bf16_host"]

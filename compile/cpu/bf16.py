@@ -1,5 +1,5 @@
-"""``--precision bf16`` on CPU: dense layers become calls of a bf16 GEMM (``DENSE_KERNELS``: the
-AMX one in amx.py, the AVX512-BF16 ``vdpbf16ps`` one in dpbf16.py; both take the same arguments).
+"""``--precision bf16`` on CPU: dense layers become calls of a bf16 GEMM: AMX tiles (amx.py) or
+AVX512-BF16's ``vdpbf16ps`` (dpbf16.py), as compile/precision.py picks for the CPU.
 
 Runs on the imported Relax module, before legalization. Every ``matmul(x, W)`` whose weight is a
 constant ``(K, N)`` fp32 matrix, with the ``+ bias`` that follows it when the bias is a constant
@@ -12,11 +12,17 @@ constant ``(K, N)`` fp32 matrix, with the ``+ bias`` that follows it when the bi
 - What stays fp32: MoE routers (a matmul that feeds a softmax: the expert choice must not move
   with bf16 rounding), attention's batched matmuls (no constant operand), the experts' stacked
   3-D weights, layer norm, softmax and every reduction. Those keep the fp32 schedules.
+
+The rewrite itself (``rewrite_dense_layers``) serves every reduced precision: a ``DenseLowering``
+names the kernel, the build-time weight operands and the activations its epilogue can apply
+(int8_layers.py lowers to the int8 GEMM with GELU fused; the AMX kernel takes none).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from . import amx, dpbf16
 
@@ -25,6 +31,37 @@ DENSE_KERNELS = {"amx": (amx.amx_dense, amx.pack_weight),
                  "avx512bf16": (dpbf16.dpbf16_dense, dpbf16.pack_weight)}
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DenseLowering:
+    """How a precision lowers ``x @ W + bias (+ residual)``: its kernel and its weight operands.
+
+    The kernel is called as ``kernel(x (m, K), *weight_operands(W), bias (N,), [residual (m, N),]
+    out (m, N))``; the operands are computed here at build time and embedded as constants.
+    """
+
+    label: str  # for the log line: what the dense layers run on
+    kernel: Callable  # (K, N, residual: bool[, activation: Relax op name]) -> (PrimFunc, name)
+    weight_operands: Callable  # (W (K, N) fp32 ndarray) -> list of ndarrays
+    activations: tuple[str, ...] = ()  # Relax ops on ``x @ W + bias`` the kernel's epilogue applies
+
+
+def bf16_lowering(kernel: str, emulate: bool) -> DenseLowering:
+    """The bf16 ``kernel`` of ``DENSE_KERNELS``; its PrimFuncs are named ``{kernel}_dense_KxN[_residual]``
+    (dense_gelu.py finds the AVX512-BF16 ones by that prefix)."""
+    make, pack = DENSE_KERNELS[kernel]
+
+    def build(k: int, n: int, residual: bool):
+        name = f"{kernel}_dense_{k}x{n}" + ("_residual" if residual else "")
+        return make(k, n, residual=residual, emulate=emulate), name
+
+    return DenseLowering(label=f"bf16: the {kernel} kernel" + (", emulated in TIR loops" if emulate else ""),
+                         kernel=build, weight_operands=lambda weight: [pack(weight)])
+
+
+def amx_lowering(emulate: bool) -> DenseLowering:
+    return bf16_lowering("amx", emulate)
 
 
 def _router_matmuls(func) -> list:
@@ -74,26 +111,24 @@ def _dense_shape(x, weight):
 class _Rewriter:
     """Builds the replacement calls and collects one kernel per (K, N)."""
 
-    def __init__(self, mod, emulate: bool, kernel: str = "amx"):
+    def __init__(self, mod, lowering: DenseLowering):
         from tvm import relax
 
         self.builder = relax.BlockBuilder(mod)  # add_func gives GlobalVars typed as PrimFuncs
-        self.emulate = emulate
-        self.kernel_name = kernel
-        self.make_kernel, self.pack_weight = DENSE_KERNELS[kernel]
-        self.kernels: dict = {}  # (K, N, residual) -> GlobalVar of its kernel
+        self.lowering = lowering
+        self.kernels: dict = {}  # (K, N, residual, activation) -> GlobalVar of its kernel
         self.count = 0
 
-    def kernel(self, k: int, n: int, residual: bool):
-        key = (k, n, residual)
+    def kernel(self, k: int, n: int, residual: bool, activation: str | None):
+        key = (k, n, residual, activation)
         if key not in self.kernels:
-            func = self.make_kernel(k, n, residual=residual, emulate=self.emulate)
-            name = f"{self.kernel_name}_dense_{k}x{n}" + ("_residual" if residual else "")
+            extra = (activation,) if activation else ()
+            func, name = self.lowering.kernel(k, n, residual, *extra)
             self.kernels[key] = self.builder.add_func(func, name)
         return self.kernels[key]
 
-    def dense(self, x, weight, bias, residual=None):
-        """The bf16 replacement of ``x @ weight + bias (+ residual)`` (bias a constant or None)."""
+    def dense(self, x, weight, bias, residual=None, activation: str | None = None):
+        """The replacement of ``act(x @ weight + bias) (+ residual)`` (bias a constant or None)."""
         import numpy as np
         from tvm import relax, tirx
 
@@ -103,12 +138,12 @@ class _Rewriter:
         for dim in lead[1:]:
             rows = rows * dim
         bias_const = bias if bias is not None else relax.const(np.zeros(n, np.float32))
-        packed = relax.const(self.pack_weight(weight.value.numpy()))
+        operands = [relax.const(v) for v in self.lowering.weight_operands(weight.value.numpy())]
         flat = relax.op.reshape(x, relax.ShapeExpr([rows, tirx.IntImm("int64", k)]))
-        args = [flat, packed, bias_const]
+        args = [flat, *operands, bias_const]
         if residual is not None:
             args.append(relax.op.reshape(residual, relax.ShapeExpr([rows, tirx.IntImm("int64", n)])))
-        out = relax.call_tir(self.kernel(k, n, residual is not None), args,
+        out = relax.call_tir(self.kernel(k, n, residual is not None, activation), args,
                              relax.TensorType([rows, n], "float32"))
         self.count += 1
         return relax.op.reshape(out, relax.ShapeExpr([*lead, tirx.IntImm("int64", n)]))
@@ -131,10 +166,15 @@ def _is_skip(call, other) -> bool:
 
 def bf16_dense_matmuls(mod, *, emulate: bool = False, kernel: str = "amx"):
     """Rewrite the dense layers of every Relax function in ``mod`` to the bf16 ``kernel``."""
+    return rewrite_dense_layers(mod, bf16_lowering(kernel, emulate))
+
+
+def rewrite_dense_layers(mod, lowering: DenseLowering):
+    """Rewrite the dense layers of every Relax function in ``mod`` to ``lowering``'s kernel."""
     from tvm import relax
     from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
-    rewriter = _Rewriter(mod.clone(), emulate, kernel)
+    rewriter = _Rewriter(mod.clone(), lowering)
     rewritten = {}
     x, weight, bias = wildcard(), is_const(), is_const()
     matmul = is_op("relax.matmul")(x, weight)
@@ -167,15 +207,24 @@ def bf16_dense_matmuls(mod, *, emulate: bool = False, kernel: str = "amx"):
 
         for pattern in residuals:
             func = rewrite_call(pattern, fuse_residual, func)
+        for op_name in lowering.activations:  # GELU on an FFN's first layer joins its epilogue
+
+            def fuse_activation(call, matches, op_name=op_name):
+                if not eligible(matches) or not _bias_of(matches[weight], matches[bias]):
+                    return call
+                return rewriter.dense(matches[x], matches[weight], matches[bias], activation=op_name)
+
+            func = rewrite_call(is_op(op_name)(with_bias), fuse_activation, func)
         func = rewrite_call(with_bias, fuse_bias, func)
         func = rewrite_call(matmul, plain, func)
         rewritten[gvar] = func
     mod = rewriter.builder.get()
     for gvar, func in rewritten.items():
         mod[gvar] = func
-    logger.info("bf16: %d dense matmuls on the %s kernel (%d kernel shapes)%s.", rewriter.count, kernel,
-                len(rewriter.kernels), ", emulated in TIR loops" if emulate else "")
+    logger.info("%d dense matmuls on %s (%d kernel shapes).", rewriter.count, lowering.label,
+                len(rewriter.kernels))
     return relax.transform.DeadCodeElimination()(mod)
 
 
-__all__ = ["DENSE_KERNELS", "bf16_dense_matmuls"]
+__all__ = ["DENSE_KERNELS", "DenseLowering", "amx_lowering", "bf16_dense_matmuls", "bf16_lowering",
+           "rewrite_dense_layers"]

@@ -254,8 +254,13 @@ def packed_panels(weight):
     return relax.const(w.reshape(E, K, N // COLS, COLS).transpose(0, 2, 1, 3).copy())  # (E, N/32, K, 32)
 
 
-def compact_expert_rows(mod):
-    """``mod`` with every MoE expert chain (module doc) running on its filled slots only."""
+def compact_expert_rows(mod, experts=None):
+    """``mod`` with every MoE expert chain (module doc) running on its filled slots only.
+
+    ``experts`` (a cpu.bf16.DenseLowering whose kernel takes (K, N) and whose weight operands
+    come from the stacked (E, K, N) weight) replaces the fp32 grouped GEMM by a reduced
+    precision's, with the same arguments after the weight (int8_moe.py).
+    """
     from tvm import relax
 
     builder = relax.BlockBuilder(mod)
@@ -269,7 +274,7 @@ def compact_expert_rows(mod):
     count = 0
     for gvar, func in list(mod.functions.items()):
         if isinstance(func, relax.Function):
-            rewriter = _ExpertRows(mod, kernel)
+            rewriter = _ExpertRows(mod, kernel, experts)
             builder.update_func(gvar, rewriter.visit_expr(func))
             count += rewriter.count
     if count:
@@ -307,9 +312,10 @@ def _mutator():
 
     @relax.expr_functor.mutator
     class ExpertRows(relax.PyExprMutator):
-        def __init__(self, module, kernel):
+        def __init__(self, module, kernel, experts):
             super().__init__(module)
             self.kernel = kernel
+            self.experts = experts
             self.count = 0
 
         def _bound(self, expr):
@@ -408,15 +414,19 @@ def _mutator():
 
         def _grouped(self, rows, weight, bias, tile_info):
             _, k_dim, n_dim = (int(v) for v in weight.ty.shape.values)
-            kernel = self.kernel(f"moe_grouped_matmul_{k_dim}x{n_dim}", lambda: grouped_matmul_kernel(k_dim, n_dim))
             out = relax.TensorType([rows.ty.shape.values[0], n_dim], "float32")
+            if self.experts is not None:
+                func, name = self.experts.kernel(k_dim, n_dim)
+                operands = [relax.const(v) for v in self.experts.weight_operands(weight.value.numpy())]
+                return relax.call_tir(self.kernel(name, lambda: func), [rows, *operands, bias, tile_info], out_ty=out)
+            kernel = self.kernel(f"moe_grouped_matmul_{k_dim}x{n_dim}", lambda: grouped_matmul_kernel(k_dim, n_dim))
             return relax.call_tir(kernel, [rows, packed_panels(weight), bias, tile_info], out_ty=out)
 
     return ExpertRows
 
 
-def _ExpertRows(module, kernel):  # noqa: N802 - builds the mutator class on first use (TVM import)
-    return _mutator()(module, kernel)
+def _ExpertRows(module, kernel, experts=None):  # noqa: N802 - builds the mutator class on first use (TVM import)
+    return _mutator()(module, kernel, experts)
 
 
 __all__ = ["combine_rows_kernel", "compact_expert_rows", "expert_counts_kernel", "grouped_matmul_kernel", "pack_rows_kernel",

@@ -34,6 +34,7 @@ from forgeline.runtime.backends.cpu_kernels import MATMUL_FUNC
 from .bf16 import bf16_dense_matmuls
 from .dense_gelu import fuse_dense_gelu
 from .fast_math import fast_math
+from .int8_layers import int8_dense_matmuls, int8_experts
 from .matmul import matmul_rule
 from .moe_rows import compact_expert_rows
 from .row_lanes import row_lanes_rule
@@ -106,10 +107,11 @@ def unscheduled_kernels(mod) -> list[str]:
                   if isinstance(func, tvm.tirx.PrimFunc) and not (func.attrs and func.attrs.get("tirx.is_scheduled")))
 
 
-def rewrite_graph(mod):
+def rewrite_graph(mod, experts=None):
     """The Relax-level rewrites every CPU build makes before legalization, tuned or not: MoE
-    experts on their filled rows (moe_rows.py), vectorizable exp/tanh/erf (fast_math.py)."""
-    return fast_math(compact_expert_rows(mod))
+    experts on their filled rows (moe_rows.py; ``experts``: a reduced precision's grouped GEMM),
+    vectorizable exp/tanh/erf (fast_math.py)."""
+    return fast_math(compact_expert_rows(mod, experts))
 
 
 def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: int | None = None,
@@ -137,12 +139,16 @@ def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: 
         raise ValueError(f"apply_cpu_defaults is for llvm targets, not {target.kind.name}.")
     if offload_matmul:
         mod = offload_matmuls(mod)
-    if precision != "fp32":  # "bf16[-avx512bf16][-emulated]" (compile/precision.py)
+    experts = None
+    if precision.startswith("int8"):  # "int8-<isa>[-emulated]" (compile/precision.py)
+        mod = int8_dense_matmuls(mod, precision, rows=gemm_rows)
+        experts = int8_experts(precision)
+    elif precision != "fp32":  # "bf16[-avx512bf16][-emulated]"
         kernel = "avx512bf16" if "avx512bf16" in precision else "amx"
         mod = bf16_dense_matmuls(mod, emulate=precision.endswith("-emulated"), kernel=kernel)
         if kernel == "avx512bf16":
             mod = fuse_dense_gelu(mod, emulate=precision.endswith("-emulated"))
-    mod = rewrite_graph(mod)
+    mod = rewrite_graph(mod, experts)
     with target:
         mod = tvm.transform.Sequential(cpu_generic.library_dispatch_passes(target)
                                        + cpu_generic.legalize_passes(target))(mod)

@@ -28,8 +28,9 @@ def compile_args(p: argparse.ArgumentParser, with_path: bool = True) -> None:
     p.add_argument("--target", default="cpu", help="target preset: cpu (this host's CPU) or cuda (default: cpu)")
     p.add_argument("--arch", help="CUDA architecture for --target cuda (default: sm_90)")
     p.add_argument("--mcpu", help="LLVM CPU name for --target cpu (default: detected from this host)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8", "fp16"],
                    help="precision of the matmuls: fp32 (default); bf16 on CPUs with AVX512-BF16 or AMX (--target cpu); "
+                        "int8 (dynamic quantization) on x86-64 CPUs with AVX2 or VNNI (--target cpu); "
                         "fp16 on CUDA tensor cores (--target cuda). Routers, norms and softmax stay fp32")
     add_tuning_flags(p)
 
