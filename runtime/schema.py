@@ -76,6 +76,8 @@ def check_build(d: Any, where: str) -> None:
     if d["kind"] not in BUILD_KINDS:
         raise _fail(f"{where}.kind", f"is {d['kind']!r}, not one of {', '.join(sorted(BUILD_KINDS))}")
     _str_map(d.get("graph_libs", {}), f"{where}.graph_libs")
+    for i, layer in enumerate(expect(d.get("dense_layers", []), list, f"{where}.dense_layers")):
+        expect(layer, str, f"{where}.dense_layers[{i}]")
     for key, bucket in expect(d.get("buckets", {}), dict, f"{where}.buckets").items():
         expect(bucket, dict, f"{where}.buckets[{key!r}]")
         expect(bucket.get("lib"), str, f"{where}.buckets[{key!r}].lib")
