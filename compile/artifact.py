@@ -93,7 +93,7 @@ def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(
         build, files = _build_into(root, manifest, plan, staged, options)
         record = _check_staged(root, manifest, build, files)
         if record is not None and not record.passed:
-            raise_if_failed(record)  # the artifact keeps what it had
+            raise_if_failed(record, manifest.reference)  # the artifact keeps what it had
         build, files = _rebase(build, files, f"{TVM_DIR}/{staged.name}/", f"{TVM_DIR}/{spec.tag}/")
 
         def add(current: Manifest) -> None:

@@ -25,7 +25,8 @@ importer takes it. ``normalize_for_import`` (onnx_fixups.py) runs them before ev
   as one ``Attention`` node; TVM 0.27's converter of that name is for Microsoft's contrib op and
   fails ("'num_heads'"). The 4-D form without a KV cache, causal flag or softcap is
   ``Softmax(Q Kᵀ · scale + mask) V`` (a boolean mask adds 0 where true and -inf elsewhere, as the
-  ONNX specification states), and is written out as those ops.
+  ONNX specification states; a query with every key masked gets 0, as ONNX Runtime and torch give),
+  and is written out as those ops.
 """
 
 from __future__ import annotations
@@ -178,8 +179,13 @@ def _attention_nodes(model, node, scale: float, boolean_mask: bool | None) -> li
             bias = f"{stem}_bias"
         nodes.append(helper.make_node("Add", [scores, bias], [f"{stem}_masked"]))
         scores = f"{stem}_masked"
-    nodes += [helper.make_node("Softmax", [scores], [f"{stem}_weights"], axis=-1),
-              helper.make_node("MatMul", [f"{stem}_weights", v], [node.output[0]])]  # (B, H, S, D)
+    nodes.append(helper.make_node("Softmax", [scores], [f"{stem}_weights"], axis=-1))
+    weights = f"{stem}_weights"
+    if boolean_mask is not None:  # a query whose keys are all masked gets 0, as ONNX Runtime and torch give
+        nodes += [helper.make_node("IsNaN", [weights], [f"{stem}_empty"]),
+                  helper.make_node("Where", [f"{stem}_empty", f"{stem}_zero", weights], [f"{stem}_kept"])]
+        weights = f"{stem}_kept"
+    nodes.append(helper.make_node("MatMul", [weights, v], [node.output[0]]))  # (B, H, S, D)
     return nodes
 
 

@@ -101,7 +101,7 @@ def record_ort_parity(root: Path, manifest: Manifest) -> None:
         manifest.stages[ORT_STAGE] = with_generation_rows(model.selfcheck(), model)
     manifest.save(root)
     log.info("ONNX Runtime vs %s: %s", manifest.reference, "pass" if manifest.stages[ORT_STAGE].passed else "FAIL")
-    raise_if_failed(manifest.stages[ORT_STAGE])  # the error names every output that missed
+    raise_if_failed(manifest.stages[ORT_STAGE], manifest.reference)  # the error names every output that missed
 
 
 def _ship_tokenizer(out: Path, model: ForgelineModel, options: ExportOptions) -> str | None:

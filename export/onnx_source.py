@@ -10,7 +10,7 @@ sentence. The bundle's model.onnx is the same graph, its weights moved into mode
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ class OnnxSource:
     path: Path
     max_bytes: int = DEFAULT_MAX_BYTES  # refuse a model (graph + external data) larger than this
     name: str | None = None  # the artifact's model name; the file's stem by default
+    dim_limits: dict[str, int] = field(default_factory=dict)  # max size per symbolic dim (a file states none)
 
 
 def import_onnx_into(source: OnnxSource, out: Path, versions: dict[str, str]) -> Manifest:
@@ -47,17 +48,31 @@ def import_onnx_into(source: OnnxSource, out: Path, versions: dict[str, str]) ->
     onnx.save_model(model, str(out / ONNX_FILE), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=DATA_FILE, size_threshold=1024)
     config = {"file": path.name, "opset": opset, "producer": model.producer_name}
-    manifest = new_manifest(source.name or path.stem, "onnx", config, specs, {}, versions)
-    inputs = [random_inputs(specs, sizes, seed) for seed, sizes in enumerate(case_shapes(specs))]
+    limits = _checked_limits(source.dim_limits, specs)
+    manifest = new_manifest(source.name or path.stem, "onnx", config, specs, limits, versions)
+    inputs = [random_inputs(specs, sizes, seed) for seed, sizes in enumerate(case_shapes(specs, limits=limits))]
     return finish_bundle(out, manifest, make_cases(inputs, reference))
 
 
-def case_shapes(specs: list[TensorSpec], first: int = 0, count: int = 2) -> list[dict[str, int]]:
+def case_shapes(specs: list[TensorSpec], first: int = 0, count: int = 2,
+                limits: dict[str, int | None] | None = None) -> list[dict[str, int]]:
     """Sizes of the symbolic dims for ``count`` cases (one when the graph has none)."""
     dims = symbolic_dims(specs)
     if not dims:
         return [{}]
-    return [golden_sizes(dims, first + i, leading_dims(specs), {}) for i in range(count)]
+    return [golden_sizes(dims, first + i, leading_dims(specs), limits or {}) for i in range(count)]
+
+
+def _checked_limits(limits: dict[str, int], specs: list[TensorSpec]) -> dict[str, int]:
+    """The stated limits, each naming a symbolic dim of the file and at least 1."""
+    dims = symbolic_dims(specs)
+    for dim, limit in limits.items():
+        if dim not in dims:
+            raise ConfigError(f"a limit is given for dim {dim!r}, but the file's inputs have the symbolic dims "
+                              f"{', '.join(dims) or '(none)'}.")
+        if not isinstance(limit, int) or limit < 1:
+            raise ConfigError(f"the limit of dim {dim!r} is {limit!r}; give a size of at least 1.")
+    return dict(limits)
 
 
 def read_onnx(path: Path, max_bytes: int):

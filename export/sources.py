@@ -19,7 +19,7 @@ from .onnx_source import DEFAULT_MAX_BYTES, OnnxSource, import_onnx_into
 
 def source_of(model: Any, *, example_inputs=None, example_kwargs=None, dynamic_shapes=None,
               input_names=None, output_names=None, max_onnx_bytes: int | None = None,
-              name: str | None = None) -> ModuleSource | OnnxSource | None:
+              name: str | None = None, dim_limits: dict[str, int] | None = None) -> ModuleSource | OnnxSource | None:
     """A ModuleSource for an nn.Module, an OnnxSource for an .onnx path, None for a registry name."""
     import torch
 
@@ -29,6 +29,8 @@ def source_of(model: Any, *, example_inputs=None, example_kwargs=None, dynamic_s
         return ModuleSource(module=model, example_inputs=example_inputs or (), example_kwargs=example_kwargs or {},
                             dynamic_shapes=dynamic_shapes, input_names=input_names, output_names=output_names,
                             name=name)
+    if dim_limits and isinstance(model, torch.nn.Module):
+        raise ConfigError("dim_limits apply to an ONNX file; a module's limits are its Dim maxima.")
     module_only = {"example_inputs": example_inputs, "example_kwargs": example_kwargs,
                    "dynamic_shapes": dynamic_shapes, "input_names": input_names, "output_names": output_names}
     given = [key for key, value in module_only.items() if value is not None]
@@ -36,7 +38,7 @@ def source_of(model: Any, *, example_inputs=None, example_kwargs=None, dynamic_s
         if given:
             raise ConfigError(f"{', '.join(given)} apply to an nn.Module; an ONNX file names its own inputs.")
         return OnnxSource(path=Path(model), max_bytes=DEFAULT_MAX_BYTES if max_onnx_bytes is None else max_onnx_bytes,
-                          name=name)
+                          name=name, dim_limits=dict(dim_limits or {}))
     if not isinstance(model, str):
         raise ConfigError(f"build takes a registry name, an nn.Module or an .onnx path, not a {type(model).__name__}.")
     if given:

@@ -26,6 +26,7 @@ def build(
     input_names: list[str] | None = None,
     output_names: list[str] | None = None,
     max_onnx_bytes: int | None = None,
+    dim_limits: dict[str, int] | None = None,
     name: str | None = None,
 ) -> CheckReport:
     """Export ``model``, compile (and optionally tune) it for one target, and check every stage.
@@ -35,8 +36,8 @@ def build(
     - an ``nn.Module``, with ``example_inputs=(tensor, ...)`` (and ``example_kwargs={...}``),
       ``dynamic_shapes`` in torch.export's convention, optional ``input_names`` and ``output_names``:
       its eager outputs are the reference;
-    - the path of an ONNX file (a ``Path``, or a string ending in .onnx), with ``max_onnx_bytes``:
-      ONNX Runtime on that file is the reference.
+    - the path of an ONNX file (a ``Path``, or a string ending in .onnx), with ``max_onnx_bytes`` and
+      ``dim_limits`` ({"seq": 512}: a file states none): ONNX Runtime on that file is the reference.
     ``name=`` names a module's or a file's artifact.
 
     The whole artifact is built in a staging folder beside ``out_dir`` and swapped in only once it
@@ -47,7 +48,7 @@ def build(
 
     own = source_of(model, example_inputs=example_inputs, example_kwargs=example_kwargs,
                     dynamic_shapes=dynamic_shapes, input_names=input_names, output_names=output_names,
-                    max_onnx_bytes=max_onnx_bytes, name=name)
+                    max_onnx_bytes=max_onnx_bytes, dim_limits=dim_limits, name=name)
     resolve_precision_target(compile_options, tune)  # a refusal (bf16 without AVX512-BF16 or AMX) before export
     with staged_artifact(Path(out_dir), export_options.overwrite) as staged:
         if own is None:

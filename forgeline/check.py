@@ -110,7 +110,7 @@ def _outside_registry(root: Path, ort_model: Model, fresh_cases: int) -> tuple[l
     # inputs at other shapes get its outputs now.
     report.stages[0].stage = GOLDEN_FILE
     fresh = [random_inputs(manifest.inputs, sizes, FRESH_SEED + i)
-             for i, sizes in enumerate(case_shapes(manifest.inputs, first=2, count=fresh_cases))]
+             for i, sizes in enumerate(case_shapes(manifest.inputs, 2, fresh_cases, manifest.dim_limits))]
     cases = golden + [GoldenCase(f"fresh{i}", arrays, ort_model.run(**arrays)) for i, arrays in enumerate(fresh)]
     report.note = "ONNX Runtime on the artifact's copy of the file, rerun now on the golden and fresh inputs"
     return cases, report

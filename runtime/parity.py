@@ -86,8 +86,8 @@ def stage_record(stage: str, rows: list[OutputParity], tolerance: Tolerance) -> 
     return StageRecord(stage=stage, passed=all(r.passed for r in rows), tolerance=tolerance, parity=rows)
 
 
-def raise_if_failed(record: StageRecord) -> None:
-    """Raise one ParityError that lists every failing output of a stage."""
+def raise_if_failed(record: StageRecord, reference: str = "eager PyTorch") -> None:
+    """Raise one ParityError that lists every failing output of a stage against ``reference``."""
     if record.passed:
         return
     failures = [r for r in record.parity if not r.passed]
@@ -100,7 +100,7 @@ def raise_if_failed(record: StageRecord) -> None:
         details += "; also " + "; ".join(recorded)
     tol = record.tolerance
     raise ParityError(
-        f"{record.stage} does not match eager PyTorch within atol {tol.atol:g} / rtol {tol.rtol:g}: {details}."
+        f"{record.stage} does not match {reference} within atol {tol.atol:g} / rtol {tol.rtol:g}: {details}."
     )
 
 

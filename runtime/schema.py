@@ -85,6 +85,8 @@ def check_build(d: Any, where: str) -> None:
     expect(d.get("params_file", ""), str, f"{where}.params_file")
     for lib, keys in expect(d.get("lib_params", {}), dict, f"{where}.lib_params").items():
         _str_list(keys, f"{where}.lib_params[{lib!r}]")
+    for i, layer in enumerate(expect(d.get("dense_layers", []), list, f"{where}.dense_layers")):
+        expect(layer, str, f"{where}.dense_layers[{i}]")
     for key, bucket in expect(d.get("buckets", {}), dict, f"{where}.buckets").items():
         expect(bucket, dict, f"{where}.buckets[{key!r}]")
         expect(bucket.get("lib"), str, f"{where}.buckets[{key!r}].lib")

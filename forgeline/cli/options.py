@@ -41,6 +41,9 @@ def build_args(p: argparse.ArgumentParser) -> None:
                    help="build this ONNX file instead of a registry model (ONNX Runtime on it is the reference)")
     p.add_argument("--max-onnx-mb", type=int, default=4096,
                    help="refuse an --onnx model larger than this, external data included (default: 4096)")
+    p.add_argument("--dim-limit", action="append", default=[], metavar="DIM=N",
+                   help="--onnx: the largest size of a symbolic dim, e.g. seq=512 (a position table's rows); "
+                        "repeatable")
     compile_args(p, with_path=False)
 
 
@@ -49,10 +52,22 @@ def build_source(args: argparse.Namespace) -> tuple[str | Path, dict]:
     if args.onnx is not None:
         if args.model or args.from_hf or args.weights:
             raise ConfigError("--onnx builds that file alone; leave out the model name, --from-hf and --weights.")
-        return args.onnx, {"max_onnx_bytes": args.max_onnx_mb << 20}
+        return args.onnx, {"max_onnx_bytes": args.max_onnx_mb << 20, "dim_limits": _dim_limits(args.dim_limit)}
     if not args.model:
         raise ConfigError("name a model (see `forgeline models`), or pass --onnx FILE.")
+    if args.dim_limit:
+        raise ConfigError("--dim-limit applies to --onnx files; a registry model knows its limits.")
     return args.model, {}
+
+
+def _dim_limits(items: list[str]) -> dict[str, int]:
+    limits = {}
+    for item in items:
+        dim, _, size = item.partition("=")
+        if not dim or not size.isdigit():
+            raise ConfigError(f"--dim-limit {item!r} is not DIM=N; write it like seq=512.")
+        limits[dim] = int(size)
+    return limits
 
 
 def backend_args(p: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def print_stages(manifest) -> None:
     for stage in manifest.stages.values():
-        print(f"  {stage.stage}: {'pass' if stage.passed else 'FAIL'} vs eager PyTorch")
+        print(f"  {stage.stage}: {'pass' if stage.passed else 'FAIL'} vs {manifest.reference}")
 
 
 def print_report(report) -> int:

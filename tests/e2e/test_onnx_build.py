@@ -20,6 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from forgeline.cli.app import main
 from forgeline.runtime import load
+from forgeline.runtime.errors import InputError
 from forgeline.runtime.format import DEFAULT_TOLERANCE
 
 VOCAB = 99
@@ -54,7 +55,8 @@ def _export_hf(kind: str, folder: Path) -> Path:
 def test_transformers_graphs_build_and_match_onnx_runtime(kind, tmp_path, capsys):
     path = _export_hf(kind, tmp_path / "user")
     out = tmp_path / "artifact"
-    assert main(["-q", "build", "--onnx", str(path), "-o", str(out)]) == 0, capsys.readouterr().err
+    argv = ["-q", "build", "--onnx", str(path), "-o", str(out), "--dim-limit", "seq=64"]  # the position table's rows
+    assert main(argv) == 0, capsys.readouterr().err
     assert "all stages match ONNX Runtime" in capsys.readouterr().out
     session = ort.InferenceSession(str(path))
     names = [o.name for o in session.get_outputs()]
@@ -68,6 +70,8 @@ def test_transformers_graphs_build_and_match_onnx_runtime(kind, tmp_path, capsys
             got = model.run(**arrays)
             for name, expected in zip(names, session.run(names, arrays)):
                 np.testing.assert_allclose(got[name], expected, atol=DEFAULT_TOLERANCE.atol, rtol=DEFAULT_TOLERANCE.rtol)
+        with pytest.raises(InputError, match="at most seq=64"):  # past the table: refused, never read out of bounds
+            model.run(input_ids=np.zeros((1, 65), np.int64), attention_mask=np.ones((1, 65), np.int64))
 
 
 def _zoo_with_random_weights(path: Path) -> Path:

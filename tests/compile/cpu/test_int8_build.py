@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from forgeline.cli import main
+from forgeline.cli.app import main
 from forgeline.compile import CompileOptions, compile_artifact
 from forgeline.compile.precision import kernel_precision, precision_target
 from forgeline.compile.targets import TargetSpec
