@@ -18,6 +18,7 @@ from forgeline.define.moe import trace_shift
 from forgeline.runtime.errors import ExportError, error_summary
 from forgeline.runtime.format import ONNX_FILE
 from forgeline.runtime.inputs import symbolic_dims
+from forgeline.runtime.storage import errno_in_text, is_storage_errno, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,9 @@ def export_onnx(model: torch.nn.Module, out_dir: Path, dim_limits: dict[str, int
                 verbose=False,
             )
     except Exception as exc:  # the exporter raises many internal types; the user needs one sentence
+        code = getattr(exc, "errno", None) or errno_in_text(str(exc))
+        if is_storage_errno(code):  # the disk filled up (or is read-only) under the exporter
+            raise storage_error(exc, f"Writing the ONNX graph to {path.parent}", code) from exc
         raise ExportError(f"torch.onnx.export failed for {type(model).__name__}: {error_summary(exc)}") from exc
     log.info("exported in %.1f s", time.perf_counter() - start)
     check_onnx(path)
