@@ -19,6 +19,7 @@ from forgeline.define.moe import trace_shift
 from forgeline.runtime.errors import ExportError, error_summary
 from forgeline.runtime.format import ONNX_FILE
 from forgeline.runtime.inputs import symbolic_dims
+from forgeline.runtime.storage import errno_in_text, is_storage_errno, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,9 @@ def export_graph(module: torch.nn.Module, args: tuple, kwargs: dict, path: Path,
                 verbose=False,
             )
     except Exception as exc:  # the exporter raises many internal types; the user needs one sentence
+        code = getattr(exc, "errno", None) or errno_in_text(str(exc))
+        if is_storage_errno(code):  # the disk filled up (or is read-only) under the exporter
+            raise storage_error(exc, f"Writing the ONNX graph to {path.parent}", code) from exc
         raise ExportError(f"torch.onnx.export failed for {type(module).__name__}: {_root_cause(exc)}") from exc
     log.info("exported in %.1f s", time.perf_counter() - start)
     check_onnx(path)

@@ -98,11 +98,12 @@ def _safetensors_header(path: Path) -> dict:
 def check_npz_headers(path: Path, specs: list[TensorSpec], limits: Mapping[str, int | None],
                       flag: str = "--inputs") -> None:
     """Refuse an .npz whose members declare arrays larger than the model accepts, before decompressing any."""
+    from .validate import _check_names
+
     by_name = {spec.name: spec for spec in specs}
-    for name, shape, dtype in _declared_arrays(path, flag):
-        if name not in by_name:
-            raise InputError(f"{flag} {path} holds an array {name!r}, but the model takes {', '.join(by_name)}; "
-                             "save only those.")
+    declared = _declared_arrays(path, flag)
+    _check_names({name: None for name, _, _ in declared}, specs)  # the names first, as Model.run would
+    for name, shape, dtype in declared:
         _check_declared(flag, path, by_name[name], shape, dtype, limits)
 
 
