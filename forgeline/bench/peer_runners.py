@@ -53,7 +53,25 @@ def quantized_onnx(root: Path, work: Path) -> Path:
 
     out = work / "model.int8.onnx"
     if not out.is_file():
-        quantize_dynamic(str(root / ONNX_FILE), str(out), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(_constant_folded(root, work)), str(out), weight_type=QuantType.QInt8)
+    return out
+
+
+def _constant_folded(root: Path, work: Path) -> Path:
+    """model.onnx after ONNX Runtime's basic optimizations (constant folding), as ORT's quantization
+    pre-processing does: the graph reads Linear weights from the checkpoint as ``Transpose(W)``, and
+    ``quantize_dynamic`` quantizes only a MatMul whose weight is an initializer."""
+    import onnxruntime as ort
+
+    out = work / "model.folded.onnx"
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(out)
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                     "model.folded.onnx.data")
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    ort.InferenceSession(str(root / ONNX_FILE), options, providers=["CPUExecutionProvider"])
     return out
 
 
