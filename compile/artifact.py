@@ -29,6 +29,7 @@ from .cpu.matmul import DECODE_ROWS
 from .params_store import ParamStoreWriter
 from .precision import kernel_precision, precision_target
 from .guards import watch_interrupts
+from .memory import release_freed_memory
 from .targets import resolve_target
 from .tuning import TuneOptions, tune_artifact
 from .tvm_build import build_tvm
@@ -67,6 +68,7 @@ def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(
     With ``tune``, also add a tuned static-shape build per bucket (compile/tuning/).
     """
     root = Path(path)
+    release_freed_memory()  # what an export in this process freed (forgeline build)
     manifest = Manifest.load(root)
     check_confinement(root, manifest)
     manifest.verify_files(root)
@@ -137,6 +139,7 @@ def _build_libraries(root: Path, manifest: Manifest, spec, staged: Path, precisi
     build.lib_params[build.lib] = store.add(result.params)
     files = {rel(name): sha256_file(root / rel(name)) for name in [result.lib_file, *result.extra_files]}
     del result  # its weights are in the store's file now
+    release_freed_memory()
     build.graph_libs = _build_graphs(root, manifest, spec, staged, files, precision, store, build.lib_params)
     return build, files
 
@@ -183,6 +186,7 @@ def _build_graphs(root: Path, manifest: Manifest, spec, build_dir: Path, files: 
         libs[name] = f"{TVM_DIR}/{build_dir.name}/{name}/{result.lib_file}"
         lib_params[libs[name]] = store.add(result.params)
         del result  # its weights are in the store's file now (or were there already)
+        release_freed_memory()
     return libs
 
 
