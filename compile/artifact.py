@@ -21,6 +21,7 @@ from forgeline.runtime.errors import ArtifactError, CompileError, ConfigError
 from forgeline.runtime.format import ONNX_FILE, TVM_DIR, BuildRecord, Manifest, StageRecord, precision_tolerance
 from forgeline.runtime.host import can_run, describe_host, read_cpu_features
 from forgeline.runtime.kv_check import with_generation_rows
+from forgeline.runtime.memory import release_freed_memory
 from forgeline.runtime.model import load, open_model
 from forgeline.runtime.params_file import PARAMS_FILE
 from forgeline.runtime.parity import raise_if_failed
@@ -29,7 +30,6 @@ from .cpu.matmul import DECODE_ROWS
 from .params_store import ParamStoreWriter
 from .precision import kernel_precision, precision_target
 from .guards import watch_interrupts
-from .memory import release_freed_memory
 from .targets import resolve_target
 from .tuning import TuneOptions, tune_artifact
 from .tvm_build import build_tvm
