@@ -47,7 +47,7 @@ SAMPLE_S = 0.1
 STAGE_MARKS = [(("export ",), "export: torch -> ONNX, golden, ORT parity"),
                (("compile ", " for "), "compile: main"), (("building graph prefill",), "compile: prefill"),
                (("building graph decode",), "compile: decode"),
-               (("stored ",), "compile: staged build vs golden (TVM)"),
+               (("distinct parameter tensors",), "compile: staged build vs golden (TVM)"),
                (("tvm/", "vs eager: pass"), "check: eager + ORT + TVM (forgeline check)")]
 
 
