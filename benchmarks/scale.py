@@ -43,10 +43,12 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # Qwen2-0.5B's shapes in the gpt family (see the docstring for the FFN width).
 QWEN05_SHAPES = dict(d_model=896, n_layers=24, n_heads=14, d_ff=7296, vocab_size=151936, max_positions=512)
 SAMPLE_S = 0.1
-# Log lines that open a stage of the build, in order (substring -> stage name).
-STAGE_MARKS = [("export ", "export: torch -> ONNX"), ("ONNX Runtime vs eager", "export: ORT parity"),
-               ("compile ", "compile: main"), ("building graph prefill", "compile: prefill"),
-               ("building graph decode", "compile: decode"), ("stored ", "compile: check vs eager")]
+# Log lines that open a stage of the build, in order (substrings -> stage name).
+STAGE_MARKS = [(("export ",), "export: torch -> ONNX, golden, ORT parity"),
+               (("compile ", " for "), "compile: main"), (("building graph prefill",), "compile: prefill"),
+               (("building graph decode",), "compile: decode"),
+               (("distinct parameter tensors",), "compile: staged build vs golden (TVM)"),
+               (("tvm/", "vs eager: pass"), "check: eager + ORT + TVM (forgeline check)")]
 
 
 def _args(argv):
@@ -87,8 +89,8 @@ def run_sampled(cmd: list[str]) -> dict:
     def read():
         for line in proc.stdout:
             lines.append(line)
-            for mark, name in STAGE_MARKS:
-                if mark in line and name not in [s["stage"] for s in stages]:
+            for marks, name in STAGE_MARKS:
+                if all(m in line for m in marks) and name not in [s["stage"] for s in stages]:
                     stages.append({"stage": name, "t": time.perf_counter() - started, "peak_rss": 0})
 
     reader = threading.Thread(target=read, daemon=True)

@@ -21,6 +21,7 @@ from forgeline.runtime.errors import ArtifactError, CompileError, ConfigError
 from forgeline.runtime.format import ONNX_FILE, TVM_DIR, BuildRecord, Manifest, StageRecord, precision_tolerance
 from forgeline.runtime.host import can_run, describe_host, read_cpu_features
 from forgeline.runtime.kv_check import with_generation_rows
+from forgeline.runtime.memory import release_freed_memory
 from forgeline.runtime.model import load, open_model
 from forgeline.runtime import progress
 from forgeline.runtime.params_file import PARAMS_FILE
@@ -80,6 +81,7 @@ def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(
     With ``tune``, also add a tuned static-shape build per bucket (compile/tuning/).
     """
     root = Path(path)
+    release_freed_memory()  # what an export in this process freed (forgeline build)
     manifest = Manifest.load(root)
     check_confinement(root, manifest)
     manifest.verify_files(root)
@@ -150,6 +152,7 @@ def _build_libraries(root: Path, manifest: Manifest, spec, staged: Path, precisi
     build.lib_params[build.lib] = store.add(result.params)
     files = {rel(name): sha256_file(root / rel(name)) for name in [result.lib_file, *result.extra_files]}
     del result  # its weights are in the store's file now
+    release_freed_memory()
     build.graph_libs = _build_graphs(root, manifest, spec, staged, files, precision, store, build.lib_params)
     return build, files
 
@@ -211,6 +214,7 @@ def _build_graphs(root: Path, manifest: Manifest, spec, build_dir: Path, files: 
         libs[name] = f"{TVM_DIR}/{build_dir.name}/{name}/{result.lib_file}"
         lib_params[libs[name]] = store.add(result.params)
         del result  # its weights are in the store's file now (or were there already)
+        release_freed_memory()
     return libs
 
 

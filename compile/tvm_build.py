@@ -184,7 +184,7 @@ def _compile(tvm, mod, spec: TargetSpec, gemm_rows: int | None = None,
 
 
 def build_tvm(onnx_path: Path, spec: TargetSpec, out_dir: Path, *,
-              gemm_rows: int | None = None, precision: str = "fp32", lift: bool = True) -> TvmBuildResult:
+              gemm_rows: int | None = None, precision: str = "fp32", lift: bool = False) -> TvmBuildResult:
     """Compile ``onnx_path`` for ``spec`` into ``out_dir/model.so``.
 
     With ``lift`` the library holds kernels only and its weights come back in ``result.params``

@@ -26,6 +26,7 @@ from forgeline.runtime.format import GOLDEN_FILE, TVM_DIR, WEIGHTS_FILE, StageRe
 from forgeline.runtime.golden import GoldenCase, load_golden
 from forgeline.runtime.host import can_run, describe_host
 from forgeline.runtime.kv_check import with_generation_rows
+from forgeline.runtime.memory import release_freed_memory
 from forgeline.runtime.model import Model, load
 from forgeline.runtime.parity import compare_outputs, stage_record
 
@@ -63,6 +64,9 @@ def check_artifact(path: str | Path, fresh_cases: int = 2, verify_key=None) -> C
             cases, report = _registry_stages(root, ort_model, eager, fresh_cases)
         else:
             cases, report = _outside_registry(root, ort_model, fresh_cases)
+        if eager is not None and not any(build.buckets for build in manifest.builds.values()):
+            eager = None  # only bucket checks run it again: free its weights for the backends'
+            release_freed_memory()
     host = describe_host()
     for tag, build in manifest.builds.items():
         runnable, why = can_run(build.requires, host)

@@ -114,6 +114,8 @@ def open_params(path: Path) -> ParamsFile:
     st = os.stat(resolved)
     version = (st.st_ino, st.st_size, st.st_mtime_ns)
     with _OPEN_LOCK:
+        for gone in [p for p in _OPEN if not os.path.exists(p)]:  # e.g. a compile's staging folder
+            _OPEN.pop(gone)  # unmapped once the last library bound to it is gone
         cached = _OPEN.get(resolved)
         if cached is None or cached[0] != version:
             cached = (version, ParamsFile(Path(resolved)))

@@ -44,13 +44,12 @@ def test_libraries_hold_kernels_and_the_parameter_file_holds_the_weights(gpt):
     libs = [build.lib, *build.graph_libs.values()]
     assert set(build.lib_params) == set(libs)
     params = (gpt / build.params_file).read_bytes()
-    embedding = _checkpoint(gpt)["wte.weight"]  # gathered as is: stored unpacked
+    # the largest tensor is the (tied) token embedding: its gather reads it as is, unpacked
+    embedding = max(_checkpoint(gpt).values(), key=lambda a: a.nbytes)
     probe = embedding.tobytes()[:4096]
     assert probe in params
     for lib in libs:
         assert probe not in (gpt / lib).read_bytes(), f"{lib} embeds the token embedding"
-    # every library is far smaller than the weights it takes
-    assert max((gpt / lib).stat().st_size for lib in libs) < 4 * (gpt / build.params_file).stat().st_size
 
 
 def test_one_parameter_file_serves_main_prefill_and_decode_each_tensor_once(gpt):
