@@ -94,7 +94,7 @@ def get_config(name: str, preset: str = "tiny", **overrides) -> ModelConfig:
     return ModelConfig.from_dict(fields)
 
 
-def _model_class(family: str):
+def model_class(family: str):
     return {"transformer": Transformer, "bert": BERT, "gpt": GPT}[family]
 
 
@@ -102,7 +102,7 @@ def build_model(config: ModelConfig, seed: int = 0) -> ForgelineModel:
     """A model with seeded init, in eval mode. The global RNG state is left untouched."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = _model_class(config.family)(config)
+        model = model_class(config.family)(config)
         model.apply(model._init_weights)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("built %s (%s, router=%s): %.2fM parameters", config.name, config.family, config.router, n_params / 1e6)

@@ -13,13 +13,15 @@ from forgeline.runtime.artifact_io import staged_artifact
 
 
 def build(
-    name: str,
+    name: str | None,
     out_dir: str | Path,
     export_options: ExportOptions = ExportOptions(),
     compile_options: CompileOptions = CompileOptions(),
     tune: TuneOptions | None = None,
 ) -> CheckReport:
     """Export ``name``, compile (and optionally tune) it for one target, and check every stage.
+
+    ``name`` may be None with ``export_options.from_hf``: the checkpoint's config.json names it.
 
     The whole artifact is built in a staging folder beside ``out_dir`` and swapped in only once it
     is complete, so a build that fails, is killed or is interrupted leaves ``out_dir`` as it was

@@ -9,13 +9,15 @@ from forgeline.runtime.errors import ConfigError
 
 
 def export_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="model name, e.g. gpt, bert, transformer, gpt-moe (see `forgeline models`)")
+    p.add_argument("model", nargs="?", help="model name, e.g. gpt, bert, transformer, gpt-moe (see `forgeline models`); "
+                                           "optional with --from-hf, whose config.json names the architecture")
     p.add_argument("--preset", default="tiny", help="size preset: tiny, small or base (default: tiny)")
     p.add_argument("-o", "--output", required=True, type=Path, help="folder to write the bundle into")
     p.add_argument("--seed", type=int, default=0, help="seed for the weight init and golden inputs")
     p.add_argument("--weights", type=Path, help="a forgeline safetensors checkpoint to export instead of a fresh init")
     p.add_argument("--from-hf", type=Path, metavar="FOLDER",
-                   help="import a Hugging Face BERT or GPT-2 folder (config.json + weights; its tokenizer.json ships too)")
+                   help="import a Hugging Face checkpoint folder (config.json + safetensors; its tokenizer.json "
+                        "ships too): gpt2, bert, llama, mistral, qwen2 and more (docs/models.md)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing artifact in the output folder")
     p.add_argument("--no-generation-graphs", action="store_true",
                    help="gpt/transformer: skip the KV-cache prefill/decode graphs that generate/translate need")

@@ -61,9 +61,11 @@ def _compile(args: argparse.Namespace) -> int:
 @command("build", "export + compile (+ tune) + check: the main job", build_args)
 def _build(args: argparse.Namespace) -> int:
     from forgeline.api import build
+    from forgeline.runtime import Manifest
 
     report = build(args.model, args.output, export_options(args), compile_options(args), tune=tune_options(args))
-    print(f"built {args.model}/{'hf' if args.from_hf else args.preset} in {args.output}")
+    name = args.model or Manifest.load(args.output).name  # --from-hf alone: the architecture config.json names
+    print(f"built {name}/{'hf' if args.from_hf else args.preset} in {args.output}")
     return print_report(report)
 
 

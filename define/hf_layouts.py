@@ -1,0 +1,107 @@
+"""How each Hugging Face architecture's tensors map onto a forgeline family: data, not code.
+
+Each architecture has one declarative ``Layout``: renames, tensors to transpose (GPT-2's Conv1D
+stores (in, out)), fused tensors to split (GPT-2's c_attn -> query, key, value), tied copies,
+buffers to ignore, and parts a checkpoint may lack (a BertModel has no MLM or NSP head). A rule
+whose forgeline tensor the configured model does not have (a bias the config switches off, an
+LM head tied to the embedding) is left out, so such a tensor in a checkpoint is "unexpected".
+
+Templates use ``{i}`` for a layer index and ``{p}`` for ``weight``/``bias``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, kw_only=True)
+class Layout:
+    """How one Hugging Face architecture's state dict maps onto one forgeline family."""
+
+    family: str  # the forgeline family it imports into
+    strip_prefixes: tuple[str, ...]  # base-model prefixes of HF head classes ("bert.", "transformer.")
+    renames: tuple[tuple[str, str], ...]  # (HF template, our template)
+    transpose: tuple[str, ...] = ()  # HF templates stored (in, out), as Conv1D: transposed to Linear's (out, in)
+    splits: tuple[tuple[str, tuple[str, ...]], ...] = ()  # HF template -> our templates, equal chunks of dim 0
+    tied: tuple[tuple[str, str], ...] = ()  # (HF key, our name): a copy of a tied tensor, checked equal when present
+    ignore: tuple[str, ...] = ()  # HF templates of buffers that hold no weights (masks, position ids)
+    optional: tuple[str, ...] = ()  # our name prefixes a checkpoint may lack; they keep the seeded init
+    legacy_suffixes: tuple[tuple[str, str], ...] = ()  # old TF-converted names (".gamma" -> ".weight")
+
+
+PARAMS = ("weight", "bias")
+
+BERT_LAYOUT = Layout(
+    family="bert",
+    strip_prefixes=("bert.",),
+    renames=(
+        ("embeddings.word_embeddings.weight", "embeddings.word_embeddings.weight"),
+        ("embeddings.position_embeddings.weight", "embeddings.position_embeddings.weight"),
+        ("embeddings.token_type_embeddings.weight", "embeddings.token_type_embeddings.weight"),
+        ("embeddings.LayerNorm.{p}", "embeddings.LayerNorm.{p}"),
+        ("encoder.layer.{i}.attention.self.query.{p}", "layer.{i}.attention.query.{p}"),
+        ("encoder.layer.{i}.attention.self.key.{p}", "layer.{i}.attention.key.{p}"),
+        ("encoder.layer.{i}.attention.self.value.{p}", "layer.{i}.attention.value.{p}"),
+        ("encoder.layer.{i}.attention.output.dense.{p}", "layer.{i}.attention.output.{p}"),
+        ("encoder.layer.{i}.attention.output.LayerNorm.{p}", "layer.{i}.attention_LayerNorm.{p}"),
+        ("encoder.layer.{i}.intermediate.dense.{p}", "layer.{i}.ffn.fc1.{p}"),
+        ("encoder.layer.{i}.output.dense.{p}", "layer.{i}.ffn.fc2.{p}"),
+        ("encoder.layer.{i}.output.LayerNorm.{p}", "layer.{i}.output_LayerNorm.{p}"),
+        ("pooler.dense.{p}", "pooler.{p}"),
+        ("cls.predictions.transform.dense.{p}", "mlm.dense.{p}"),
+        ("cls.predictions.transform.LayerNorm.{p}", "mlm.LayerNorm.{p}"),
+        ("cls.predictions.bias", "mlm.bias"),
+        ("cls.seq_relationship.{p}", "nsp.{p}"),
+    ),
+    tied=(("cls.predictions.decoder.weight", "embeddings.word_embeddings.weight"),
+          ("cls.predictions.decoder.bias", "mlm.bias")),
+    ignore=("embeddings.position_ids",),
+    optional=("pooler.", "mlm.", "nsp."),  # BertModel has no heads; BertForMaskedLM has no pooler/NSP
+    legacy_suffixes=((".gamma", ".weight"), (".beta", ".bias")),
+)
+
+GPT2_LAYOUT = Layout(
+    family="gpt",
+    strip_prefixes=("transformer.",),
+    renames=(
+        ("wte.weight", "wte.weight"),
+        ("wpe.weight", "wpe.weight"),
+        ("h.{i}.ln_1.{p}", "h.{i}.ln_1.{p}"),
+        ("h.{i}.attn.c_proj.{p}", "h.{i}.attn.output.{p}"),
+        ("h.{i}.ln_2.{p}", "h.{i}.ln_2.{p}"),
+        ("h.{i}.mlp.c_fc.{p}", "h.{i}.mlp.fc1.{p}"),
+        ("h.{i}.mlp.c_proj.{p}", "h.{i}.mlp.fc2.{p}"),
+        ("ln_f.{p}", "ln_f.{p}"),
+    ),
+    transpose=("h.{i}.attn.c_attn.weight", "h.{i}.attn.c_proj.weight", "h.{i}.mlp.c_fc.weight",
+               "h.{i}.mlp.c_proj.weight"),
+    splits=(("h.{i}.attn.c_attn.{p}", ("h.{i}.attn.query.{p}", "h.{i}.attn.key.{p}", "h.{i}.attn.value.{p}")),),
+    tied=(("lm_head.weight", "wte.weight"),),
+    ignore=("h.{i}.attn.bias", "h.{i}.attn.masked_bias"),  # causal-mask buffers of older checkpoints
+)
+
+LLAMA_LAYOUT = Layout(
+    family="gpt",
+    strip_prefixes=("model.",),
+    renames=(
+        ("embed_tokens.weight", "wte.weight"),
+        ("layers.{i}.input_layernorm.weight", "h.{i}.ln_1.weight"),
+        ("layers.{i}.self_attn.q_proj.{p}", "h.{i}.attn.query.{p}"),
+        ("layers.{i}.self_attn.k_proj.{p}", "h.{i}.attn.key.{p}"),
+        ("layers.{i}.self_attn.v_proj.{p}", "h.{i}.attn.value.{p}"),
+        ("layers.{i}.self_attn.o_proj.{p}", "h.{i}.attn.output.{p}"),
+        ("layers.{i}.post_attention_layernorm.weight", "h.{i}.ln_2.weight"),
+        ("layers.{i}.mlp.gate_proj.{p}", "h.{i}.mlp.fc1.{p}"),
+        ("layers.{i}.mlp.up_proj.{p}", "h.{i}.mlp.fc3.{p}"),
+        ("layers.{i}.mlp.down_proj.{p}", "h.{i}.mlp.fc2.{p}"),
+        ("norm.weight", "ln_f.weight"),
+        ("lm_head.weight", "lm_head.weight"),  # untied checkpoints; a tied one reads it below
+    ),
+    tied=(("lm_head.weight", "wte.weight"),),
+    ignore=("layers.{i}.self_attn.rotary_emb.inv_freq", "rotary_emb.inv_freq"),  # older checkpoints' buffers
+)
+
+# model_type -> layout. Mistral and Qwen2 are Llama's tensors under Llama's names; their
+# differences (sliding window, QKV bias) are config switches (hf_configs.py).
+LAYOUTS = {"bert": BERT_LAYOUT, "gpt2": GPT2_LAYOUT, "llama": LLAMA_LAYOUT, "mistral": LLAMA_LAYOUT,
+           "qwen2": LLAMA_LAYOUT}
