@@ -48,6 +48,7 @@ class ModelConfig:
     ffn_bias: bool = True  # FFN linears have biases
     parallel_residual: bool = False  # x + attn(ln_1(x)) + mlp(ln_2(x)) (GPT-NeoX) instead of sequential
     tie_embeddings: bool = True  # LM head shares the token embedding (GPT-2; Llama-7B does not)
+    next_sentence: bool = True  # BERT's pooler and NSP head (RoBERTa and DistilBERT have neither)
     activation: str = "gelu"  # FFN nonlinearity: relu | gelu | gelu_tanh (GPT-2)
     layer_norm_eps: float = 1e-5  # BERT uses 1e-12; matters for importing HF weights
     dropout: float = 0.0  # training only; models are built in eval mode

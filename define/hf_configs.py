@@ -71,17 +71,32 @@ def _positions(n: int, window: int | None = None) -> int:
 
 
 def bert_config(hf: dict, source: str = "config.json") -> ModelConfig:
-    """HF BertConfig fields -> ModelConfig (HF defaults where a field is absent)."""
+    """HF BertConfig / RobertaConfig fields -> ModelConfig (HF defaults where a field is absent)."""
     f = _Fields(hf, source)
     f.refuse_unless(hf.get("position_embedding_type", "absolute") == "absolute",
                     f"uses position_embedding_type={hf.get('position_embedding_type')!r}; forgeline imports "
                     "absolute positions only")
+    roberta = hf.get("model_type") == "roberta"
     return ModelConfig(
-        name="bert", family="bert", vocab_size=f.int("vocab_size", 30522, _VOCAB),
+        name="roberta" if roberta else "bert", family="bert", vocab_size=f.int("vocab_size", 30522, _VOCAB),
+        pad_token_id=f.int("pad_token_id", 1, _VOCAB, lo=0) if roberta else -1, next_sentence=not roberta,
         d_model=f.int("hidden_size", 768, _WIDTH), n_layers=f.int("num_hidden_layers", 12, _LAYERS),
         n_heads=f.int("num_attention_heads", 12, _HEADS), d_ff=f.int("intermediate_size", 3072, 4 * _WIDTH),
         max_positions=f.int("max_position_embeddings", 512, 1 << 20), type_vocab_size=f.int("type_vocab_size", 2, 1024),
         activation=f.activation("hidden_act", "gelu"), layer_norm_eps=f.float("layer_norm_eps", 1e-12, 0, 1),
+        init_std=f.float("initializer_range", 0.02, 0, 10),
+    )
+
+
+def distilbert_config(hf: dict, source: str = "config.json") -> ModelConfig:
+    """HF DistilBertConfig -> the BERT family without token types, pooler or NSP head."""
+    f = _Fields(hf, source)
+    return ModelConfig(
+        name="distilbert", family="bert", vocab_size=f.int("vocab_size", 30522, _VOCAB),
+        d_model=f.int("dim", 768, _WIDTH), n_layers=f.int("n_layers", 6, _LAYERS), n_heads=f.int("n_heads", 12, _HEADS),
+        d_ff=f.int("hidden_dim", 3072, 4 * _WIDTH), max_positions=f.int("max_position_embeddings", 512, 1 << 20),
+        type_vocab_size=0, next_sentence=False, activation=f.activation("activation", "gelu"),
+        layer_norm_eps=1e-12,  # fixed in DistilBERT's code, not in its config
         init_std=f.float("initializer_range", 0.02, 0, 10),
     )
 
@@ -138,7 +153,7 @@ def llama_config(hf: dict, source: str = "config.json") -> ModelConfig:
     )
 
 
-CONFIGS = {"bert": bert_config, "gpt2": gpt2_config, "llama": llama_config, "mistral": llama_config,
+CONFIGS = {"bert": bert_config, "roberta": bert_config, "distilbert": distilbert_config, "gpt2": gpt2_config, "llama": llama_config, "mistral": llama_config,
            "qwen2": llama_config}
 
 
@@ -147,7 +162,7 @@ def check_fits_memory(config: ModelConfig, source: str) -> int:
     from .registry import model_class
 
     with torch.device("meta"):  # shapes only: nothing is allocated, whatever the config says
-        model = model_class(config.family)(config)
+        model = model_class(config)(config)
     n_params = sum(p.numel() for p in model.parameters())
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     if 4 * n_params > memory:

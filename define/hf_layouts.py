@@ -80,6 +80,47 @@ GPT2_LAYOUT = Layout(
     ignore=("h.{i}.attn.bias", "h.{i}.attn.masked_bias"),  # causal-mask buffers of older checkpoints
 )
 
+_BERT_ENCODER = tuple(r for r in BERT_LAYOUT.renames if not r[0].startswith(("cls.", "pooler.")))
+
+ROBERTA_LAYOUT = Layout(
+    family="bert",
+    strip_prefixes=("roberta.",),
+    renames=(
+        *_BERT_ENCODER,
+        ("pooler.dense.{p}", "pooler.{p}"),  # RobertaModel only; the config's next_sentence says whether
+        ("lm_head.dense.{p}", "mlm.dense.{p}"),
+        ("lm_head.layer_norm.{p}", "mlm.LayerNorm.{p}"),
+        ("lm_head.bias", "mlm.bias"),
+    ),
+    tied=(("lm_head.decoder.weight", "embeddings.word_embeddings.weight"), ("lm_head.decoder.bias", "mlm.bias")),
+    ignore=("embeddings.position_ids", "embeddings.token_type_ids"),
+    optional=("mlm.",),  # RobertaModel has no MLM head
+)
+
+DISTILBERT_LAYOUT = Layout(
+    family="bert",
+    strip_prefixes=("distilbert.",),
+    renames=(
+        ("embeddings.word_embeddings.weight", "embeddings.word_embeddings.weight"),
+        ("embeddings.position_embeddings.weight", "embeddings.position_embeddings.weight"),
+        ("embeddings.LayerNorm.{p}", "embeddings.LayerNorm.{p}"),
+        ("transformer.layer.{i}.attention.q_lin.{p}", "layer.{i}.attention.query.{p}"),
+        ("transformer.layer.{i}.attention.k_lin.{p}", "layer.{i}.attention.key.{p}"),
+        ("transformer.layer.{i}.attention.v_lin.{p}", "layer.{i}.attention.value.{p}"),
+        ("transformer.layer.{i}.attention.out_lin.{p}", "layer.{i}.attention.output.{p}"),
+        ("transformer.layer.{i}.sa_layer_norm.{p}", "layer.{i}.attention_LayerNorm.{p}"),
+        ("transformer.layer.{i}.ffn.lin1.{p}", "layer.{i}.ffn.fc1.{p}"),
+        ("transformer.layer.{i}.ffn.lin2.{p}", "layer.{i}.ffn.fc2.{p}"),
+        ("transformer.layer.{i}.output_layer_norm.{p}", "layer.{i}.output_LayerNorm.{p}"),
+        ("vocab_transform.{p}", "mlm.dense.{p}"),
+        ("vocab_layer_norm.{p}", "mlm.LayerNorm.{p}"),
+        ("vocab_projector.bias", "mlm.bias"),
+    ),
+    tied=(("vocab_projector.weight", "embeddings.word_embeddings.weight"),),
+    ignore=("embeddings.position_ids",),
+    optional=("mlm.",),  # DistilBertModel has no MLM head
+)
+
 LLAMA_LAYOUT = Layout(
     family="gpt",
     strip_prefixes=("model.",),
@@ -103,5 +144,5 @@ LLAMA_LAYOUT = Layout(
 
 # model_type -> layout. Mistral and Qwen2 are Llama's tensors under Llama's names; their
 # differences (sliding window, QKV bias) are config switches (hf_configs.py).
-LAYOUTS = {"bert": BERT_LAYOUT, "gpt2": GPT2_LAYOUT, "llama": LLAMA_LAYOUT, "mistral": LLAMA_LAYOUT,
-           "qwen2": LLAMA_LAYOUT}
+LAYOUTS = {"bert": BERT_LAYOUT, "roberta": ROBERTA_LAYOUT, "distilbert": DISTILBERT_LAYOUT, "gpt2": GPT2_LAYOUT,
+           "llama": LLAMA_LAYOUT, "mistral": LLAMA_LAYOUT, "qwen2": LLAMA_LAYOUT}
