@@ -57,6 +57,9 @@ class ModelConfig:
     capacity_factor: float = 2.0  # expert choice: k = ceil(group*cf/E); token choice: C = ceil(group*top_k*cf/E)
     router_top_k: int = 2  # token choice: experts per token (1 = Switch, 2 = GShard)
     moe_every: int = 2  # MoE replaces the FFN in every moe_every-th layer (1 = all layers)
+    router_norm_topk: bool = True  # token choice top-k > 1: renormalise the k gate values to sum 1 (Mixtral)
+    expert_d_ff: int = 0  # hidden width of each expert (0 = d_ff; Qwen2-MoE's moe_intermediate_size)
+    shared_expert_d_ff: int = 0  # > 0: an always-on expert of this width, with a sigmoid gate (Qwen2-MoE)
     head_dim: int = field(init=False)  # derived: d_model // n_heads
 
     def __post_init__(self):
@@ -79,6 +82,9 @@ class ModelConfig:
                               "must be positive.")
         if self.positions == "rotary" and self.family != "gpt":
             raise ConfigError(f"positions='rotary' is a gpt option; the {self.family} family has none.")
+        if self.expert_d_ff < 0 or self.shared_expert_d_ff < 0:
+            raise ConfigError(f"expert_d_ff={self.expert_d_ff} and shared_expert_d_ff={self.shared_expert_d_ff} "
+                              "must be 0 or more.")
         if self.position_offset < 0:
             raise ConfigError(f"position_offset={self.position_offset} must be 0 or more.")
         if self.type_vocab_size < 0:

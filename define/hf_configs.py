@@ -130,31 +130,68 @@ def _rope_theta(f: _Fields) -> float:
 
 def llama_config(hf: dict, source: str = "config.json") -> ModelConfig:
     """Llama, Mistral and Qwen2 config.json -> the GPT family with Llama's switches."""
-    f = _Fields(hf, source)
+    return ModelConfig(**_llama_fields(_Fields(hf, source)))
+
+
+def _llama_fields(f: _Fields) -> dict:
+    hf = f.hf
     model_type = hf["model_type"]
     d_model, n_heads = f.int("hidden_size", 4096, _WIDTH), f.int("num_attention_heads", 32, _HEADS)
     head_dim = hf.get("head_dim")
     f.refuse_unless(head_dim is None or head_dim * n_heads == d_model,
                     f"has head_dim={head_dim!r} besides hidden_size={d_model} and {n_heads} heads; forgeline "
                     "imports head_dim = hidden_size / num_attention_heads only")
-    window = hf.get("sliding_window") if model_type == "mistral" or hf.get("use_sliding_window") else None
+    window = hf.get("sliding_window") if model_type in ("mistral", "mixtral") or hf.get("use_sliding_window") else None
     f.refuse_unless(window is None or (isinstance(window, int) and window >= 1),
                     f"has sliding_window={window!r}; forgeline needs a positive integer or null")
     attention_bias = f.bool("attention_bias", False)
-    return ModelConfig(
+    return dict(
         name=model_type, family="gpt", vocab_size=f.int("vocab_size", 32000, _VOCAB), d_model=d_model,
         n_layers=f.int("num_hidden_layers", 32, _LAYERS), n_heads=n_heads,
         n_kv_heads=f.int("num_key_value_heads", n_heads, n_heads), d_ff=f.int("intermediate_size", 11008, 4 * _WIDTH),
         max_positions=_positions(f.int("max_position_embeddings", 2048, 1 << 24), window),
         positions="rotary", rope_theta=_rope_theta(f), norm="rmsnorm", gated_ffn=True,
         activation=f.activation("hidden_act", "silu"), layer_norm_eps=f.float("rms_norm_eps", 1e-6, 0, 1),
-        qkv_bias=model_type == "qwen2" or attention_bias, out_bias=attention_bias, ffn_bias=f.bool("mlp_bias", False),
+        qkv_bias=model_type == "qwen2" or f.bool("qkv_bias", model_type == "qwen2_moe") or attention_bias, out_bias=attention_bias, ffn_bias=f.bool("mlp_bias", False),
         tie_embeddings=f.bool("tie_word_embeddings", False), init_std=f.float("initializer_range", 0.02, 0, 10),
     )
 
 
-CONFIGS = {"bert": bert_config, "roberta": bert_config, "distilbert": distilbert_config, "gpt2": gpt2_config, "llama": llama_config, "mistral": llama_config,
-           "qwen2": llama_config}
+def _token_choice(f: _Fields, n_experts: int, top_k: int, every: int = 1) -> dict:
+    """Dropless token-choice top-k: capacity n_experts / top_k lets an expert take every token of a
+    group, so no token is ever dropped (define/moe.py); the router's aux loss is training-only."""
+    f.refuse_unless(top_k <= n_experts, f"picks {top_k} experts per token out of {n_experts}")
+    return dict(router="token_choice", n_experts=n_experts, router_top_k=top_k, capacity_factor=n_experts / top_k,
+                moe_every=every)
+
+
+def mixtral_config(hf: dict, source: str = "config.json") -> ModelConfig:
+    """Mixtral: Mistral with a token-choice top-k MoE of SwiGLU experts in every layer."""
+    f = _Fields(hf, source)
+    fields = _llama_fields(f)
+    n_experts = f.int("num_local_experts", 8, 1024, lo=2)
+    fields.update(_token_choice(f, n_experts, f.int("num_experts_per_tok", 2, n_experts)), router_norm_topk=True)
+    return ModelConfig(**fields)
+
+
+def qwen2_moe_config(hf: dict, source: str = "config.json") -> ModelConfig:
+    """Qwen2-MoE: Qwen2 with top-k experts every decoder_sparse_step layers and a gated shared expert."""
+    f = _Fields(hf, source)
+    fields = _llama_fields(f)
+    f.refuse_unless(not hf.get("mlp_only_layers"), f"has mlp_only_layers={hf.get('mlp_only_layers')!r}; forgeline "
+                    "imports MoE layers placed by decoder_sparse_step only")
+    n_experts = f.int("num_experts", 60, 1024, lo=2)
+    every = f.int("decoder_sparse_step", 1, fields["n_layers"])
+    fields.update(_token_choice(f, n_experts, f.int("num_experts_per_tok", 4, n_experts), every),
+                  router_norm_topk=f.bool("norm_topk_prob", False),
+                  expert_d_ff=f.int("moe_intermediate_size", 1408, 4 * _WIDTH),
+                  shared_expert_d_ff=f.int("shared_expert_intermediate_size", 5632, 4 * _WIDTH, lo=0))
+    return ModelConfig(**fields)
+
+
+CONFIGS = {"bert": bert_config, "roberta": bert_config, "distilbert": distilbert_config, "gpt2": gpt2_config,
+           "llama": llama_config, "mistral": llama_config, "qwen2": llama_config, "mixtral": mixtral_config,
+           "qwen2_moe": qwen2_moe_config}
 
 
 def check_fits_memory(config: ModelConfig, source: str) -> int:

@@ -87,6 +87,8 @@ def import_state(layout: Layout, hf_state: dict[str, torch.Tensor], model: Forge
     table = {hf: names for hf, names in mapping_table(layout, n_layers).items() if set(names) <= ours}
     ignored = {k for t in layout.ignore for k in _expand(t, n_layers)}
     tied = {hf: name for hf, name in layout.tied if hf not in table}  # an untied head is a rename instead
+    stacks = expert_table(layout, model.config, ours)
+    stacked_keys = {k for per_expert in stacks.values() for keys in per_expert for k in keys}
     present_ours = {name for hf, names in table.items() if hf in state for name in names}
     absent = [p for p in layout.optional if not any(n.startswith(p) for n in present_ours)]
 
@@ -94,7 +96,8 @@ def import_state(layout: Layout, hf_state: dict[str, torch.Tensor], model: Forge
         return any(name.startswith(p) for p in absent)
 
     missing = sorted(hf for hf, names in table.items() if hf not in state and not all(map(fresh, names)))
-    unexpected = sorted(set(state) - set(table) - ignored - set(tied))
+    missing += sorted(stacked_keys - set(state))
+    unexpected = sorted(set(state) - set(table) - ignored - set(tied) - stacked_keys)
     if missing or unexpected:
         raise ArtifactError(
             f"{source} does not fit the Hugging Face layout for {layout.family}: missing keys {missing}, "
@@ -102,6 +105,7 @@ def import_state(layout: Layout, hf_state: dict[str, torch.Tensor], model: Forge
             "pass an unmodified checkpoint of a supported architecture."
         )
     converted = _convert(layout, state, table, n_layers)
+    converted.update(_stack_experts(stacks, state, source))
     _check_shapes(converted, model.state_dict(), source)
     _check_tied(tied, state, converted, source)
     buffers = {name for name, _ in model.named_buffers()}
@@ -111,6 +115,29 @@ def import_state(layout: Layout, hf_state: dict[str, torch.Tensor], model: Forge
         raise ConfigError(f"the {layout.family} import table fills no tensor for {unloaded}.")
     model.load_state_dict(converted, strict=False)
     return absent
+
+
+def expert_table(layout: Layout, config, ours: set[str]) -> dict[str, list[tuple[str, ...]]]:
+    """{our stacked name: per expert, the HF keys laid side by side} for the MoE layers ``ours`` has."""
+    table = {}
+    for hf_templates, our_template in layout.experts:
+        for i in range(config.n_layers):
+            name = our_template.replace("{i}", str(i))
+            if name in ours:
+                table[name] = [tuple(t.replace("{i}", str(i)).replace("{e}", str(e)) for t in hf_templates)
+                               for e in range(config.n_experts)]
+    return table
+
+
+def _stack_experts(stacks: dict[str, list[tuple[str, ...]]], state: dict, source: str) -> dict[str, torch.Tensor]:
+    """Each expert's Linear weights (out, in), transposed to (in, out), side by side, stacked: (E, in, out)."""
+    out = {}
+    for name, per_expert in stacks.items():
+        try:
+            out[name] = torch.stack([torch.cat([state[k].float().t() for k in keys], dim=-1) for keys in per_expert])
+        except RuntimeError as exc:  # experts of unequal shapes
+            raise ArtifactError(f"{source} has expert weights for {name} whose shapes differ: {exc}") from exc
+    return out
 
 
 def _convert(layout: Layout, state: dict[str, torch.Tensor], table: dict[str, list[str]], n_layers: int):

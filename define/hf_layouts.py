@@ -27,6 +27,9 @@ class Layout:
     ignore: tuple[str, ...] = ()  # HF templates of buffers that hold no weights (masks, position ids)
     optional: tuple[str, ...] = ()  # our name prefixes a checkpoint may lack; they keep the seeded init
     legacy_suffixes: tuple[tuple[str, str], ...] = ()  # old TF-converted names (".gamma" -> ".weight")
+    # Per-expert Linear weights ({e} = expert) -> one stacked (E, in, out) tensor of ours: each
+    # transposed, those of one rule side by side along out (Mixtral's w1 | w3), stacked over e.
+    experts: tuple[tuple[tuple[str, ...], str], ...] = ()
 
 
 PARAMS = ("weight", "bias")
@@ -142,7 +145,39 @@ LLAMA_LAYOUT = Layout(
     ignore=("layers.{i}.self_attn.rotary_emb.inv_freq", "rotary_emb.inv_freq"),  # older checkpoints' buffers
 )
 
+_LLAMA_ATTENTION = tuple(r for r in LLAMA_LAYOUT.renames if ".mlp." not in r[0])
+
+MIXTRAL_LAYOUT = Layout(
+    family="gpt",
+    strip_prefixes=LLAMA_LAYOUT.strip_prefixes,
+    renames=(*_LLAMA_ATTENTION, ("layers.{i}.block_sparse_moe.gate.weight", "h.{i}.mlp.gate.weight")),
+    experts=((("layers.{i}.block_sparse_moe.experts.{e}.w1.weight", "layers.{i}.block_sparse_moe.experts.{e}.w3.weight"),
+              "h.{i}.mlp.experts.w1"),
+             (("layers.{i}.block_sparse_moe.experts.{e}.w2.weight",), "h.{i}.mlp.experts.w2")),
+    tied=LLAMA_LAYOUT.tied,
+    ignore=LLAMA_LAYOUT.ignore,
+)
+
+QWEN2_MOE_LAYOUT = Layout(
+    family="gpt",
+    strip_prefixes=LLAMA_LAYOUT.strip_prefixes,
+    renames=(
+        *LLAMA_LAYOUT.renames,  # the dense layers between sparse ones (decoder_sparse_step > 1)
+        ("layers.{i}.mlp.gate.weight", "h.{i}.mlp.gate.weight"),
+        ("layers.{i}.mlp.shared_expert.gate_proj.weight", "h.{i}.mlp.shared_expert.fc1.weight"),
+        ("layers.{i}.mlp.shared_expert.up_proj.weight", "h.{i}.mlp.shared_expert.fc3.weight"),
+        ("layers.{i}.mlp.shared_expert.down_proj.weight", "h.{i}.mlp.shared_expert.fc2.weight"),
+        ("layers.{i}.mlp.shared_expert_gate.weight", "h.{i}.mlp.shared_expert_gate.weight"),
+    ),
+    experts=((("layers.{i}.mlp.experts.{e}.gate_proj.weight", "layers.{i}.mlp.experts.{e}.up_proj.weight"),
+              "h.{i}.mlp.experts.w1"),
+             (("layers.{i}.mlp.experts.{e}.down_proj.weight",), "h.{i}.mlp.experts.w2")),
+    tied=LLAMA_LAYOUT.tied,
+    ignore=LLAMA_LAYOUT.ignore,
+)
+
 # model_type -> layout. Mistral and Qwen2 are Llama's tensors under Llama's names; their
 # differences (sliding window, QKV bias) are config switches (hf_configs.py).
 LAYOUTS = {"bert": BERT_LAYOUT, "roberta": ROBERTA_LAYOUT, "distilbert": DISTILBERT_LAYOUT, "gpt2": GPT2_LAYOUT,
-           "llama": LLAMA_LAYOUT, "mistral": LLAMA_LAYOUT, "qwen2": LLAMA_LAYOUT}
+           "llama": LLAMA_LAYOUT, "mistral": LLAMA_LAYOUT, "qwen2": LLAMA_LAYOUT, "mixtral": MIXTRAL_LAYOUT,
+           "qwen2_moe": QWEN2_MOE_LAYOUT}

@@ -195,11 +195,12 @@ class FeedForward(nn.Module):
     down(act(gate(x)) * up(x)) under Meta's w1/w2/w3 names. forward returns (y, None) to match
     MoE's (y, routing)."""
 
-    def __init__(self, config):
+    def __init__(self, config, d_ff: int | None = None):
         super().__init__()
-        self.fc1 = nn.Linear(config.d_model, config.d_ff, bias=config.ffn_bias)
-        self.fc2 = nn.Linear(config.d_ff, config.d_model, bias=config.ffn_bias)
-        self.fc3 = nn.Linear(config.d_model, config.d_ff, bias=config.ffn_bias) if config.gated_ffn else None
+        d_ff = d_ff or config.d_ff  # a shared expert has its own width
+        self.fc1 = nn.Linear(config.d_model, d_ff, bias=config.ffn_bias)
+        self.fc2 = nn.Linear(d_ff, config.d_model, bias=config.ffn_bias)
+        self.fc3 = nn.Linear(config.d_model, d_ff, bias=config.ffn_bias) if config.gated_ffn else None
         self.act = activation_fn(config.activation)
         self.dropout = nn.Dropout(config.dropout)
 
