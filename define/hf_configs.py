@@ -120,12 +120,30 @@ def gpt2_config(hf: dict, source: str = "config.json") -> ModelConfig:
     )
 
 
-def _rope_theta(f: _Fields) -> float:
+def gpt_neox_config(hf: dict, source: str = "config.json") -> ModelConfig:
+    """GPT-NeoX: the GPT family with partial rotary positions and parallel attention + FFN."""
+    f = _Fields(hf, source)
+    rope = hf.get("rope_parameters") or {}
+    pct = _Fields(rope, source).float("partial_rotary_factor", hf.get("rotary_pct", 0.25), 1e-3, 1.0)
+    bias = f.bool("attention_bias", True)
+    return ModelConfig(
+        name="gpt_neox", family="gpt", vocab_size=f.int("vocab_size", 50432, _VOCAB),
+        d_model=f.int("hidden_size", 6144, _WIDTH), n_layers=f.int("num_hidden_layers", 44, _LAYERS),
+        n_heads=f.int("num_attention_heads", 64, _HEADS), d_ff=f.int("intermediate_size", 24576, 4 * _WIDTH),
+        max_positions=_positions(f.int("max_position_embeddings", 2048, 1 << 24)), positions="rotary",
+        rope_theta=_rope_theta(f, "rotary_emb_base"), rotary_pct=pct, activation=f.activation("hidden_act", "gelu"),
+        layer_norm_eps=f.float("layer_norm_eps", 1e-5, 0, 1), parallel_residual=f.bool("use_parallel_residual", True),
+        qkv_bias=bias, out_bias=bias, tie_embeddings=f.bool("tie_word_embeddings", False),
+        init_std=f.float("initializer_range", 0.02, 0, 10),
+    )
+
+
+def _rope_theta(f: _Fields, legacy_key: str = "rope_theta") -> float:
     """rope_theta from transformers 5's rope_parameters or the older top-level key; plain RoPE only."""
     rope = f.hf.get("rope_parameters") or f.hf.get("rope_scaling") or {}
     f.refuse_unless(isinstance(rope, dict) and rope.get("rope_type", rope.get("type", "default")) == "default",
                     f"scales its rotary positions ({rope!r}); forgeline imports plain rotary positions only")
-    return _Fields(rope, f.source).float("rope_theta", f.hf.get("rope_theta", 10000.0), 1.0, 1e12)
+    return _Fields(rope, f.source).float("rope_theta", f.hf.get(legacy_key, 10000.0), 1.0, 1e12)
 
 
 def llama_config(hf: dict, source: str = "config.json") -> ModelConfig:
@@ -190,7 +208,7 @@ def qwen2_moe_config(hf: dict, source: str = "config.json") -> ModelConfig:
 
 
 CONFIGS = {"bert": bert_config, "roberta": bert_config, "distilbert": distilbert_config, "gpt2": gpt2_config,
-           "llama": llama_config, "mistral": llama_config, "qwen2": llama_config, "mixtral": mixtral_config,
+           "llama": llama_config, "mistral": llama_config, "qwen2": llama_config, "gpt_neox": gpt_neox_config, "mixtral": mixtral_config,
            "qwen2_moe": qwen2_moe_config}
 
 

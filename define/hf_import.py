@@ -104,7 +104,7 @@ def import_state(layout: Layout, hf_state: dict[str, torch.Tensor], model: Forge
             f"unexpected keys {unexpected} (names without the prefixes {list(layout.strip_prefixes)}); "
             "pass an unmodified checkpoint of a supported architecture."
         )
-    converted = _convert(layout, state, table, n_layers)
+    converted = _convert(layout, state, table, model.config)
     converted.update(_stack_experts(stacks, state, source))
     _check_shapes(converted, model.state_dict(), source)
     _check_tied(tied, state, converted, source)
@@ -140,9 +140,9 @@ def _stack_experts(stacks: dict[str, list[tuple[str, ...]]], state: dict, source
     return out
 
 
-def _convert(layout: Layout, state: dict[str, torch.Tensor], table: dict[str, list[str]], n_layers: int):
+def _convert(layout: Layout, state: dict[str, torch.Tensor], table: dict[str, list[str]], config):
     """Our state dict: renamed, transposed and split tensors, as contiguous fp32."""
-    transpose = {k for t in layout.transpose for k in _expand(t, n_layers)}
+    transpose = {k for t in layout.transpose for k in _expand(t, config.n_layers)}
     out: dict[str, torch.Tensor] = {}
     for hf, names in table.items():
         if hf not in state:
@@ -150,10 +150,20 @@ def _convert(layout: Layout, state: dict[str, torch.Tensor], table: dict[str, li
         tensor = state[hf].float()
         if hf in transpose:
             tensor = tensor.t()  # Conv1D (in, out) -> Linear (out, in)
-        chunks = tensor.chunk(len(names), dim=0) if len(names) > 1 else (tensor,)  # c_attn: (3D, D) -> 3 x (D, D)
+        chunks = _split(tensor, len(names), config.n_heads if layout.splits_per_head else 0)
         for name, chunk in zip(names, chunks):
             out[name] = chunk.contiguous()
     return out
+
+
+def _split(tensor: torch.Tensor, parts: int, per_head: int) -> tuple[torch.Tensor, ...]:
+    """(parts * D, ...) -> parts x (D, ...): equal blocks (c_attn), or rows interleaved per head."""
+    if parts == 1:
+        return (tensor,)
+    if not per_head or tensor.shape[0] % (per_head * parts):
+        return tensor.chunk(parts, dim=0)  # a misfit shape is reported by _check_shapes
+    by_head = tensor.unflatten(0, (per_head, parts, -1))  # (nh, parts, hs, ...)
+    return tuple(t.flatten(0, 1) for t in by_head.unbind(1))  # parts x (nh * hs, ...)
 
 
 def _check_shapes(converted: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], source: str) -> None:

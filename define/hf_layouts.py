@@ -23,6 +23,7 @@ class Layout:
     renames: tuple[tuple[str, str], ...]  # (HF template, our template)
     transpose: tuple[str, ...] = ()  # HF templates stored (in, out), as Conv1D: transposed to Linear's (out, in)
     splits: tuple[tuple[str, tuple[str, ...]], ...] = ()  # HF template -> our templates, equal chunks of dim 0
+    splits_per_head: bool = False  # the fused rows interleave per head ([q_h, k_h, v_h] for each h: GPT-NeoX)
     tied: tuple[tuple[str, str], ...] = ()  # (HF key, our name): a copy of a tied tensor, checked equal when present
     ignore: tuple[str, ...] = ()  # HF templates of buffers that hold no weights (masks, position ids)
     optional: tuple[str, ...] = ()  # our name prefixes a checkpoint may lack; they keep the seeded init
@@ -176,8 +177,28 @@ QWEN2_MOE_LAYOUT = Layout(
     ignore=LLAMA_LAYOUT.ignore,
 )
 
+GPT_NEOX_LAYOUT = Layout(
+    family="gpt",
+    strip_prefixes=("gpt_neox.",),
+    renames=(
+        ("embed_in.weight", "wte.weight"),
+        ("layers.{i}.input_layernorm.{p}", "h.{i}.ln_1.{p}"),
+        ("layers.{i}.attention.dense.{p}", "h.{i}.attn.output.{p}"),
+        ("layers.{i}.post_attention_layernorm.{p}", "h.{i}.ln_2.{p}"),
+        ("layers.{i}.mlp.dense_h_to_4h.{p}", "h.{i}.mlp.fc1.{p}"),
+        ("layers.{i}.mlp.dense_4h_to_h.{p}", "h.{i}.mlp.fc2.{p}"),
+        ("final_layer_norm.{p}", "ln_f.{p}"),
+        ("lm_head.weight", "lm_head.weight"),
+    ),
+    splits=(("layers.{i}.attention.query_key_value.{p}", ("h.{i}.attn.query.{p}", "h.{i}.attn.key.{p}", "h.{i}.attn.value.{p}")),),
+    splits_per_head=True,
+    tied=(("lm_head.weight", "wte.weight"),),
+    legacy_suffixes=(("embed_out.weight", "lm_head.weight"),),  # the head's name before transformers 5
+    ignore=("layers.{i}.attention.bias", "layers.{i}.attention.masked_bias", "layers.{i}.attention.rotary_emb.inv_freq"),
+)
+
 # model_type -> layout. Mistral and Qwen2 are Llama's tensors under Llama's names; their
 # differences (sliding window, QKV bias) are config switches (hf_configs.py).
 LAYOUTS = {"bert": BERT_LAYOUT, "roberta": ROBERTA_LAYOUT, "distilbert": DISTILBERT_LAYOUT, "gpt2": GPT2_LAYOUT,
-           "llama": LLAMA_LAYOUT, "mistral": LLAMA_LAYOUT, "qwen2": LLAMA_LAYOUT, "mixtral": MIXTRAL_LAYOUT,
+           "llama": LLAMA_LAYOUT, "mistral": LLAMA_LAYOUT, "qwen2": LLAMA_LAYOUT, "gpt_neox": GPT_NEOX_LAYOUT, "mixtral": MIXTRAL_LAYOUT,
            "qwen2_moe": QWEN2_MOE_LAYOUT}

@@ -1,9 +1,10 @@
-"""Llama, Mistral and Qwen2 checkpoints: eager logits and greedy tokens are transformers' own, and
+"""Llama, Mistral, Qwen2 and GPT-NeoX checkpoints: eager logits and greedy tokens are transformers' own, and
 `forgeline build --from-hf FOLDER` (no model name) gives an artifact whose ONNX Runtime and TVM
 logits and KV-cache generation match transformers too.
 
 Configs are tiny and use grouped-query attention (4 query heads on 2 KV heads), a rope_theta
-other than the default, and, between them, tied and untied heads, QKV bias and sharded weights.
+other than the default, and, between them, tied and untied heads, QKV bias and sharded weights;
+the GPT-NeoX has parallel attention + FFN and rotates half of each head (partial rotary).
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ _ARCHS = {
     "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, dict(tie_word_embeddings=False)),
     "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM, dict(sliding_window=48)),
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, dict(tie_word_embeddings=True)),
+    "gpt_neox": (transformers.GPTNeoXConfig, transformers.GPTNeoXForCausalLM, dict(num_key_value_heads=None)),
 }
+
+_SEEDS = {"llama": 11, "mistral": 12, "qwen2": 13, "gpt_neox": 11}  # weights whose greedy text is not one repeated token
 
 
 def _word_tokenizer(path) -> None:
@@ -48,10 +52,12 @@ def hf_decoder(tmp_path_factory):
     def get(arch: str):
         if arch not in made:
             config_class, model_class, extra = _ARCHS[arch]
-            config = config_class(**_SIZES, rope_parameters=_ROPE, **extra)
+            sizes = {k: v for k, v in {**_SIZES, **extra}.items() if v is not None}  # GPT-NeoX has no KV heads
+            rope = {**_ROPE, "partial_rotary_factor": 0.5} if arch == "gpt_neox" else _ROPE
+            config = config_class(**sizes, rope_parameters=rope)
             folder = tmp_path_factory.mktemp(f"hf-{arch}")
             # llama in shards: the import reads model.safetensors.index.json
-            made[arch] = save_reference(model_class, config, 11 + len(made), folder,
+            made[arch] = save_reference(model_class, config, _SEEDS[arch], folder,
                                         **({"max_shard_size": "20KB"} if arch == "llama" else {}))
             if arch == "llama":
                 _word_tokenizer(folder / "tokenizer.json")
@@ -80,14 +86,18 @@ def _greedy_kv(model, prompt: list[int], steps: int) -> list[int]:
     return new
 
 
-@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "mistral", "qwen2", "gpt_neox"])
 @torch.no_grad()
 def test_eager_logits_and_kv_greedy_tokens_match_transformers(hf_decoder, arch):
     reference, folder = hf_decoder(arch)
     ours = load_hf_checkpoint(folder)
     c = ours.config
-    assert (c.family, c.positions, c.norm, c.n_kv_heads, c.rope_theta) == ("gpt", "rotary", "rmsnorm", 2, 5000.0)
-    assert c.tie_embeddings == (arch == "qwen2") and c.qkv_bias == (arch == "qwen2")
+    assert (c.family, c.positions, c.rope_theta) == ("gpt", "rotary", 5000.0)
+    if arch == "gpt_neox":
+        assert (c.norm, c.parallel_residual, c.rotary_pct, c.n_kv_heads, c.gated_ffn) == ("layernorm", True, 0.5, 4, False)
+    else:
+        assert (c.norm, c.n_kv_heads, c.gated_ffn) == ("rmsnorm", 2, True)
+        assert c.tie_embeddings == (arch == "qwen2") and c.qkv_bias == (arch == "qwen2")
     for batch, seq, seed in ((1, 7, 1), (3, 29, 2)):
         ids = _ids(batch, seq, seed)
         expected = reference(input_ids=ids).logits
