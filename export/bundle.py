@@ -135,9 +135,10 @@ def _import_hf(name: str | None, options: ExportOptions) -> ForgelineModel:
     if name is None or name == model.config.name:  # the architecture comes from config.json
         return model
     wanted = get_config(name)
-    if (wanted.family, wanted.router) != (model.config.family, "none"):
-        raise ConfigError(f"{options.from_hf} holds a dense {model.config.family} model, so export it as "
-                          f"{model.config.name!r}, not {name!r}.")
+    if (wanted.family, wanted.router) != (model.config.family, model.config.router):
+        kind = "dense" if model.config.router == "none" else f"{model.config.router} MoE"
+        raise ConfigError(f"{options.from_hf} holds a {kind} {model.config.family} model, so export it as "
+                          f"{model.config.name!r} (or name no model), not {name!r}.")
     return model
 
 
