@@ -91,13 +91,13 @@ ROBERTA_LAYOUT = Layout(
     strip_prefixes=("roberta.",),
     renames=(
         *_BERT_ENCODER,
-        ("pooler.dense.{p}", "pooler.{p}"),  # RobertaModel only; the config's next_sentence says whether
         ("lm_head.dense.{p}", "mlm.dense.{p}"),
         ("lm_head.layer_norm.{p}", "mlm.LayerNorm.{p}"),
         ("lm_head.bias", "mlm.bias"),
     ),
     tied=(("lm_head.decoder.weight", "embeddings.word_embeddings.weight"), ("lm_head.decoder.bias", "mlm.bias")),
-    ignore=("embeddings.position_ids", "embeddings.token_type_ids"),
+    # RobertaModel's pooler feeds only task heads forgeline does not build (RoBERTa has no NSP)
+    ignore=("embeddings.position_ids", "embeddings.token_type_ids", "pooler.dense.{p}"),
     optional=("mlm.",),  # RobertaModel has no MLM head
 )
 
