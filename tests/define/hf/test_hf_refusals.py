@@ -50,16 +50,16 @@ def test_pickle_only_folder(llama_copy, tmp_path, capsys, monkeypatch):
     _refused(llama_copy, tmp_path, capsys, "pytorch_model.bin", "convert it to model.safetensors")
 
 
-@pytest.mark.parametrize("changes, fragment", [
-    ({"model_type": "falcon"}, "model_type 'falcon'; forgeline imports bert, gpt2, llama"),
-    ({"auto_map": {"AutoModelForCausalLM": "modeling_x.X"}}, "never runs"),
-    ({"vocab_size": "120"}, "vocab_size='120'"),
-    ({"vocab_size": 10**9}, "vocab_size=1000000000"),
-    ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "plain rotary positions only"),
+@pytest.mark.parametrize("changes, fragments", [
+    ({"model_type": "falcon"}, ("model_type 'falcon'; forgeline imports bert, ", "llama", "mixtral", "distilbert")),
+    ({"auto_map": {"AutoModelForCausalLM": "modeling_x.X"}}, ("never runs",)),
+    ({"vocab_size": "120"}, ("vocab_size='120'",)),
+    ({"vocab_size": 10**9}, ("vocab_size=1000000000",)),
+    ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, ("plain rotary positions only",)),
 ])
-def test_config_refusals(llama_copy, tmp_path, capsys, changes, fragment):
+def test_config_refusals(llama_copy, tmp_path, capsys, changes, fragments):
     _edit_config(llama_copy, **changes)
-    _refused(llama_copy, tmp_path, capsys, fragment)
+    _refused(llama_copy, tmp_path, capsys, *fragments)
 
 
 def test_a_model_beyond_memory_is_refused_before_any_allocation(llama_copy, monkeypatch):
