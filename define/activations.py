@@ -9,6 +9,8 @@ def activation_fn(name: str):
     """The FFN nonlinearity by config name."""
     if name == "relu":
         return F.relu
+    if name == "silu":  # Llama's SwiGLU gate
+        return F.silu
     if name == "gelu_tanh":  # GPT-2's "gelu_new"
         return lambda x: F.gelu(x, approximate="tanh")
     return F.gelu

@@ -17,8 +17,9 @@ from .moe import Experts, MoE
 
 FAMILIES = ("transformer", "bert", "gpt")
 ROUTERS = ("none", "expert_choice", "token_choice")
-ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
-POSITIONS = ("sinusoidal", "learned")
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")
+POSITIONS = ("sinusoidal", "learned", "rotary")
+NORMS = ("layernorm", "rmsnorm")
 
 
 @dataclass
@@ -33,8 +34,21 @@ class ModelConfig:
     n_heads: int = 2  # attention heads; must divide d_model
     d_ff: int = 64  # FFN hidden width (per expert for MoE)
     max_positions: int = 64  # longest sequence; sizes position tables and the causal mask
-    type_vocab_size: int = 2  # BERT segment ids (sentence A / B)
-    positions: str = "sinusoidal"  # transformer position encoding: sinusoidal | learned
+    type_vocab_size: int = 2  # BERT segment ids (sentence A / B); 0 = no token_type_ids input (DistilBERT)
+    positions: str = "sinusoidal"  # transformer: sinusoidal | learned; gpt: rotary, else a learned table
+    position_offset: int = 0  # learned table rows skipped before position 0 (BART: 2)
+    pad_token_id: int = -1  # >= 0: positions count non-pad tokens from pad_token_id + 1 (RoBERTa)
+    rope_theta: float = 10000.0  # rotary base (Llama's rope_theta, GPT-NeoX's rotary_emb_base)
+    rotary_pct: float = 1.0  # share of each head's dims that rotate (GPT-NeoX's rotary_pct)
+    norm: str = "layernorm"  # layernorm | rmsnorm (Llama family: no mean, no bias)
+    gated_ffn: bool = False  # FFN is down(act(gate(x)) * up(x)) (SwiGLU with silu) instead of fc2(act(fc1(x)))
+    n_kv_heads: int = 0  # grouped-query attention: key/value heads (0 = n_heads); must divide n_heads
+    qkv_bias: bool = True  # query/key/value projections have a bias (Llama: no; Qwen2: yes)
+    out_bias: bool = True  # attention output projection has a bias
+    ffn_bias: bool = True  # FFN linears have biases
+    parallel_residual: bool = False  # x + attn(ln_1(x)) + mlp(ln_2(x)) (GPT-NeoX) instead of sequential
+    tie_embeddings: bool = True  # LM head shares the token embedding (GPT-2; Llama-7B does not)
+    next_sentence: bool = True  # BERT's pooler and NSP head (RoBERTa and DistilBERT have neither)
     activation: str = "gelu"  # FFN nonlinearity: relu | gelu | gelu_tanh (GPT-2)
     layer_norm_eps: float = 1e-5  # BERT uses 1e-12; matters for importing HF weights
     dropout: float = 0.0  # training only; models are built in eval mode
@@ -43,19 +57,38 @@ class ModelConfig:
     capacity_factor: float = 2.0  # expert choice: k = ceil(group*cf/E); token choice: C = ceil(group*top_k*cf/E)
     router_top_k: int = 2  # token choice: experts per token (1 = Switch, 2 = GShard)
     moe_every: int = 2  # MoE replaces the FFN in every moe_every-th layer (1 = all layers)
+    router_norm_topk: bool = True  # token choice top-k > 1: renormalise the k gate values to sum 1 (Mixtral)
+    expert_d_ff: int = 0  # hidden width of each expert (0 = d_ff; Qwen2-MoE's moe_intermediate_size)
+    shared_expert_d_ff: int = 0  # > 0: an always-on expert of this width, with a sigmoid gate (Qwen2-MoE)
     head_dim: int = field(init=False)  # derived: d_model // n_heads
 
     def __post_init__(self):
+        self._check_types()
         self._check_choice("family", FAMILIES)
         self._check_choice("router", ROUTERS)
         self._check_choice("activation", ACTIVATIONS)
         self._check_choice("positions", POSITIONS)
+        self._check_choice("norm", NORMS)
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_positions",
-                     "type_vocab_size", "n_experts", "router_top_k", "moe_every"):
+                     "n_experts", "router_top_k", "moe_every"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)} must be at least 1.")
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}.")
+        if self.n_kv_heads < 0 or (self.n_kv_heads and self.n_heads % self.n_kv_heads):
+            raise ConfigError(f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads} (0 = n_heads).")
+        if not 0 < self.rotary_pct <= 1 or self.rope_theta <= 0:
+            raise ConfigError(f"rotary_pct={self.rotary_pct} must lie in (0, 1] and rope_theta={self.rope_theta} "
+                              "must be positive.")
+        if self.positions == "rotary" and self.family != "gpt":
+            raise ConfigError(f"positions='rotary' is a gpt option; the {self.family} family has none.")
+        if self.expert_d_ff < 0 or self.shared_expert_d_ff < 0:
+            raise ConfigError(f"expert_d_ff={self.expert_d_ff} and shared_expert_d_ff={self.shared_expert_d_ff} "
+                              "must be 0 or more.")
+        if self.position_offset < 0:
+            raise ConfigError(f"position_offset={self.position_offset} must be 0 or more.")
+        if self.type_vocab_size < 0:
+            raise ConfigError(f"type_vocab_size={self.type_vocab_size} must be 0 (no token types) or more.")
         if self.n_decoder_layers < 0:
             raise ConfigError(f"n_decoder_layers={self.n_decoder_layers} must be 0 (same as n_layers) or more.")
         if self.family == "transformer" and self.n_decoder_layers == 0:
@@ -72,6 +105,17 @@ class ModelConfig:
             if self.moe_every > self.n_layers:
                 raise ConfigError(f"moe_every={self.moe_every} exceeds n_layers={self.n_layers}: no layer would be MoE.")
         self.head_dim = self.d_model // self.n_heads
+        self.n_kv_heads = self.n_kv_heads or self.n_heads
+
+    def _check_types(self):
+        """Each field holds its declared type (a JSON config may say "vocab_size": "32000")."""
+        kinds = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+        for f in dataclasses.fields(self):
+            if not f.init or f.type not in kinds:
+                continue
+            value = getattr(self, f.name)
+            if not isinstance(value, kinds[f.type]) or (f.type != "bool" and isinstance(value, bool)):
+                raise ConfigError(f"{f.name}={value!r} must be of type {f.type}, not {type(value).__name__}.")
 
     def _check_choice(self, name: str, choices: tuple[str, ...]):
         if getattr(self, name) not in choices:

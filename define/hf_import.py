@@ -1,20 +1,16 @@
-"""Import Hugging Face BERT and GPT-2 checkpoints into forgeline models, without `transformers`.
+"""Import Hugging Face checkpoints into forgeline models, without `transformers`.
 
-A checkpoint folder holds config.json and model.safetensors (or a sharded index, or
-pytorch_model.bin). Each architecture has one declarative ``Layout``: renames, tensors to
-transpose (GPT-2's Conv1D stores (in, out)), fused tensors to split (GPT-2's c_attn → query, key,
-value), tied copies, buffers to ignore, and parts a checkpoint may lack (a BertModel has no MLM
-or NSP head). The import ends with a set difference that names every missing and unexpected key.
-
-Templates use ``{i}`` for a layer index and ``{p}`` for ``weight``/``bias``.
+A checkpoint folder holds config.json and model.safetensors (or shards with
+model.safetensors.index.json). A pickled pytorch_model.bin is refused, never unpickled, and so is
+a config that asks for remote code. The architecture comes from config.json's ``model_type``:
+hf_configs.py turns its fields into a ModelConfig, hf_layouts.py maps its tensors onto the
+family's names. The import ends with a set difference that names every missing and unexpected key.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,83 +18,19 @@ import torch
 from forgeline.runtime.errors import ArtifactError, ConfigError
 
 from .checkpoint import unique_state
-from .config import ForgelineModel, ModelConfig
+from .config import ForgelineModel
+from .hf_configs import CONFIGS, check_fits_memory
+from .hf_layouts import LAYOUTS, PARAMS, Layout
 from .hf_limits import check_hf_config
 from .registry import build_model
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
-@dataclass(frozen=True, kw_only=True)
-class Layout:
-    """How one Hugging Face architecture's state dict maps onto one forgeline family."""
-
-    family: str  # the forgeline family it imports into
-    strip_prefixes: tuple[str, ...]  # base-model prefixes of HF head classes ("bert.", "transformer.")
-    renames: tuple[tuple[str, str], ...]  # (HF template, our template)
-    transpose: tuple[str, ...] = ()  # HF templates stored (in, out), as Conv1D: transposed to Linear's (out, in)
-    splits: tuple[tuple[str, tuple[str, ...]], ...] = ()  # HF template -> our templates, equal chunks of dim 0
-    tied: tuple[tuple[str, str], ...] = ()  # (HF key, our name): a copy of a tied tensor, checked equal when present
-    ignore: tuple[str, ...] = ()  # HF templates of buffers that hold no weights (masks, position ids)
-    optional: tuple[str, ...] = ()  # our name prefixes a checkpoint may lack; they keep the seeded init
-    legacy_suffixes: tuple[tuple[str, str], ...] = ()  # old TF-converted names (".gamma" -> ".weight")
-
-
-_PARAM = ("weight", "bias")
-
-BERT_LAYOUT = Layout(
-    family="bert",
-    strip_prefixes=("bert.",),
-    renames=(
-        ("embeddings.word_embeddings.weight", "embeddings.word_embeddings.weight"),
-        ("embeddings.position_embeddings.weight", "embeddings.position_embeddings.weight"),
-        ("embeddings.token_type_embeddings.weight", "embeddings.token_type_embeddings.weight"),
-        ("embeddings.LayerNorm.{p}", "embeddings.LayerNorm.{p}"),
-        ("encoder.layer.{i}.attention.self.query.{p}", "layer.{i}.attention.query.{p}"),
-        ("encoder.layer.{i}.attention.self.key.{p}", "layer.{i}.attention.key.{p}"),
-        ("encoder.layer.{i}.attention.self.value.{p}", "layer.{i}.attention.value.{p}"),
-        ("encoder.layer.{i}.attention.output.dense.{p}", "layer.{i}.attention.output.{p}"),
-        ("encoder.layer.{i}.attention.output.LayerNorm.{p}", "layer.{i}.attention_LayerNorm.{p}"),
-        ("encoder.layer.{i}.intermediate.dense.{p}", "layer.{i}.ffn.fc1.{p}"),
-        ("encoder.layer.{i}.output.dense.{p}", "layer.{i}.ffn.fc2.{p}"),
-        ("encoder.layer.{i}.output.LayerNorm.{p}", "layer.{i}.output_LayerNorm.{p}"),
-        ("pooler.dense.{p}", "pooler.{p}"),
-        ("cls.predictions.transform.dense.{p}", "mlm.dense.{p}"),
-        ("cls.predictions.transform.LayerNorm.{p}", "mlm.LayerNorm.{p}"),
-        ("cls.predictions.bias", "mlm.bias"),
-        ("cls.seq_relationship.{p}", "nsp.{p}"),
-    ),
-    tied=(("cls.predictions.decoder.weight", "embeddings.word_embeddings.weight"),
-          ("cls.predictions.decoder.bias", "mlm.bias")),
-    ignore=("embeddings.position_ids",),
-    optional=("pooler.", "mlm.", "nsp."),  # BertModel has no heads; BertForMaskedLM has no pooler/NSP
-    legacy_suffixes=((".gamma", ".weight"), (".beta", ".bias")),
-)
-
-GPT2_LAYOUT = Layout(
-    family="gpt",
-    strip_prefixes=("transformer.",),
-    renames=(
-        ("wte.weight", "wte.weight"),
-        ("wpe.weight", "wpe.weight"),
-        ("h.{i}.ln_1.{p}", "h.{i}.ln_1.{p}"),
-        ("h.{i}.attn.c_proj.{p}", "h.{i}.attn.output.{p}"),
-        ("h.{i}.ln_2.{p}", "h.{i}.ln_2.{p}"),
-        ("h.{i}.mlp.c_fc.{p}", "h.{i}.mlp.fc1.{p}"),
-        ("h.{i}.mlp.c_proj.{p}", "h.{i}.mlp.fc2.{p}"),
-        ("ln_f.{p}", "ln_f.{p}"),
-    ),
-    transpose=("h.{i}.attn.c_attn.weight", "h.{i}.attn.c_proj.weight", "h.{i}.mlp.c_fc.weight",
-               "h.{i}.mlp.c_proj.weight"),
-    splits=(("h.{i}.attn.c_attn.{p}", ("h.{i}.attn.query.{p}", "h.{i}.attn.key.{p}", "h.{i}.attn.value.{p}")),),
-    tied=(("lm_head.weight", "wte.weight"),),
-    ignore=("h.{i}.attn.bias", "h.{i}.attn.masked_bias"),  # causal-mask buffers of older checkpoints
-)
-
-LAYOUTS = {"bert": BERT_LAYOUT, "gpt2": GPT2_LAYOUT}
 _USED_BY = {"pooler.": "next-sentence", "mlm.": "fill-mask", "nsp.": "next-sentence"}  # optional part -> task
 
 
@@ -106,7 +38,7 @@ def _pairs(hf_template: str, ours: tuple[str, ...], n_layers: int) -> dict[str, 
     """Concrete {HF key: [our names]} of one rule, expanding {i} and {p} in lockstep."""
     table = {}
     for i in range(n_layers) if "{i}" in hf_template else [None]:
-        for p in _PARAM if "{p}" in hf_template else [None]:
+        for p in PARAMS if "{p}" in hf_template else [None]:
             def fill(t: str) -> str:
                 t = t if i is None else t.replace("{i}", str(i))
                 return t if p is None else t.replace("{p}", p)
@@ -151,9 +83,13 @@ def import_state(layout: Layout, hf_state: dict[str, torch.Tensor], model: Forge
     """
     n_layers = model.config.n_layers
     state = _normalise_keys(layout, hf_state)
-    table = mapping_table(layout, n_layers)
+    _, aliases = unique_state(model)
+    ours = set(model.state_dict()) - set(aliases)  # what this configuration has: no switched-off biases
+    table = {hf: names for hf, names in mapping_table(layout, n_layers).items() if set(names) <= ours}
     ignored = {k for t in layout.ignore for k in _expand(t, n_layers)}
-    tied = dict(layout.tied)
+    tied = {hf: name for hf, name in layout.tied if hf not in table}  # an untied head is a rename instead
+    stacks = expert_table(layout, model.config, ours)
+    stacked_keys = {k for per_expert in stacks.values() for keys in per_expert for k in keys}
     present_ours = {name for hf, names in table.items() if hf in state for name in names}
     absent = [p for p in layout.optional if not any(n.startswith(p) for n in present_ours)]
 
@@ -161,17 +97,18 @@ def import_state(layout: Layout, hf_state: dict[str, torch.Tensor], model: Forge
         return any(name.startswith(p) for p in absent)
 
     missing = sorted(hf for hf, names in table.items() if hf not in state and not all(map(fresh, names)))
-    unexpected = sorted(set(state) - set(table) - ignored - set(tied))
+    missing += sorted(stacked_keys - set(state))
+    unexpected = sorted(set(state) - set(table) - ignored - set(tied) - stacked_keys)
     if missing or unexpected:
         raise ArtifactError(
             f"{source} does not fit the Hugging Face layout for {layout.family}: missing keys {missing}, "
             f"unexpected keys {unexpected} (names without the prefixes {list(layout.strip_prefixes)}); "
             "pass an unmodified checkpoint of a supported architecture."
         )
-    converted = _convert(layout, state, table, n_layers)
+    converted = _convert(layout, state, table, model.config)
+    converted.update(_stack_experts(stacks, state, source))
     _check_shapes(converted, model.state_dict(), source)
     _check_tied(tied, state, converted, source)
-    _, aliases = unique_state(model)
     buffers = {name for name, _ in model.named_buffers()}
     unloaded = sorted(set(model.state_dict()) - set(converted) - set(aliases) - buffers)
     unloaded = [n for n in unloaded if not fresh(n)]
@@ -181,9 +118,32 @@ def import_state(layout: Layout, hf_state: dict[str, torch.Tensor], model: Forge
     return absent
 
 
-def _convert(layout: Layout, state: dict[str, torch.Tensor], table: dict[str, list[str]], n_layers: int):
+def expert_table(layout: Layout, config, ours: set[str]) -> dict[str, list[tuple[str, ...]]]:
+    """{our stacked name: per expert, the HF keys laid side by side} for the MoE layers ``ours`` has."""
+    table = {}
+    for hf_templates, our_template in layout.experts:
+        for i in range(config.n_layers):
+            name = our_template.replace("{i}", str(i))
+            if name in ours:
+                table[name] = [tuple(t.replace("{i}", str(i)).replace("{e}", str(e)) for t in hf_templates)
+                               for e in range(config.n_experts)]
+    return table
+
+
+def _stack_experts(stacks: dict[str, list[tuple[str, ...]]], state: dict, source: str) -> dict[str, torch.Tensor]:
+    """Each expert's Linear weights (out, in), transposed to (in, out), side by side, stacked: (E, in, out)."""
+    out = {}
+    for name, per_expert in stacks.items():
+        try:
+            out[name] = torch.stack([torch.cat([state[k].float().t() for k in keys], dim=-1) for keys in per_expert])
+        except RuntimeError as exc:  # experts of unequal shapes
+            raise ArtifactError(f"{source} has expert weights for {name} whose shapes differ: {exc}") from exc
+    return out
+
+
+def _convert(layout: Layout, state: dict[str, torch.Tensor], table: dict[str, list[str]], config):
     """Our state dict: renamed, transposed and split tensors, as contiguous fp32."""
-    transpose = {k for t in layout.transpose for k in _expand(t, n_layers)}
+    transpose = {k for t in layout.transpose for k in _expand(t, config.n_layers)}
     out: dict[str, torch.Tensor] = {}
     for hf, names in table.items():
         if hf not in state:
@@ -191,10 +151,20 @@ def _convert(layout: Layout, state: dict[str, torch.Tensor], table: dict[str, li
         tensor = state[hf].float()
         if hf in transpose:
             tensor = tensor.t()  # Conv1D (in, out) -> Linear (out, in)
-        chunks = tensor.chunk(len(names), dim=0) if len(names) > 1 else (tensor,)  # c_attn: (3D, D) -> 3 x (D, D)
+        chunks = _split(tensor, len(names), config.n_heads if layout.splits_per_head else 0)
         for name, chunk in zip(names, chunks):
             out[name] = chunk.contiguous()
     return out
+
+
+def _split(tensor: torch.Tensor, parts: int, per_head: int) -> tuple[torch.Tensor, ...]:
+    """(parts * D, ...) -> parts x (D, ...): equal blocks (c_attn), or rows interleaved per head."""
+    if parts == 1:
+        return (tensor,)
+    if not per_head or tensor.shape[0] % (per_head * parts):
+        return tensor.chunk(parts, dim=0)  # a misfit shape is reported by _check_shapes
+    by_head = tensor.unflatten(0, (per_head, parts, -1))  # (nh, parts, hs, ...)
+    return tuple(t.flatten(0, 1) for t in by_head.unbind(1))  # parts x (nh * hs, ...)
 
 
 def _check_shapes(converted: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], source: str) -> None:
@@ -216,48 +186,6 @@ def _check_tied(tied: dict[str, str], state: dict, converted: dict[str, torch.Te
 
 # ------------------------------------------------------------------------------------ config.json
 
-_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
-
-
-def _activation(name: str, source: str) -> str:
-    if name not in _ACTIVATIONS:
-        raise ConfigError(f"{source} uses activation {name!r}; forgeline imports {', '.join(_ACTIVATIONS)}.")
-    return _ACTIVATIONS[name]
-
-
-def bert_config(hf: dict, source: str = "config.json") -> ModelConfig:
-    """HF BertConfig fields -> ModelConfig (HF defaults where a field is absent)."""
-    if hf.get("position_embedding_type", "absolute") != "absolute":
-        raise ConfigError(f"{source} uses position_embedding_type={hf['position_embedding_type']!r}; "
-                          "forgeline imports absolute positions only.")
-    return ModelConfig(
-        name="bert", family="bert", vocab_size=hf["vocab_size"], d_model=hf["hidden_size"],
-        n_layers=hf["num_hidden_layers"], n_heads=hf["num_attention_heads"], d_ff=hf["intermediate_size"],
-        max_positions=hf.get("max_position_embeddings", 512), type_vocab_size=hf.get("type_vocab_size", 2),
-        activation=_activation(hf.get("hidden_act", "gelu"), source), layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
-        init_std=hf.get("initializer_range", 0.02),
-    )
-
-
-def gpt2_config(hf: dict, source: str = "config.json") -> ModelConfig:
-    """HF GPT2Config fields -> ModelConfig; refuses the attention variants our GPT does not compute."""
-    if not hf.get("scale_attn_weights", True) or hf.get("scale_attn_by_inverse_layer_idx", False):
-        raise ConfigError(f"{source} scales attention other than by 1/sqrt(head_dim); forgeline imports the "
-                          "standard GPT-2 attention only.")
-    if hf.get("add_cross_attention", False):
-        raise ConfigError(f"{source} has cross-attention; forgeline imports decoder-only GPT-2 only.")
-    n_embd = hf.get("n_embd", 768)
-    return ModelConfig(
-        name="gpt", family="gpt", vocab_size=hf.get("vocab_size", 50257), d_model=n_embd,
-        n_layers=hf.get("n_layer", 12), n_heads=hf.get("n_head", 12), d_ff=hf.get("n_inner") or 4 * n_embd,
-        max_positions=hf.get("n_positions", 1024),
-        activation=_activation(hf.get("activation_function", "gelu_new"), source),
-        layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5), init_std=hf.get("initializer_range", 0.02),
-    )
-
-
-_CONFIGS = {"bert": bert_config, "gpt2": gpt2_config}
-
 
 def read_hf_config(folder: Path) -> tuple[str, dict]:
     """(model_type, config dict) of a checkpoint folder."""
@@ -269,6 +197,9 @@ def read_hf_config(folder: Path) -> tuple[str, dict]:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path} is not valid JSON ({exc}).") from exc
     model_type = hf.get("model_type") if isinstance(hf, dict) else None
+    if isinstance(hf, dict) and (hf.get("auto_map") or hf.get("trust_remote_code")):
+        raise ConfigError(f"{path} asks for the checkpoint's own Python code (auto_map / trust_remote_code), which "
+                          f"forgeline never runs; it imports {', '.join(LAYOUTS)}.")
     if model_type not in LAYOUTS:
         raise ConfigError(f"{path} has model_type {model_type!r}; forgeline imports {', '.join(LAYOUTS)}.")
     check_hf_config(hf, path)  # types, bounds and parameter count, before anything is allocated
@@ -279,28 +210,44 @@ def read_hf_config(folder: Path) -> tuple[str, dict]:
 
 
 def read_hf_state(folder: Path) -> dict[str, torch.Tensor]:
-    """The state dict of a checkpoint folder: safetensors (single or sharded) or pytorch_model.bin."""
+    """The state dict of a checkpoint folder: safetensors, single or sharded. Pickles are refused."""
     from safetensors.torch import load_file
 
-    single, index, pickle = (folder / name for name in WEIGHT_FILES)
+    single, index = (folder / name for name in WEIGHT_FILES)
     try:
         if single.is_file():
             return load_file(str(single))
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            log.info("reading %d safetensors shards", len(shards))
-            return {k: v for shard in shards for k, v in load_file(str(folder / shard)).items()}
-        if pickle.is_file():
-            return torch.load(pickle, map_location="cpu", weights_only=True)  # no code runs from the file
+            return _read_shards(folder, index)
     except (OSError, KeyError, ValueError, RuntimeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"the weights in {folder} are not readable ({exc}).") from exc
     except Exception as exc:  # safetensors and unpickling raise their own types for corrupt files
         raise ArtifactError(f"the weights in {folder} are not readable ({type(exc).__name__}: {exc}).") from exc
+    if any((folder / name).is_file() for name in PICKLE_FILES):
+        raise ArtifactError(f"{folder} holds its weights only as a pickle (pytorch_model.bin), which forgeline never "
+                            "loads, since unpickling can run code; convert it to model.safetensors first.")
     raise ArtifactError(f"{folder} holds none of {', '.join(WEIGHT_FILES)}; pass a Hugging Face checkpoint folder.")
 
 
+def _read_shards(folder: Path, index: Path) -> dict[str, torch.Tensor]:
+    """Every shard an index names (inside the folder), holding exactly the tensors it maps."""
+    from safetensors.torch import load_file
+
+    weight_map = json.loads(index.read_text())["weight_map"]
+    shards = sorted(set(weight_map.values()))
+    outside = [s for s in shards if not isinstance(s, str) or Path(s).name != s]
+    if outside:
+        raise ArtifactError(f"{index} names shards outside its folder: {outside}.")
+    log.info("reading %d safetensors shards", len(shards))
+    state = {k: v for shard in shards for k, v in load_file(str(folder / shard)).items()}
+    if set(state) != set(weight_map):
+        raise ArtifactError(f"the shards in {folder} do not hold the tensors {index.name} lists: "
+                            f"missing {sorted(set(weight_map) - set(state))}, extra {sorted(set(state) - set(weight_map))}.")
+    return state
+
+
 def load_hf_checkpoint(path: str | Path, seed: int = 0) -> ForgelineModel:
-    """A forgeline model (eval mode) holding the weights of a Hugging Face BERT or GPT-2 folder.
+    """A forgeline model (eval mode) holding the weights of a Hugging Face checkpoint folder.
 
     Parts the checkpoint lacks (a BertModel's MLM/NSP heads and pooler) keep a seeded init.
     """
@@ -308,7 +255,8 @@ def load_hf_checkpoint(path: str | Path, seed: int = 0) -> ForgelineModel:
     if not folder.is_dir():
         raise ArtifactError(f"{folder} is not a folder; pass a Hugging Face checkpoint folder (config.json + weights).")
     model_type, hf = read_hf_config(folder)
-    config = _CONFIGS[model_type](hf, str(folder / CONFIG_FILE))
+    config = CONFIGS[model_type](hf, str(folder / CONFIG_FILE))
+    check_fits_memory(config, str(folder / CONFIG_FILE))
     layout = LAYOUTS[model_type]
     state = read_hf_state(folder)
     log.info("importing %s (%s, %d tensors) from %s", model_type, ",".join(hf.get("architectures") or ["?"]),

@@ -146,21 +146,37 @@ def _slot_contents(slot_of: torch.Tensor, slots: torch.Tensor, token_index: torc
 
 
 class Experts(nn.Module):
-    """E two-layer FFNs with stacked weights, run as one batched FFN on each expert's own tokens."""
+    """E two-layer FFNs with stacked weights, run as one batched FFN on each expert's own tokens.
+
+    Gated experts (SwiGLU, Mixtral's w2(silu(w1 x) * w3 x)) keep w1 and w3 side by side in one
+    (E, D, 2F) weight: one grouped GEMM, whose halves the activation then multiplies. Without
+    biases (``ffn_bias=False``) b1 and b2 are zero buffers, so the chain keeps the one shape the
+    CPU build's sparse rewrite knows (compile/cpu/moe_rows.py)."""
 
     def __init__(self, config):
         super().__init__()
-        E, D, F_ = config.n_experts, config.d_model, config.d_ff
-        self.w1 = nn.Parameter(torch.empty(E, D, F_))
-        self.b1 = nn.Parameter(torch.zeros(E, 1, F_))
+        E, D, F_ = config.n_experts, config.d_model, config.expert_d_ff or config.d_ff
+        self.gated = config.gated_ffn
+        width = 2 * F_ if self.gated else F_  # gated: [w1 | w3]
+        self.w1 = nn.Parameter(torch.empty(E, D, width))
         self.w2 = nn.Parameter(torch.empty(E, F_, D))
-        self.b2 = nn.Parameter(torch.zeros(E, 1, D))
+        if config.ffn_bias:
+            self.b1 = nn.Parameter(torch.zeros(E, 1, width))
+            self.b2 = nn.Parameter(torch.zeros(E, 1, D))
+        else:
+            self.register_buffer("b1", torch.zeros(E, 1, width), persistent=False)
+            self.register_buffer("b2", torch.zeros(E, 1, D), persistent=False)
         self.act = activation_fn(config.activation)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (E, M, D), row block e for expert e -> (E, M, D)."""
-        h = self.act(torch.bmm(x, self.w1) + self.b1)  # (E, M, F)
+        h = torch.bmm(x, self.w1) + self.b1  # (E, M, F) or (E, M, 2F)
+        if self.gated:
+            half = h.shape[-1] // 2
+            h = self.act(h[..., :half]) * h[..., half:]  # (E, M, F)
+        else:
+            h = self.act(h)
         return torch.bmm(self.dropout(h), self.w2) + self.b2  # (E, M, D)
 
     def dispatch(self, xg: torch.Tensor, token: torch.Tensor, combine: torch.Tensor) -> torch.Tensor:
@@ -191,8 +207,14 @@ class MoE(nn.Module):
         self.capacity_factor = config.capacity_factor
         self.top_k = config.router_top_k
         self.causal = causal
+        self.norm_topk = config.router_norm_topk
         self.gate = nn.Linear(config.d_model, config.n_experts, bias=False)
         self.experts = Experts(config)
+        if config.shared_expert_d_ff:  # Qwen2-MoE: every token also runs this expert, scaled by a sigmoid gate
+            from .layers import FeedForward  # layers imports this module
+
+            self.shared_expert = FeedForward(config, d_ff=config.shared_expert_d_ff)
+            self.shared_expert_gate = nn.Linear(config.d_model, 1, bias=False)
         self.aux_loss = torch.zeros(())  # token choice: Switch load-balancing loss of the last forward
         picks = 1 if config.router == "expert_choice" else config.router_top_k
         self.slot_ratio = _slot_ratio(picks * config.capacity_factor / config.n_experts)
@@ -214,6 +236,8 @@ class MoE(nn.Module):
         routing = selected.to(torch.int64)  # (G, n, E)
         if self.causal:
             y, routing = y.transpose(0, 1), routing.transpose(0, 1)  # (B, T, *)
+        if hasattr(self, "shared_expert"):
+            y = y + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)[0]  # (B, T, D)
         return y, routing
 
     def _expert_choice(self, scores: torch.Tensor, mask: torch.Tensor):
@@ -239,7 +263,8 @@ class MoE(nn.Module):
         m = mask.unsqueeze(-1)  # (G, n, 1)
         rank = _rank(scores)  # (G, n, E) rank of each expert for each token
         chosen = (rank < top_k).float() * m  # (G, n, E)
-        gate = scores if top_k == 1 else scores * chosen / (scores * chosen).sum(-1, keepdim=True).clamp_min(1e-9)
+        renormalise = top_k > 1 and self.norm_topk
+        gate = scores * chosen / (scores * chosen).sum(-1, keepdim=True).clamp_min(1e-9) if renormalise else scores
         n = mask.sum(-1, keepdim=True).unsqueeze(-1)  # (G, 1, 1)
         capacity = _ceil_tensor(n * top_k * self.capacity_factor / E)  # (G, 1, 1)
         # GShard priority: all first choices by position, then all second choices, and so on.

@@ -13,7 +13,7 @@ import torch
 
 from forgeline.runtime.errors import ConfigError, UnknownModelError
 
-from .bert import BERT
+from .bert import BERT, BERTWithoutTokenTypes
 from .config import ForgelineModel, ModelConfig
 from .gpt import GPT
 from .transformer import Transformer
@@ -94,15 +94,18 @@ def get_config(name: str, preset: str = "tiny", **overrides) -> ModelConfig:
     return ModelConfig.from_dict(fields)
 
 
-def _model_class(family: str):
-    return {"transformer": Transformer, "bert": BERT, "gpt": GPT}[family]
+def model_class(config: ModelConfig):
+    """The class that builds ``config``: its family's, or BERT's variant without token types."""
+    if config.family == "bert" and config.type_vocab_size == 0:
+        return BERTWithoutTokenTypes
+    return {"transformer": Transformer, "bert": BERT, "gpt": GPT}[config.family]
 
 
 def build_model(config: ModelConfig, seed: int = 0) -> ForgelineModel:
     """A model with seeded init, in eval mode. The global RNG state is left untouched."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = _model_class(config.family)(config)
+        model = model_class(config)(config)
         model.apply(model._init_weights)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("built %s (%s, router=%s): %.2fM parameters", config.name, config.family, config.router, n_params / 1e6)

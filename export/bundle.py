@@ -55,11 +55,13 @@ class ExportOptions:
     overwrite: bool = False
     generation_graphs: bool = True  # GPT/Transformer: also export KV-cache prefill/decode graphs (kv_graphs.py)
     tokenizer: Path | None = None  # an HF tokenizer.json to ship; None ships the byte tokenizer
-    from_hf: Path | None = None  # a Hugging Face BERT/GPT-2 folder to import (its tokenizer.json ships too)
+    from_hf: Path | None = None  # a Hugging Face checkpoint folder to import (its tokenizer.json ships too)
 
 
-def export_model(name: str, out_dir: str | Path, options: ExportOptions = ExportOptions()) -> Manifest:
+def export_model(name: str | None, out_dir: str | Path, options: ExportOptions = ExportOptions()) -> Manifest:
     """Export model ``name`` at ``options.preset`` into the bundle folder ``out_dir``.
+
+    With ``options.from_hf`` the name may be None: the checkpoint's config.json names the architecture.
 
     The bundle is written in a staging folder beside ``out_dir`` and moved in whole once complete;
     with ``overwrite`` an existing forgeline artifact there is replaced only then (and a folder that
@@ -69,14 +71,14 @@ def export_model(name: str, out_dir: str | Path, options: ExportOptions = Export
         return export_into(name, staged, options)
 
 
-def export_into(name: str, out: Path, options: ExportOptions = ExportOptions()) -> Manifest:
+def export_into(name: str | None, out: Path, options: ExportOptions = ExportOptions()) -> Manifest:
     """Export into the empty folder ``out`` (a staging folder: see ``export_model``)."""
     model = _make_model(name, options)
-    log.info("export %s/%s -> %s (seed %d, %d golden cases)", name, options.preset, out, options.seed, options.golden_cases)
+    log.info("export %s/%s -> %s (seed %d, %d golden cases)", model.config.name, options.preset, out, options.seed, options.golden_cases)
     save_checkpoint(model, out / WEIGHTS_FILE)
     set_shareable_mode(out / WEIGHTS_FILE)  # safetensors writes 0600
     limits = model.dim_limits()
-    with progress.stage(f"export {name}/{options.preset} to ONNX"):
+    with progress.stage(f"export {model.config.name}/{options.preset} to ONNX"):
         export_onnx(model, out, limits)
     graphs = export_generation_graphs(model, out) if options.generation_graphs else {}
     share_external_data(out, [ONNX_FILE, *(g.onnx for g in graphs.values())], checkpoint=WEIGHTS_FILE)
@@ -115,9 +117,11 @@ def _ship_tokenizer(out: Path, model: ForgelineModel, options: ExportOptions) ->
     return write_tokenizer(out, model.config.vocab_size, source)
 
 
-def _make_model(name: str, options: ExportOptions) -> ForgelineModel:
+def _make_model(name: str | None, options: ExportOptions) -> ForgelineModel:
     if options.from_hf is not None:
         return _import_hf(name, options)
+    if name is None:
+        raise ConfigError("name a model (see `forgeline models`) or pass a Hugging Face folder with --from-hf.")
     if options.weights is not None:
         if not Path(options.weights).is_file():
             raise ArtifactError(f"weights file {options.weights} does not exist.")
@@ -128,16 +132,19 @@ def _make_model(name: str, options: ExportOptions) -> ForgelineModel:
     return build_model(get_config(name, options.preset), seed=options.seed)
 
 
-def _import_hf(name: str, options: ExportOptions) -> ForgelineModel:
+def _import_hf(name: str | None, options: ExportOptions) -> ForgelineModel:
     from forgeline.define.hf_import import load_hf_checkpoint
 
     if options.weights is not None:
         raise ConfigError("pass either --weights or --from-hf, not both.")
     model = load_hf_checkpoint(options.from_hf, seed=options.seed)
+    if name is None or name == model.config.name:  # the architecture comes from config.json
+        return model
     wanted = get_config(name)
-    if (wanted.family, wanted.router) != (model.config.family, "none"):
-        raise ConfigError(f"{options.from_hf} holds a dense {model.config.family} model, so export it as "
-                          f"{model.config.name!r}, not {name!r}.")
+    if (wanted.family, wanted.router) != (model.config.family, model.config.router):
+        kind = "dense" if model.config.router == "none" else f"{model.config.router} MoE"
+        raise ConfigError(f"{options.from_hf} holds a {kind} {model.config.family} model, so export it as "
+                          f"{model.config.name!r} (or name no model), not {name!r}.")
     return model
 
 

@@ -66,7 +66,7 @@ class _Method(torch.nn.Module):
 def generation_graphs(model: ForgelineModel) -> list[_Graph]:
     """The graphs incremental decoding needs for this model's family (none for BERT)."""
     c = model.config
-    V, D, nh, hs = c.vocab_size, c.d_model, c.n_heads, c.head_dim
+    V, D, nh, hs = c.vocab_size, c.d_model, c.n_kv_heads, c.head_dim  # the cache holds KV heads
     ids = lambda name, *dims: TensorSpec(name, "int64", dims, (0, V))  # noqa: E731
     flt = lambda name, *dims: TensorSpec(name, "float32", dims)  # noqa: E731
     if c.family == "gpt":

@@ -39,6 +39,8 @@ def source_of(model: Any, *, example_inputs=None, example_kwargs=None, dynamic_s
             raise ConfigError(f"{', '.join(given)} apply to an nn.Module; an ONNX file names its own inputs.")
         return OnnxSource(path=Path(model), max_bytes=DEFAULT_MAX_BYTES if max_onnx_bytes is None else max_onnx_bytes,
                           name=name, dim_limits=dict(dim_limits or {}))
+    if model is None:
+        return None  # the registry model a --from-hf checkpoint's config.json names (export_into)
     if not isinstance(model, str):
         raise ConfigError(f"build takes a registry name, an nn.Module or an .onnx path, not a {type(model).__name__}.")
     if given:

@@ -40,6 +40,8 @@ def build(
       ``dim_limits`` ({"seq": 512}: a file states none): ONNX Runtime on that file is the reference.
     ``name=`` names a module's or a file's artifact.
 
+    ``name`` may be None with ``export_options.from_hf``: the checkpoint's config.json names it.
+
     The whole artifact is built in a staging folder beside ``out_dir`` and swapped in only once it
     is complete, so a build that fails, is killed or is interrupted leaves ``out_dir`` as it was
     (with ``overwrite``, the previous artifact stays until the new one replaces it).

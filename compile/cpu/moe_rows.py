@@ -10,7 +10,9 @@ per group, and only the top-k of E slots are filled, so the FFNs did E/k times t
 After import this pass finds the expert chain
 ``add(matmul(act(add(matmul(gather_nd(X, where(i < 0, i + n, i)), W1), b1)), W2), b2)`` with
 stacked ``(E, K, N)`` weights and ``(E, 1, N)`` biases, and rewrites it into a ragged grouped
-FFN, the way MLC-LLM runs sparse MoE (rows sorted by expert, one GEMM over all of them):
+FFN, the way MLC-LLM runs sparse MoE (rows sorted by expert, one GEMM over all of them). A gated
+expert (SwiGLU: Mixtral, Qwen2-MoE) has ``act(h[..., :F]) * h[..., F:]`` in place of ``act(h)``,
+h from one ``(E, K, 2F)`` weight, with act a named activation or silu written ``x * sigmoid(x)``:
 
 1. ``moe_expert_counts``: filled slots per expert, and the row tiles they need
    (``sum_e ceil(count_e / 8)``), which becomes the block's symbolic size;
@@ -288,6 +290,18 @@ def _is_op(expr, name: str) -> bool:
     return isinstance(expr, relax.Call) and isinstance(expr.op, ir.Op) and expr.op.name == name
 
 
+def _const_ints(values) -> list[int] | None:
+    """The ints of a Relax tuple of constants (a strided_slice's axes, begins, ...), None if any is not."""
+    out = []
+    for x in values:
+        v = getattr(x, "value", x)  # PrimValue -> IntImm
+        v = getattr(v, "value", v)  # IntImm -> int
+        if not isinstance(v, int):
+            return None
+        out.append(v)
+    return out
+
+
 def _panels_fit(weight, bias) -> bool:
     """A static (E, K, N) weight with N in whole 32-column panels and an (E, 1, N) bias: what
     ``grouped_matmul_kernel`` takes."""
@@ -332,10 +346,10 @@ def _mutator():
             h2 = self._bound(call.args[0])
             if not (_is_op(h2, "relax.matmul") and _stacked_weight(h2.args[1])):
                 return None
-            act = self._bound(h2.args[0])
-            if act is None or not any(_is_op(act, name) for name in _ACTIVATIONS):
+            tail = self._activation_tail(self._bound(h2.args[0]))
+            if tail is None:
                 return None
-            a1 = self._bound(act.args[0])
+            a1, act = tail
             h1 = self._bound(a1.args[0]) if _is_op(a1, "relax.add") else None
             if not (_is_op(h1, "relax.matmul") and _stacked_weight(h1.args[1])):
                 return None
@@ -352,6 +366,54 @@ def _mutator():
                 return None
             return dict(x=rows.args[0], raw=raw, w1=h1.args[1], b1=a1.args[1], act=act,
                         w2=h2.args[1], b2=call.args[1])
+
+        def _activation_tail(self, node):
+            """(a1, how to redo the activation on the grouped rows) for act(a1) or a gated
+            act(a1[..., :F]) * a1[..., F:]; None for anything else."""
+            if node is not None and any(_is_op(node, name) for name in _ACTIVATIONS):
+                return self._bound(node.args[0]), lambda h: relax.Call(node.op, [h], node.attrs, node.ty_args)
+            if not _is_op(node, "relax.multiply"):
+                return None
+            gate, up = self._bound(node.args[0]), self._bound(node.args[1])
+            half = self._half(up, second=True)
+            if half is None:
+                return None
+            a1, width = half
+            if any(_is_op(gate, name) for name in _ACTIVATIONS) and self._half(self._bound(gate.args[0])) == (a1, width):
+                op, attrs = gate.op, gate.attrs
+                act = lambda x: relax.Call(op, [x], attrs)  # noqa: E731
+            elif _is_op(gate, "relax.multiply") and self._is_silu(gate, a1, width):
+                act = lambda x: relax.op.multiply(x, relax.op.sigmoid(x))  # noqa: E731
+            else:
+                return None
+
+            def redo(h):  # h (R, 2F) grouped rows
+                first = self.builder_.emit(relax.op.strided_slice(h, [1], [0], [width]))  # (R, F)
+                second = self.builder_.emit(relax.op.strided_slice(h, [1], [width], [2 * width]))  # (R, F)
+                return relax.op.multiply(self.builder_.emit(act(first)), second)
+            return a1, redo
+
+        def _is_silu(self, gate, a1, width) -> bool:
+            """gate = s * sigmoid(s) for s the first half of a1 (silu as the exporter writes it)."""
+            x, sig = gate.args
+            sig_call = self._bound(sig)
+            return (_is_op(sig_call, "relax.sigmoid") and sig_call.args[0].same_as(x)
+                    and self._half(self._bound(x)) == (a1, width))
+
+        def _half(self, node, second: bool = False):
+            """(a1, F) when node is a1[..., :F] (or a1[..., F:] with ``second``) of a 2F-wide a1."""
+            if not (_is_op(node, "relax.strided_slice") and len(node.args) >= 4):
+                return None
+            axes, begins, ends = (_const_ints(a) for a in node.args[1:4])
+            strides = _const_ints(node.args[4]) if len(node.args) > 4 else [1]
+            a1 = self._bound(node.args[0])
+            if axes != [2] or strides != [1] or a1 is None or a1.ty.ndim != 3:
+                return None
+            full = int(a1.ty.shape.values[2])
+            begin, end = begins[0], ends[0]
+            if second:
+                return (a1, begin) if 2 * begin == full and end >= full else None
+            return (a1, end) if begin == 0 and 2 * end == full else None
 
         def visit_call_(self, call):
             call = super().visit_call_(call)
@@ -406,8 +468,8 @@ def _mutator():
                         relax.TensorType([e, m], "int64")]))
             rows, tile_info = emit(relax.TupleGetItem(packed, 0)), emit(relax.TupleGetItem(packed, 1))
             slot_row = emit(relax.TupleGetItem(packed, 2))  # (E, M) row of each slot's token, -1 = empty
-            h = emit(self._grouped(rows, p["w1"], p["b1"], tile_info))  # (R, F)
-            h = emit(relax.Call(p["act"].op, [h], p["act"].attrs, p["act"].ty_args))
+            h = emit(self._grouped(rows, p["w1"], p["b1"], tile_info))  # (R, F), or (R, 2F) gated
+            h = emit(p["act"](h))  # (R, F)
             y = emit(self._grouped(h, p["w2"], p["b2"], tile_info))  # (R, D)
             # Back to the (E, M, D) slot layout; a combine matmul that reads it becomes moe_combine_rows.
             return relax.call_tir(self.kernel("moe_unpack_rows", unpack_rows_kernel), [y, slot_row], out_ty=call.ty)

@@ -8,15 +8,16 @@ from pathlib import Path
 from forgeline.runtime.errors import ConfigError
 
 
-def export_args(p: argparse.ArgumentParser, model_optional: bool = False) -> None:
-    p.add_argument("model", nargs="?" if model_optional else None,
-                   help="model name, e.g. gpt, bert, transformer, gpt-moe (see `forgeline models`)")
+def export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", nargs="?", help="model name, e.g. gpt, bert, transformer, gpt-moe (see `forgeline models`); "
+                                           "optional with --from-hf, whose config.json names the architecture")
     p.add_argument("--preset", default="tiny", help="size preset: tiny, small or base (default: tiny)")
     p.add_argument("-o", "--output", required=True, type=Path, help="folder to write the bundle into")
     p.add_argument("--seed", type=int, default=0, help="seed for the weight init and golden inputs")
     p.add_argument("--weights", type=Path, help="a forgeline safetensors checkpoint to export instead of a fresh init")
     p.add_argument("--from-hf", type=Path, metavar="FOLDER",
-                   help="import a Hugging Face BERT or GPT-2 folder (config.json + weights; its tokenizer.json ships too)")
+                   help="import a Hugging Face checkpoint folder (config.json + safetensors; its tokenizer.json "
+                        "ships too): gpt2, bert, llama, mistral, qwen2 and more (docs/models.md)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing artifact in the output folder")
     p.add_argument("--no-generation-graphs", action="store_true",
                    help="gpt/transformer: skip the KV-cache prefill/decode graphs that generate/translate need")
@@ -36,7 +37,7 @@ def compile_args(p: argparse.ArgumentParser, with_path: bool = True) -> None:
 
 
 def build_args(p: argparse.ArgumentParser) -> None:
-    export_args(p, model_optional=True)
+    export_args(p)
     p.add_argument("--onnx", type=Path, metavar="FILE",
                    help="build this ONNX file instead of a registry model (ONNX Runtime on it is the reference)")
     p.add_argument("--max-onnx-mb", type=int, default=4096,
@@ -53,8 +54,8 @@ def build_source(args: argparse.Namespace) -> tuple[str | Path, dict]:
         if args.model or args.from_hf or args.weights:
             raise ConfigError("--onnx builds that file alone; leave out the model name, --from-hf and --weights.")
         return args.onnx, {"max_onnx_bytes": args.max_onnx_mb << 20, "dim_limits": _dim_limits(args.dim_limit)}
-    if not args.model:
-        raise ConfigError("name a model (see `forgeline models`), or pass --onnx FILE.")
+    if not args.model and not args.from_hf:
+        raise ConfigError("name a model (see `forgeline models`), or pass --from-hf FOLDER or --onnx FILE.")
     if args.dim_limit:
         raise ConfigError("--dim-limit applies to --onnx files; a registry model knows its limits.")
     return args.model, {}

@@ -63,11 +63,13 @@ def _compile(args: argparse.Namespace) -> int:
 @command("build", "export + compile (+ tune) + check: the main job", build_args)
 def _build(args: argparse.Namespace) -> int:
     from forgeline.api import build
+    from forgeline.runtime import Manifest
 
     model, source = build_source(args)
     report = build(model, args.output, export_options(args), compile_options(args), tune=tune_options(args), **source)
-    what = model if args.onnx else f"{args.model}/{'hf' if args.from_hf else args.preset}"
     if not args.quiet:  # -q: the check table alone
+        name = args.model or Manifest.load(args.output).name  # --from-hf alone: config.json names it
+        what = model if args.onnx else f"{name}/{'hf' if args.from_hf else args.preset}"
         print(f"built {what} in {args.output}")
     return print_report(report)
 

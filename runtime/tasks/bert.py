@@ -56,7 +56,7 @@ def fill_mask(model, text_or_ids: TextOrIds, top_k: int = 5, mask_id: int | None
     positions = [i for i, t in enumerate(ids) if t == mask]
     if not positions:
         raise InputError(f"the input has no mask token (id {mask}); put {MASK_MARKER} where a word is missing.")
-    logits = model.run(**_single(ids, [0] * len(ids)))["mlm_logits"][0]  # (T, V)
+    logits = model.run(**_declared(model, _single(ids, [0] * len(ids))))["mlm_logits"][0]  # (T, V)
     probs = softmax(logits[positions])  # (M, V)
     k = min(top_k, probs.shape[-1])
     return [MaskPrediction(pos, _candidates(row, k, tokenizer)) for pos, row in zip(positions, probs)]
@@ -65,6 +65,8 @@ def fill_mask(model, text_or_ids: TextOrIds, top_k: int = 5, mask_id: int | None
 def next_sentence(model, a: TextOrIds, b: TextOrIds) -> float:
     """P(b follows a): softmax of nsp_logits, index 0 = IsNext (as in BERT and Hugging Face)."""
     _require_bert(model, "next-sentence")
+    if "nsp_logits" not in [spec.name for spec in model.manifest.outputs]:
+        raise ConfigError(f"{model.path} holds a model without a next-sentence head (RoBERTa, DistilBERT).")
     tokenizer = _tokenizer(model)
     cls, sep = _special(tokenizer, "cls"), _special(tokenizer, "sep")
     first, second = _encode(model, tokenizer, a, "a"), _encode(model, tokenizer, b, "b")
@@ -85,7 +87,7 @@ def embed(model, texts: TextOrIds | Sequence[TextOrIds], normalize: bool = True)
     cls, sep = _special(tokenizer, "cls"), _special(tokenizer, "sep")
     rows = [[cls, *_encode(model, tokenizer, t, f"texts[{i}]"), sep] for i, t in enumerate(batch)]
     arrays = _padded(rows, tokenizer.special_ids.get("pad", 0))
-    hidden = model.run(**arrays)["hidden_states"]  # (N, T, D)
+    hidden = model.run(**_declared(model, arrays))["hidden_states"]  # (N, T, D)
     weights = arrays["attention_mask"][..., None].astype(np.float64)  # (N, T, 1)
     pooled = (hidden * weights).sum(axis=1) / weights.sum(axis=1)  # (N, D)
     if normalize:
@@ -143,6 +145,12 @@ def _as_ids(value, what: str) -> list[int]:
     if array.ndim != 1 or array.size == 0 or not np.issubdtype(array.dtype, np.integer):
         raise InputError(f"{what} must be text or a non-empty 1-D list of token ids; got {array.dtype} {array.shape}.")
     return [int(v) for v in array]
+
+
+def _declared(model, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays the artifact takes: a model without token types (DistilBERT) has no token_type_ids."""
+    names = {spec.name for spec in model.manifest.inputs}
+    return {name: value for name, value in arrays.items() if name in names}
 
 
 def _single(ids: list[int], types: list[int]) -> dict[str, np.ndarray]:
