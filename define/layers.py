@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .activations import activation_fn
+from .ffn import FeedForward
 from .moe import MoE
 
 NEG_INF = -1e9  # additive mask value: exp() of it underflows to exactly 0 in fp32, and never NaNs
@@ -188,27 +188,6 @@ class Attention(nn.Module):
         y = att @ v  # (B, nh, T, hs) or (B, nkv, g, T, hs)
         y = (y.flatten(1, 2) if self.groups > 1 else y).transpose(1, 2).flatten(-2)  # (B, T, D)
         return self.output(y)
-
-
-class FeedForward(nn.Module):
-    """Linear - activation - Linear, or gated (SwiGLU): fc2(act(fc1(x)) * fc3(x)), Llama's
-    down(act(gate(x)) * up(x)) under Meta's w1/w2/w3 names. forward returns (y, None) to match
-    MoE's (y, routing)."""
-
-    def __init__(self, config, d_ff: int | None = None):
-        super().__init__()
-        d_ff = d_ff or config.d_ff  # a shared expert has its own width
-        self.fc1 = nn.Linear(config.d_model, d_ff, bias=config.ffn_bias)
-        self.fc2 = nn.Linear(d_ff, config.d_model, bias=config.ffn_bias)
-        self.fc3 = nn.Linear(config.d_model, d_ff, bias=config.ffn_bias) if config.gated_ffn else None
-        self.act = activation_fn(config.activation)
-        self.dropout = nn.Dropout(config.dropout)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None):
-        h = self.act(self.fc1(x))  # (B, T, F)
-        if self.fc3 is not None:
-            h = h * self.fc3(x)
-        return self.dropout(self.fc2(h)), None  # (B, T, D)
 
 
 def make_ffn(config, layer_index: int, causal: bool) -> nn.Module:

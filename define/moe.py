@@ -42,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .activations import activation_fn
+from .ffn import FeedForward
 
 _PAD_SCORE = -1.0  # softmax scores lie in [0, 1], so a padding token ranks below every real token
 
@@ -211,8 +212,6 @@ class MoE(nn.Module):
         self.gate = nn.Linear(config.d_model, config.n_experts, bias=False)
         self.experts = Experts(config)
         if config.shared_expert_d_ff:  # Qwen2-MoE: every token also runs this expert, scaled by a sigmoid gate
-            from .layers import FeedForward  # layers imports this module
-
             self.shared_expert = FeedForward(config, d_ff=config.shared_expert_d_ff)
             self.shared_expert_gate = nn.Linear(config.d_model, 1, bias=False)
         self.aux_loss = torch.zeros(())  # token choice: Switch load-balancing loss of the last forward
