@@ -114,7 +114,7 @@ def runners(out: Path, manifest, inputs: dict, eager, compiled) -> dict:
     import torch
 
     from forgeline.runtime import load
-    from forgeline.runtime.backends.tvm_params import library_executor
+    from forgeline.runtime.backends.tvm import library_executor
     from forgeline.runtime.format import ONNX_FILE
 
     names = [s.name for s in manifest.inputs]

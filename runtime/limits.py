@@ -95,14 +95,27 @@ def _safetensors_header(path: Path) -> dict:
 # --------------------------------------------------------------------------------------- --inputs
 
 
+def check_names(arrays: Mapping[str, object], specs: list[TensorSpec]) -> None:
+    expected = [s.name for s in specs]
+    missing = [n for n in expected if n not in arrays]
+    extra = sorted(set(arrays) - set(expected))
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing input(s) {', '.join(missing)}")
+        if extra:
+            parts.append(f"unexpected input(s) {', '.join(extra)}")
+        raise InputError(f"{' and '.join(parts)}; this model takes {', '.join(expected)}.")
+
+
+
+
 def check_npz_headers(path: Path, specs: list[TensorSpec], limits: Mapping[str, int | None],
                       flag: str = "--inputs") -> None:
     """Refuse an .npz whose members declare arrays larger than the model accepts, before decompressing any."""
-    from .validate import _check_names
-
     by_name = {spec.name: spec for spec in specs}
     declared = _declared_arrays(path, flag)
-    _check_names({name: None for name, _, _ in declared}, specs)  # the names first, as Model.run would
+    check_names({name: None for name, _, _ in declared}, specs)  # the names first, as Model.run would
     for name, shape, dtype in declared:
         _check_declared(flag, path, by_name[name], shape, dtype, limits)
 
@@ -148,5 +161,5 @@ def _size(n: int) -> str:
     return f"{n} bytes"
 
 
-__all__ = ["DEFAULT_MAX_BATCH", "MAX_BATCH_CEILING", "batch_limit", "check_npz_headers", "check_position_limits",
+__all__ = ["DEFAULT_MAX_BATCH", "MAX_BATCH_CEILING", "batch_limit", "check_names", "check_npz_headers", "check_position_limits",
            "position_table_rows"]

@@ -13,6 +13,7 @@ import numpy as np
 
 from .errors import InputError
 from .format import TensorSpec
+from .limits import batch_limit, check_names
 
 
 def validate_inputs(
@@ -21,7 +22,7 @@ def validate_inputs(
     dim_limits: Mapping[str, int | None],
 ) -> list[np.ndarray]:
     """Return the inputs as arrays in graph order, or raise InputError."""
-    _check_names(arrays, specs)
+    check_names(arrays, specs)
     bound: dict[str, tuple[int, str]] = {}  # symbolic dim -> (size, input that fixed it)
     ordered = []
     for spec in specs:
@@ -30,19 +31,6 @@ def validate_inputs(
         _check_range(spec, array)
         ordered.append(array)
     return ordered
-
-
-def _check_names(arrays: Mapping[str, object], specs: list[TensorSpec]) -> None:
-    expected = [s.name for s in specs]
-    missing = [n for n in expected if n not in arrays]
-    extra = sorted(set(arrays) - set(expected))
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing input(s) {', '.join(missing)}")
-        if extra:
-            parts.append(f"unexpected input(s) {', '.join(extra)}")
-        raise InputError(f"{' and '.join(parts)}; this model takes {', '.join(expected)}.")
 
 
 def _as_array(spec: TensorSpec, value: object) -> np.ndarray:
@@ -110,8 +98,6 @@ def graph_dim_limits(manifest) -> dict[str, int | None]:
     its position table (garbage, or a crash). ``batch`` gets limits.DEFAULT_MAX_BATCH unless the
     manifest states its own.
     """
-    from .limits import batch_limit
-
     positions = manifest.config.get("max_positions")
     limits = dict(manifest.dim_limits)
     specs = [*manifest.inputs, *(s for g in manifest.graphs.values() for s in g.inputs)]

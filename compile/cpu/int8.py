@@ -89,7 +89,7 @@ def pack_weight(weight: np.ndarray, isa: Int8Isa) -> tuple[np.ndarray, np.ndarra
     return panels, scales, comp.astype(np.int32)
 
 
-def _quantize_rows(k: int, k_row: int, rows_pad):
+def quantize_rows(k: int, k_row: int, rows_pad):
     """The pre-pass macro: ``Aq`` (u8, +128) and ``Sa`` (row scales) from ``A``, padded rows 0.
 
     Runs wholly inside K read A with plain vector loads; only a last partial run clamps its
@@ -217,7 +217,7 @@ def int8_dense(k: int, n: int, isa: Int8Isa, *, residual: bool = False, emulate:
         # Sizes in terms of the parameters (FlattenBuffer wants them so), not let-bound.
         Aq = T.decl_buffer((tiles(m) * rows, k_row), "uint8")  # (m padded, K padded) u8 codes
         Sa = T.decl_buffer((tiles(m) * rows,), "float32")  # row scales, 0 on padding rows
-        _quantize_rows(k, k_row, tiles(m) * rows)(A, Aq, Sa, m)
+        quantize_rows(k, k_row, tiles(m) * rows)(A, Aq, Sa, m)
         for task in T.parallel(chunks(m) * pairs):
             for inner in range(CHUNK_TILES):
                 if task // pairs * CHUNK_TILES + inner < tiles(m):
@@ -253,4 +253,5 @@ def int8_dense(k: int, n: int, isa: Int8Isa, *, residual: bool = False, emulate:
     return dense_residual if residual else dense
 
 
-__all__ = ["AVX2", "AVX_VNNI", "ISAS", "Int8Isa", "VNNI", "int8_dense", "pack_weight", "padded", "quantize_weight"]
+__all__ = ["AVX2", "AVX_VNNI", "ISAS", "Int8Isa", "VNNI", "int8_dense", "pack_weight", "padded", "quantize_rows",
+           "quantize_weight"]

@@ -34,7 +34,7 @@ def grouped_int8_kernel(k: int, n: int, isa: Int8Isa, *, emulate: bool = False):
     """
     from tvm.script import tirx as T
 
-    from .int8 import _quantize_rows, tile_accumulator
+    from .int8 import quantize_rows, tile_accumulator
 
     lanes = isa.lanes
     cols = 2 * lanes
@@ -66,7 +66,7 @@ def grouped_int8_kernel(k: int, n: int, isa: Int8Isa, *, emulate: bool = False):
         C = T.match_buffer(var_c, (r, n), "float32")
         Aq = T.decl_buffer((r, k_row), "uint8")  # the block's u8 codes (R is whole tiles)
         Sa = T.decl_buffer((r,), "float32")
-        _quantize_rows(k, k_row, r)(A, Aq, Sa, r)
+        quantize_rows(k, k_row, r)(A, Aq, Sa, r)
         for task in T.parallel(nt * pairs):  # (row tile, panel pair); no let-bound names here
             for half in range(2):
                 if T.Cast("int64", half * HALF) < tiles[task // pairs, 1]:

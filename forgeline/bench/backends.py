@@ -40,7 +40,7 @@ def _run_tvm_tuned(root: Path, manifest: Manifest, inputs, options) -> Callable[
 def _executor_runner(root: Path, build, lib: str, manifest: Manifest, inputs) -> Callable[[], Any]:
     # The executor directly, not load(): load() may dispatch to a tuned bucket for this shape,
     # and "tvm" must time the untuned dynamic build it names.
-    from forgeline.runtime.backends.tvm_params import library_executor
+    from forgeline.runtime.backends.tvm import library_executor
 
     executor = library_executor(root, build, lib, device="cpu")
     ordered = [inputs[name] for name in manifest.input_names()]

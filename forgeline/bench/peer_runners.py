@@ -173,7 +173,7 @@ def tvm_runner(which: str) -> Callable[..., Runner]:
 
     def load(root: Path, manifest: Manifest, inputs: dict[str, np.ndarray], work: Path) -> Runner:
         from forgeline.runtime.amx import needs_amx, request_amx_permission
-        from forgeline.runtime.backends.tvm_params import library_executor
+        from forgeline.runtime.backends.tvm import library_executor
         from forgeline.runtime.format import symbolic_sizes
         from forgeline.runtime.model import select_build
 

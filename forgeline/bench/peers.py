@@ -47,7 +47,7 @@ def bf16_build(manifest: Manifest):
 def run_tvm_precision(precision: str):
     def run(root: Path, manifest: Manifest, inputs, options) -> Callable[[], Any]:
         from forgeline.runtime.amx import needs_amx, request_amx_permission
-        from forgeline.runtime.backends.tvm_params import library_executor
+        from forgeline.runtime.backends.tvm import library_executor
 
         build = precision_build(manifest, precision)
         if needs_amx(build.requires):

@@ -283,4 +283,15 @@ def _flatten(result: Any, tensor_type: type) -> list[Any]:
     return flat
 
 
-__all__ = ["TvmExecutor", "import_tvm_runtime"]
+def library_executor(root, build, lib: str | None = None, **options):
+    """A TvmExecutor for library ``lib`` (default: the build's main one) of ``build``, its
+    parameters bound: for callers that pick a library themselves (benchmarks, bucket checks)."""
+    from ..params_file import binding_for
+    from ..paths import confined
+
+    lib = lib or build.lib
+    options.setdefault("device", build.device)
+    return TvmExecutor(confined(root, lib, "a build library"), params=binding_for(root, build, lib), **options)
+
+
+__all__ = ["TvmExecutor", "import_tvm_runtime", "library_executor"]

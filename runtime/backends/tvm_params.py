@@ -36,18 +36,4 @@ def bind_params(io, binding: ParamBinding, device: str):
     return io.ffi.Array(tensors)
 
 
-
-
-
-def library_executor(root, build, lib: str | None = None, **options):
-    """A TvmExecutor for library ``lib`` (default: the build's main one) of ``build``, its
-    parameters bound: for callers that pick a library themselves (benchmarks, bucket checks)."""
-    from ..params_file import binding_for
-    from ..paths import confined
-    from .tvm import TvmExecutor
-
-    lib = lib or build.lib
-    options.setdefault("device", build.device)
-    return TvmExecutor(confined(root, lib, "a build library"), params=binding_for(root, build, lib), **options)
-
-__all__ = ["PARAMS_NAME", "PARAM_ALIGN", "bind_params", "library_executor"]
+__all__ = ["PARAMS_NAME", "PARAM_ALIGN", "bind_params"]

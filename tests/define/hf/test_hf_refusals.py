@@ -53,7 +53,7 @@ def test_pickle_only_folder(llama_copy, tmp_path, capsys, monkeypatch):
 @pytest.mark.parametrize("changes, fragments", [
     ({"model_type": "falcon"}, ("model_type 'falcon'; forgeline imports bert, ", "llama", "mixtral", "distilbert")),
     ({"auto_map": {"AutoModelForCausalLM": "modeling_x.X"}}, ("never runs",)),
-    ({"vocab_size": "120"}, ("vocab_size='120'",)),
+    ({"vocab_size": "120"}, ("vocab_size is '120' (str), not an integer",)),
     ({"vocab_size": 10**9}, ("vocab_size=1000000000",)),
     ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, ("plain rotary positions only",)),
 ])
@@ -69,7 +69,7 @@ def test_a_model_beyond_memory_is_refused_before_any_allocation(llama_copy, monk
 
     monkeypatch.setattr(hf_import, "build_model", lambda *a, **k: pytest.fail("the model was built"))
     monkeypatch.setattr(hf_import, "read_hf_state", lambda *a, **k: pytest.fail("the weights were read"))
-    with pytest.raises(ConfigError, match=r"G parameters .* more than this machine's .* GiB of memory"):
+    with pytest.raises(ConfigError, match=r"billion parameters, whose fp32 import needs about .* GiB, but this machine has .* GiB"):
         load_hf_checkpoint(llama_copy)
 
 
