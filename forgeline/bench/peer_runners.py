@@ -58,20 +58,29 @@ def quantized_onnx(root: Path, work: Path) -> Path:
 
 
 def _constant_folded(root: Path, work: Path) -> Path:
-    """model.onnx after ONNX Runtime's basic optimizations (constant folding), as ORT's quantization
-    pre-processing does: the graph reads Linear weights from the checkpoint as ``Transpose(W)``, and
-    ``quantize_dynamic`` quantizes only a MatMul whose weight is an initializer."""
-    import onnxruntime as ort
+    """model.onnx with each ``Transpose`` of a weight replaced by the transposed initializer.
 
+    The graphs read Linear weights from the checkpoint as ``Transpose(W)`` (export/shared_data.py),
+    and ``quantize_dynamic`` quantizes only a MatMul whose weight is an initializer; this is the
+    constant folding ORT's quantization pre-processing does, limited to what it needs.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(root / ONNX_FILE), load_external_data=True)
+    weights = {init.name: init for init in model.graph.initializer}
+    kept = []
+    for node in model.graph.node:
+        if node.op_type == "Transpose" and node.input[0] in weights:
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            value = numpy_helper.to_array(weights[node.input[0]]).transpose(perm)
+            model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), node.output[0]))
+        else:
+            kept.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
     out = work / "model.folded.onnx"
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    options.optimized_model_filepath = str(out)
-    options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                     "model.folded.onnx.data")
-    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    ort.InferenceSession(str(root / ONNX_FILE), options, providers=["CPUExecutionProvider"])
+    onnx.save(model, str(out), save_as_external_data=True, location="model.folded.onnx.data")
     return out
 
 
