@@ -55,7 +55,8 @@ def _args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="small,base", help="comma-separated: tiny, small, base, qwen0.5b")
     p.add_argument("--python", default=sys.executable, help="the interpreter whose forgeline builds")
-    p.add_argument("--out", type=Path, default=RESULTS_DIR / "scale", help="JSON and PNG path, no suffix")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON and PNG path, no suffix (default: results/scale-<models>-<host>-fp32-<date>)")
     p.add_argument("--work", type=Path, default=None, help="where artifacts go (default: a temp folder)")
     p.add_argument("--keep", action="store_true", help="keep the artifacts")
     return p.parse_args(argv)
@@ -191,6 +192,10 @@ def plot(results: list[dict], path: Path) -> None:
 
 def main(argv=None) -> int:
     args = _args(argv)
+    if args.out is None:
+        from result_names import result_stem  # benchmarks/ is on sys.path when a script runs
+
+        args.out = RESULTS_DIR / result_stem(f"scale-{args.models.replace(',', '-')}")
     work_ctx = tempfile.TemporaryDirectory(prefix="forgeline-scale-") if args.work is None else None
     work = Path(work_ctx.name) if work_ctx else args.work
     work.mkdir(parents=True, exist_ok=True)
