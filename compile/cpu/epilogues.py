@@ -50,4 +50,7 @@ def gelu(x, kind: str):
     return T.float32(0.5) * x * (T.float32(1.0) + inner)
 
 
-__all__ = ["GELU_KINDS", "gelu"]
+# Relax op -> its epilogue form, for lowerings that fuse the GELU after a dense layer (int8.py)
+GELU = {"relax.nn.gelu": lambda x: gelu(x, "erf"), "relax.nn.gelu_tanh": lambda x: gelu(x, "tanh")}
+
+__all__ = ["GELU", "GELU_KINDS", "gelu"]

@@ -170,11 +170,11 @@ def int8_dense(k: int, n: int, isa: Int8Isa, *, residual: bool = False, emulate:
     """The PrimFunc ``(A (m, k) f32, W panels, s_w, comp, bias (n,) f32, [R (m, n) f32,] C (m, n) f32)``.
 
     ``m`` is symbolic; ``C = act(dequant(Aq . Wq) + bias) (+ R)``, ``act`` the Relax GELU op named
-    by ``activation`` (gelu_math.GELU) or none. A matmul without a bias passes zeros.
+    by ``activation`` (epilogues.GELU) or none. A matmul without a bias passes zeros.
     """
     from tvm.script import tirx as T
 
-    from .gelu_math import GELU
+    from .epilogues import GELU
 
     lanes, rows = isa.lanes, isa.rows
     cols = 2 * lanes  # one tile: rows x 2 vectors

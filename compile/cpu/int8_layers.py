@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .bf16 import DenseLowering, rewrite_dense_layers
-from .gelu_math import GELU
+from .epilogues import GELU
 from .int8 import ISAS, int8_dense, pack_weight
 from .int8_moe import grouped_int8_kernel, pack_expert_weights
 

@@ -28,5 +28,7 @@ def test_reload_after_an_in_place_rebuild_runs_the_new_library(artifact_copy, tm
         new = model.run(input_ids=IDS)["logits"]
         assert model.selfcheck().passed  # the new golden vectors (eager PyTorch of the new weights)
     np.testing.assert_allclose(new, expected, atol=1e-4, rtol=1e-3)
+    # The weights live in params.safetensors, so a rebuild with other weights may leave the kernels'
+    # bytes as they were; each library is loaded from a copy named by its content either way.
     copies = sorted(p.name for p in (tmp_path / "cache" / "libs").glob("*.so"))
-    assert len(copies) == 2 and all(len(name) == 64 + 3 for name in copies)  # one per content, by sha256
+    assert copies and all(len(name) == 64 + 3 for name in copies)  # named by sha256
