@@ -89,6 +89,11 @@ def export_into(name: str | None, out: Path, options: ExportOptions = ExportOpti
     manifest.dim_limits = graph_dim_limits(manifest)  # past, src_seq, ...: bounded like seq
     manifest.tokenizer = _ship_tokenizer(out, model, options)
     del model  # the weights are on disk now; ONNX Runtime's check needs the memory
+    return seal_bundle(out, manifest)
+
+
+def seal_bundle(out: Path, manifest: Manifest) -> Manifest:
+    """Hash every file of the bundle into the manifest, save it, and measure ONNX Runtime against it."""
     for path in sorted(out.iterdir()):
         if path.is_file() and path.name != "manifest.json":
             manifest.record_file(out, path.name)

@@ -17,7 +17,7 @@ from forgeline.runtime.format import DEFAULT_TOLERANCE, GOLDEN_FILE, Manifest, T
 from forgeline.runtime.golden import GoldenCase, save_golden
 from forgeline.runtime.inputs import symbolic_dims
 
-from .bundle import record_ort_parity
+from .bundle import seal_bundle
 from .eager import GOLDEN_BATCH, GOLDEN_SEQ, output_specs_for
 
 # Ops an id passes through unchanged on its way to an embedding table (exporters add views and casts).
@@ -88,12 +88,7 @@ def finish_bundle(out: Path, manifest: Manifest, cases: list[GoldenCase]) -> Man
     save_golden(out / GOLDEN_FILE, cases)
     manifest.outputs = output_specs_for(manifest.inputs, list(cases[0].outputs), cases)
     manifest.golden_cases = [{d: int(s) for d, s in _case_dims(manifest.inputs, c).items()} for c in cases]
-    for path in sorted(out.iterdir()):
-        if path.is_file() and path.name != "manifest.json":
-            manifest.record_file(out, path.name)
-    manifest.save(out)
-    record_ort_parity(out, manifest)
-    return manifest
+    return seal_bundle(out, manifest)
 
 
 def _case_dims(specs: list[TensorSpec], case: GoldenCase) -> dict[str, int]:
