@@ -1,8 +1,8 @@
 """The int8 GEMM beside the fp32 one, per dense-layer shape, in one interleaved run.
 
 For each (M, K, N) it builds the fp32 GEMM schedule (compile/cpu/matmul.py, through the CPU
-pipeline, weights packed at build time) and the int8 kernels this host can run (VNNI's
-``vpdpbusd`` and AVX2's ``vpmaddubsw``), each with its bias epilogue, and times them round-robin
+pipeline, weights packed at build time) and the int8 kernels this host can run (AMX's
+``tdpbssd``, VNNI's ``vpdpbusd`` and AVX2's ``vpmaddubsw``), each with its bias epilogue, and times them round-robin
 (median of ``--rounds`` rounds of ``--reps`` calls each) on ``TVM_NUM_THREADS`` threads. The int8
 times include the per-call activation quantization. Default shapes: gpt-small at 1x128 and 8x128
 (QKV, FFN in and out, LM head). The machine may be shared: read the ratios.
@@ -57,10 +57,31 @@ def _int8_gemm(weight, bias, isa, target):
     return run
 
 
+def _amx_int8_gemm(weight, bias, target):
+    import tvm
+
+    from forgeline.compile.cpu.amx_int8 import amx_int8_dense, pack_weight
+    from forgeline.runtime.amx import request_amx_permission
+
+    request_amx_permission()
+    k, n = weight.shape
+    lib = tvm.compile(tvm.IRModule({"main": amx_int8_dense(k, n).with_attr("global_symbol", "main")}),
+                      target=target)
+    operands = [tvm.runtime.tensor(v) for v in (*pack_weight(weight), bias)]
+    outs: dict = {}
+
+    def run(a):
+        out = outs.setdefault(a.shape[0], tvm.runtime.tensor(np.empty((a.shape[0], n), np.float32)))
+        lib["main"](a, *operands, out)
+
+    return run
+
+
 def bench_shape(m: int, k: int, n: int, rounds: int, reps: int) -> dict[str, float]:
     """Median ms per call of each kernel on one shape."""
     import tvm
 
+    from forgeline.compile.cpu.amx_int8 import AMX_INT8
     from forgeline.compile.cpu.int8 import ISAS
     from forgeline.compile.targets import resolve_target
     from forgeline.runtime.host import read_cpu_features
@@ -72,10 +93,15 @@ def bench_shape(m: int, k: int, n: int, rounds: int, reps: int) -> dict[str, flo
     mcpu = resolve_target("cpu").target  # this host's CPU, as forgeline compiles for it
     target = tvm.target.Target(mcpu)
     kernels = {"fp32": _fp32_gemm(weight, bias, target)}
+
+    def with_attrs(isa):
+        return tvm.target.Target({**mcpu, "mattr": sorted(set(mcpu.get("mattr", [])) | set(isa.llvm_attrs))})
+
+    if set(AMX_INT8.cpu_features) <= features:
+        kernels["int8-amx"] = _amx_int8_gemm(weight, bias, with_attrs(AMX_INT8))
     for name, isa in ISAS.items():
         if set(isa.cpu_features) <= features:
-            attrs = tvm.target.Target({**mcpu, "mattr": sorted(set(mcpu.get("mattr", [])) | set(isa.llvm_attrs))})
-            kernels[f"int8-{name}"] = _int8_gemm(weight, bias, isa, attrs)
+            kernels[f"int8-{name}"] = _int8_gemm(weight, bias, isa, with_attrs(isa))
     a = tvm.runtime.tensor(rng.standard_normal((m, k)).astype(np.float32))
     samples: dict[str, list[float]] = {name: [] for name in kernels}
     for name, run in kernels.items():  # warm up

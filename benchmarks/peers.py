@@ -10,12 +10,13 @@ each backend's top-1 agreement with eager fp32 beside its latency. Prints a mark
 writes ``benchmarks/results/peers-<model>-<preset>-<host>-<date>.json``, ``.md`` and ``.png``.
 
     python benchmarks/peers.py gpt --preset small --batch 1,8 --seq 128 [--tune-minutes N] [--artifact DIR]
-        [--precisions auto|bf16,int8|none] [--bf16-kernels auto,avx512bf16]
+        [--precisions auto|bf16,int8|none] [--bf16-kernels auto,avx512bf16] [--int8-kernels auto,vnni]
 
 Without ``--artifact`` the model is exported and compiled into a temporary folder first, in fp32
 and in every reduced CPU precision forgeline has (``--precisions auto``: bf16, and int8 where
 it exists) that this host can run; ``--bf16-kernels auto,avx512bf16`` on an AMX host adds the
-AVX512-BF16 kernel's build beside the AMX one. The machine this runs on may be shared: read the
+AVX512-BF16 kernel's build beside the AMX one, and ``--int8-kernels auto,vnni`` the VNNI int8 build
+beside the AMX int8 one (tag ``...-int8-vnni``). The machine this runs on may be shared: read the
 ratios, which come from one interleaved run.
 """
 
@@ -46,18 +47,21 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    help="reduced-precision builds to add when building: auto (all), none, or e.g. bf16,int8")
     p.add_argument("--bf16-kernels", default="auto",
                    help="bf16 kernels to build: auto (the CPU's best), amx, avx512bf16, comma-separated")
+    p.add_argument("--int8-kernels", default="auto",
+                   help="int8 kernels to build: auto (the CPU's best), amx, vnni, avxvnni, avx2, comma-separated")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
     return p.parse_args(argv)
 
 
-def build(model: str, preset: str, out: Path, precisions: list[str], bf16_kernels: tuple[str, ...]) -> Path:
+def build(model: str, preset: str, out: Path, precisions: list[str], bf16_kernels: tuple[str, ...],
+          int8_kernels: tuple[str, ...] = ("auto",)) -> Path:
     from forgeline.bench.precisions import compile_precisions
     from forgeline.compile import compile_artifact
     from forgeline.export import ExportOptions, export_model
 
     export_model(model, out, ExportOptions(preset=preset, overwrite=True, generation_graphs=False))
     compile_artifact(out)
-    compile_precisions(out, precisions, bf16_kernels)
+    compile_precisions(out, precisions, bf16_kernels, int8_kernels=int8_kernels)
     return out
 
 
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     kernels = tuple(k for k in args.bf16_kernels.split(",") if k)
     with tempfile.TemporaryDirectory(prefix="forgeline-peers-art-") as tmp:
         artifact = args.artifact or build(args.model, args.preset, Path(tmp) / f"{args.model}-{args.preset}",
-                                          precisions, kernels)
+                                          precisions, kernels, tuple(k for k in args.int8_kernels.split(",") if k))
         if args.tune_minutes > 0:
             tune(artifact, batches, args.seq, args.tune_minutes)
         reports = [bench_peers(artifact, PeerOptions(batch=b, seq=args.seq, iters=args.iters, warmup=args.warmup))

@@ -50,6 +50,7 @@ class CompileOptions:
     emulate_amx: bool = False  # bf16 instructions as TIR loops: same numerics, slow (for tests)
     emulate_int8: bool = False  # int8 dot products (VNNI's) as TIR loops: same numerics (for tests)
     bf16_kernel: str = "auto"  # "amx" or "avx512bf16" forces one (precision.py); auto: the CPU's best
+    int8_kernel: str = "auto"  # "amx", "vnni", "avxvnni" or "avx2" forces one (precision.py); auto: the CPU's best
 
     @property
     def emulated(self) -> bool:
@@ -71,7 +72,8 @@ def resolve_precision_plan(options: CompileOptions, tune: TuneOptions | None = N
     spec = resolve_target(options.target, arch=options.arch, mcpu=options.mcpu, num_cores=options.num_cores)
     host_features = None if options.mcpu else read_cpu_features()  # an explicit mcpu: a cross build
     return plan_precision(spec, options.precision, host_features=host_features,
-                          emulate=options.emulated, bf16_kernel=options.bf16_kernel)
+                          emulate=options.emulated, bf16_kernel=options.bf16_kernel,
+                          int8_kernel=options.int8_kernel)
 
 
 def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(),

@@ -17,7 +17,10 @@ the one the CPU would get has the kernel in its tag.
 int8 (cpu.int8_layers) runs on every x86-64 CPU with AVX2: ``vpdpbusd`` where the CPU has
 AVX512-VNNI (or its 256-bit form with AVX-VNNI), ``vpmaddubsw``/``vpmaddwd`` elsewhere. The
 kernel follows the host's /proc/cpuinfo flags, or on a cross compile (``mcpu``) the features LLVM
-gives that CPU; the build requires them.
+gives that CPU; the build requires them. Where the CPU has AMX-INT8 (amx_int8, amx_tile) the dense
+layers run on AMX tiles (``tdpbssd``, cpu.amx_int8) instead, with VNNI kept for the graphs whose
+row count is fixed small (decode) and for the MoE experts. ``int8_kernel`` forces one kernel
+(tests, and timing VNNI on an AMX host), as ``bf16_kernel`` does for bf16.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dataclasses import dataclass, replace
 from forgeline.runtime.errors import ConfigError
 
 from .cpu.amx import AMX_CPU_FEATURES, AMX_LLVM_ATTRS
+from .cpu.amx_int8 import AMX_INT8
 from .cpu.dpbf16 import DPBF16_CPU_FEATURES, DPBF16_LLVM_ATTRS
 from .cpu.int8 import AVX2, AVX_VNNI, VNNI, Int8Isa
 from .targets import TargetSpec
@@ -36,6 +40,7 @@ _TARGET_KIND = {"bf16": "llvm", "int8": "llvm", "fp16": "cuda"}  # where each re
 # bf16 kernels, in order of preference: (cpu features, LLVM attributes)
 BF16_KERNELS = {"amx": (AMX_CPU_FEATURES, AMX_LLVM_ATTRS),
                 "avx512bf16": (DPBF16_CPU_FEATURES, DPBF16_LLVM_ATTRS)}
+INT8_KERNELS = {isa.name: isa for isa in (AMX_INT8, VNNI, AVX_VNNI, AVX2)}  # the fastest first
 
 
 @dataclass(frozen=True)
@@ -83,37 +88,58 @@ def require_amx_host(cpu_features: frozenset, cpu_name: str) -> None:
     require_bf16_host(cpu_features, cpu_name, "amx")
 
 
-def int8_isa(cpu_features, cpu_name: str) -> Int8Isa:
-    """The int8 kernel for a CPU with ``cpu_features`` (/proc/cpuinfo spelling), or a refusal."""
-    for isa in (VNNI, AVX_VNNI, AVX2):  # the fastest first
+def int8_isa(cpu_features, cpu_name: str, kernel: str = "auto") -> Int8Isa:
+    """The int8 kernel for a CPU with ``cpu_features`` (/proc/cpuinfo spelling), or a refusal;
+    ``kernel`` (a name of ``INT8_KERNELS``) forces one the CPU has."""
+    if kernel != "auto":
+        forced = _int8_kernel(kernel)
+        missing = [f for f in forced.cpu_features if f not in cpu_features]
+        if missing:
+            raise ConfigError(f"The {kernel} int8 kernel needs {', '.join(missing)}, which the CPU "
+                              f"{cpu_name} lacks; leave the int8 kernel to forgeline's choice.")
+        return forced
+    for isa in INT8_KERNELS.values():
         if set(isa.cpu_features) <= set(cpu_features):
             return isa
     raise ConfigError(f"--precision int8 needs a CPU with AVX2 (or AVX512-VNNI), and {cpu_name} has "
                       "neither; build fp32 (the default) here.")
 
 
-def _int8_target(spec: TargetSpec, host_features: frozenset | None) -> TargetSpec:
+def _int8_kernel(kernel: str) -> Int8Isa:
+    if kernel not in INT8_KERNELS:
+        raise ConfigError(f"Unknown int8 kernel {kernel!r}; choose one of {', '.join(INT8_KERNELS)}.")
+    return INT8_KERNELS[kernel]
+
+
+def _int8_target(spec: TargetSpec, host_features: frozenset | None, kernel: str = "auto") -> TargetSpec:
     features = spec.requires.get("cpu_features", []) if host_features is None else host_features
-    isa = int8_isa(features, spec.target.get("mcpu", "?"))
+    isa = int8_isa(features, spec.target.get("mcpu", "?"), kernel)
+    # a forced kernel other than the CPU's own has it in the tag: both builds can sit side by side
+    suffix = "" if kernel == "auto" or isa == int8_isa(features, "?") else f"-{isa.name}"
     target = dict(spec.target)
     target["mattr"] = sorted(set(target.get("mattr", [])) | set(isa.llvm_attrs))
     required = sorted(set(spec.requires.get("cpu_features", [])) | set(isa.cpu_features))
-    return replace(spec, tag=f"{spec.tag}-int8", target=target,
+    return replace(spec, tag=f"{spec.tag}-int8{suffix}", target=target,
                    requires={**spec.requires, "cpu_features": required})
 
 
-def kernel_precision(precision: str, emulated: bool, spec: TargetSpec | None = None) -> str:
+def kernel_precision(precision: str, emulated: bool, spec: TargetSpec | None = None,
+                     kernel: str = "auto") -> str:
     """The int8 pipeline switch: "int8-<isa>", the kernel chosen from the features ``spec`` requires
-    (from ``_int8_target``); an emulated int8 build emulates the VNNI kernel."""
+    (from ``_int8_target``) or forced by ``kernel``; an emulated int8 build emulates the VNNI kernel
+    unless ``kernel`` names another."""
     if precision != "int8":
         raise ValueError(f"kernel_precision is for int8, not {precision}; plan_precision gives the others.")
     features = spec.requires.get("cpu_features", []) if spec is not None else []
-    isa = VNNI if emulated else int8_isa(features, spec.tag if spec is not None else "?")
+    if emulated:
+        isa = VNNI if kernel == "auto" else _int8_kernel(kernel)
+    else:
+        isa = int8_isa(features, spec.tag if spec is not None else "?", kernel)
     return f"int8-{isa.name}" + ("-emulated" if emulated else "")
 
 
 def plan_precision(spec: TargetSpec, precision: str, *, host_features: frozenset | None,
-                   emulate: bool = False, bf16_kernel: str = "auto") -> PrecisionPlan:
+                   emulate: bool = False, bf16_kernel: str = "auto", int8_kernel: str = "auto") -> PrecisionPlan:
     """The target of a ``precision`` build; ``host_features`` None means a cross compile.
 
     ``emulate`` runs the bf16 kernel's instructions as TIR loops (same numerics, slow, no AMX or
@@ -131,8 +157,10 @@ def plan_precision(spec: TargetSpec, precision: str, *, host_features: frozenset
     if precision == "fp16":
         return PrecisionPlan(replace(spec, tag=f"{spec.tag}-fp16"), "fp16")
     if precision == "int8":
-        target = replace(spec, tag=f"{spec.tag}-int8emu") if emulate else _int8_target(spec, host_features)
-        return PrecisionPlan(target, kernel_precision("int8", emulate, target))
+        emulated = "-int8emu" if int8_kernel in ("auto", VNNI.name) else f"-int8-{int8_kernel}emu"
+        target = (replace(spec, tag=f"{spec.tag}{emulated}") if emulate
+                  else _int8_target(spec, host_features, int8_kernel))
+        return PrecisionPlan(target, kernel_precision("int8", emulate, target, int8_kernel))
     cpu_name = spec.target.get("mcpu", "?")
     features = host_features if host_features is not None else spec.requires.get("cpu_features", [])
     if emulate:
@@ -162,5 +190,5 @@ def precision_target(spec: TargetSpec, precision: str, *, host_features: frozens
                           bf16_kernel=bf16_kernel).spec
 
 
-__all__ = ["BF16_KERNELS", "PRECISIONS", "PrecisionPlan", "bf16_kernel_for", "cpu_precisions", "int8_isa",
+__all__ = ["BF16_KERNELS", "INT8_KERNELS", "PRECISIONS", "PrecisionPlan", "bf16_kernel_for", "cpu_precisions", "int8_isa",
            "kernel_precision", "plan_precision", "precision_target", "require_amx_host", "require_bf16_host"]

@@ -34,8 +34,42 @@ def _intrin(name: str, *args):
     return T.call_llvm_intrin("void", T.llvm_lookup_intrinsic_id(name), *args)
 
 
+def c_tile_steps():
+    """The macros ``zero_c()`` (C tiles 0-3 to zero) and ``store_c(out, out_row, out_col,
+    out_stride)`` (tile t to rows 16 (t // 2), columns 16 (t % 2) of ``out`` at ``[out_row,
+    out_col]``, whose rows are ``out_stride`` 4-byte elements apart): the bf16 and int8 blocks'."""
+    from tvm.script import tirx as T
+
+    def tile(index: int):
+        return T.int8(index)
+
+    @T.macro
+    def zero_c():
+        T.evaluate(_intrin("llvm.x86.tilezero", tile(0)))
+        T.evaluate(_intrin("llvm.x86.tilezero", tile(1)))
+        T.evaluate(_intrin("llvm.x86.tilezero", tile(2)))
+        T.evaluate(_intrin("llvm.x86.tilezero", tile(3)))
+
+    @T.macro
+    def store_c(out, out_row, out_col, out_stride):
+        # The output's rows are out_stride * 4 bytes apart. No let-bound names anywhere here:
+        # in a parallel body TVM turns each into a heap allocation per iteration.
+        T.evaluate(_intrin("llvm.x86.tilestored64", tile(0),
+                           T.address_of(out[out_row, out_col]), T.int64(out_stride * 4)))
+        T.evaluate(_intrin("llvm.x86.tilestored64", tile(1),
+                           T.address_of(out[out_row, out_col + 16]), T.int64(out_stride * 4)))
+        T.evaluate(_intrin("llvm.x86.tilestored64", tile(2),
+                           T.address_of(out[out_row + 16, out_col]), T.int64(out_stride * 4)))
+        T.evaluate(_intrin("llvm.x86.tilestored64", tile(3),
+                           T.address_of(out[out_row + 16, out_col + 16]), T.int64(out_stride * 4)))
+
+    return zero_c, store_c
+
+
 def _amx_ops():
     from tvm.script import tirx as T
+
+    zero_c, store_c = c_tile_steps()
 
     def tile(index: int):
         return T.int8(index)
@@ -57,10 +91,7 @@ def _amx_ops():
 
     @T.macro
     def block(abf, w, out, out_row, out_col, out_stride, row0, panel0, k_pad):
-        T.evaluate(_intrin("llvm.x86.tilezero", tile(0)))
-        T.evaluate(_intrin("llvm.x86.tilezero", tile(1)))
-        T.evaluate(_intrin("llvm.x86.tilezero", tile(2)))
-        T.evaluate(_intrin("llvm.x86.tilezero", tile(3)))
+        zero_c()
         for step in range(k_pad // 32):  # A's rows are k_pad * 2 bytes apart
             T.evaluate(_intrin("llvm.x86.tileloadd64", tile(4),
                                T.address_of(abf[row0, step * 32]), T.int64(k_pad * 2)))
@@ -74,16 +105,7 @@ def _amx_ops():
             T.evaluate(_intrin("llvm.x86.tdpbf16ps", tile(1), tile(4), tile(7)))
             T.evaluate(_intrin("llvm.x86.tdpbf16ps", tile(2), tile(5), tile(6)))
             T.evaluate(_intrin("llvm.x86.tdpbf16ps", tile(3), tile(5), tile(7)))
-        # The output's rows are out_stride * 4 bytes apart. No let-bound names anywhere here:
-        # in a parallel body TVM turns each into a heap allocation per iteration.
-        T.evaluate(_intrin("llvm.x86.tilestored64", tile(0),
-                           T.address_of(out[out_row, out_col]), T.int64(out_stride * 4)))
-        T.evaluate(_intrin("llvm.x86.tilestored64", tile(1),
-                           T.address_of(out[out_row, out_col + 16]), T.int64(out_stride * 4)))
-        T.evaluate(_intrin("llvm.x86.tilestored64", tile(2),
-                           T.address_of(out[out_row + 16, out_col]), T.int64(out_stride * 4)))
-        T.evaluate(_intrin("llvm.x86.tilestored64", tile(3),
-                           T.address_of(out[out_row + 16, out_col + 16]), T.int64(out_stride * 4)))
+        store_c(out, out_row, out_col, out_stride)
 
     @T.macro
     def release():
@@ -144,4 +166,4 @@ def tile_ops(emulate: bool):
     return _emulated_ops() if emulate else _amx_ops()
 
 
-__all__ = ["from_bf16", "tile_ops", "to_bf16"]
+__all__ = ["c_tile_steps", "from_bf16", "tile_ops", "to_bf16"]

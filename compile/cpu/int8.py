@@ -89,8 +89,11 @@ def pack_weight(weight: np.ndarray, isa: Int8Isa) -> tuple[np.ndarray, np.ndarra
     return panels, scales, comp.astype(np.int32)
 
 
-def quantize_rows(k: int, k_row: int, rows_pad):
+def quantize_rows(k: int, k_row: int, rows_pad, signed: bool = False):
     """The pre-pass macro: ``Aq`` (u8, +128) and ``Sa`` (row scales) from ``A``, padded rows 0.
+
+    ``signed`` writes the codes themselves as s8 (AMX's ``tdpbssd`` multiplies signed by signed:
+    amx_int8.py); the scales are the same.
 
     Runs wholly inside K read A with plain vector loads; only a last partial run clamps its
     column index (a clamped vector index is a gather).
@@ -109,6 +112,8 @@ def quantize_rows(k: int, k_row: int, rows_pad):
         q = T.max(T.min(T.round(load(A, i, m, run, lane, clamp) * inv), T.float32(127)), T.float32(-127))
         if clamp:  # columns past K: code 128 (q = 0), against zero weights
             q = T.if_then_else(run * QUANT_LANES + lane < k, q, T.float32(0))
+        if signed:
+            return T.Cast("int8", T.Cast("int32", q))
         return T.Cast("uint8", T.Cast("int32", q) + 128)
 
     @T.macro

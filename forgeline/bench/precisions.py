@@ -38,17 +38,19 @@ def parse_precisions(text: str) -> list[str]:
 
 
 def compile_precisions(root: Path, precisions: list[str], bf16_kernels: tuple[str, ...] = ("auto",),
-                       mcpu: str | None = None) -> list[str]:
-    """Add a build per precision (bf16: per kernel) to the artifact at ``root``, unless it has it;
-    the tags of the artifact's builds of those precisions."""
+                       mcpu: str | None = None, int8_kernels: tuple[str, ...] = ("auto",)) -> list[str]:
+    """Add a build per precision (bf16 and int8: per kernel) to the artifact at ``root``, unless it
+    has it; the tags of the artifact's builds of those precisions."""
     from forgeline.compile import CompileOptions, compile_artifact
     from forgeline.compile.artifact import resolve_precision_target
     from forgeline.runtime.format import Manifest
 
     built = []
     for precision in precisions:
-        for kernel in (bf16_kernels if precision == "bf16" else ("auto",)):
-            options = CompileOptions(precision=precision, mcpu=mcpu, **({"bf16_kernel": kernel} if precision == "bf16" else {}))
+        kernels = {"bf16": bf16_kernels, "int8": int8_kernels}
+        for kernel in kernels.get(precision, ("auto",)):
+            forced = {f"{precision}_kernel": kernel} if precision in kernels else {}
+            options = CompileOptions(precision=precision, mcpu=mcpu, **forced)
             try:
                 if resolve_precision_target(options).tag in Manifest.load(root).builds:
                     manifest = Manifest.load(root)

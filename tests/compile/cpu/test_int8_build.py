@@ -7,7 +7,7 @@ import pytest
 
 from forgeline.cli.app import main
 from forgeline.compile import CompileOptions, compile_artifact
-from forgeline.compile.precision import kernel_precision, precision_target
+from forgeline.compile.precision import kernel_precision, plan_precision, precision_target
 from forgeline.compile.targets import TargetSpec
 from forgeline.export import ExportOptions, export_model
 from forgeline.runtime.errors import ConfigError
@@ -99,3 +99,36 @@ def test_cross_compiled_int8_follows_the_mcpu_features():
     assert kernel_precision("int8", False, cross) == "int8-vnni"
     cross = precision_target(_cpu_spec(["avx2", "fma"]), "int8", host_features=None)
     assert kernel_precision("int8", False, cross) == "int8-avx2"
+
+
+AMX_HOST = VNNI_HOST | {"amx_tile", "amx_int8", "amx_bf16"}  # Sapphire Rapids and later
+
+
+def test_int8_kernel_is_amx_where_the_cpu_has_amx_int8():
+    spec = precision_target(_cpu_spec(), "int8", host_features=AMX_HOST)
+    assert spec.tag == "cpu-test-int8" and {"+amx-int8", "+amx-tile", "+avx512vnni"} <= set(spec.target["mattr"])
+    assert {"amx_int8", "amx_tile", "avx512_vnni"} <= set(spec.requires["cpu_features"])  # the runtime asks for tiles
+    assert kernel_precision("int8", False, spec) == "int8-amx"
+    ok, why = can_run(spec.requires, HostInfo(arch="x86_64", cpu_features=VNNI_HOST))
+    assert not ok and "amx" in why  # an AMX build is refused on a VNNI-only host
+    plan = plan_precision(_cpu_spec(), "int8", host_features=AMX_HOST, int8_kernel="vnni")
+    assert plan.spec.tag == "cpu-test-int8-vnni" and plan.kernels == "int8-vnni"  # beside the AMX build
+    assert "amx_tile" not in plan.spec.requires["cpu_features"]
+    plan = plan_precision(_cpu_spec(), "int8", host_features=None, emulate=True, int8_kernel="amx")
+    assert plan.spec.tag == "cpu-test-int8-amxemu" and plan.kernels == "int8-amx-emulated"
+    with pytest.raises(ConfigError, match="amx int8 kernel needs amx_int8, amx_tile"):
+        plan_precision(_cpu_spec(), "int8", host_features=VNNI_HOST, int8_kernel="amx")
+
+
+def test_int8_gpt_on_the_amx_kernel_matches_eager_fp32(tmp_path):
+    """The AMX int8 kernel end to end; with the tile steps emulated on hosts without AMX-INT8."""
+    from forgeline.compile.cpu.amx_int8 import AMX_INT8
+
+    emulate = not set(AMX_INT8.cpu_features) <= read_cpu_features()
+    out = tmp_path / "gpt"
+    export_model("gpt", out, ExportOptions(generation_graphs=False))
+    manifest = compile_artifact(out, CompileOptions(precision="int8", int8_kernel="amx", emulate_int8=emulate))
+    (tag,) = [t for t, b in manifest.builds.items() if b.precision == "int8"]
+    assert tag.endswith("-int8-amxemu" if emulate else "-int8") and "AMX kernel" in manifest.builds[tag].note
+    assert manifest.stages[f"tvm/{tag}"].passed  # against eager fp32 within PRECISION_TOLERANCE["int8"]
+    assert _worst_error(out, tag) > 1e-4  # int8 really ran
