@@ -18,7 +18,8 @@ def translate(model, src, max_new_tokens: int = 32, *, bos_id: int | None = None
 
     ``src``: ids or text, one or a list. Sources are translated one at a time (the encoder has no
     source padding mask, so sources of unequal length are not batched). ``bos_id``/``eos_id``
-    default to the tokenizer's bos/eos.
+    default to the model's own (an imported BART's decoder_start_token_id and eos_token_id), else
+    the tokenizer's bos/eos.
     """
     manifest = model.manifest
     if manifest.family != "transformer":
@@ -50,6 +51,10 @@ def _translate_one(model, source: list[int], max_new_tokens: int, bos_id: int, e
 
 
 def _bos_eos(model, bos_id: int | None, eos_id: int | None) -> tuple[int, int | None]:
+    config = model.manifest.config
+    own_bos, own_eos = config.get("decoder_start_id", -1), config.get("eos_id", -1)  # -1: none
+    bos_id = own_bos if bos_id is None and own_bos >= 0 else bos_id
+    eos_id = own_eos if eos_id is None and own_eos >= 0 else eos_id
     if bos_id is None or eos_id is None:
         specials = model.tokenizer.special_ids if model.manifest.tokenizer else {}
         bos_id = specials.get("bos") if bos_id is None else bos_id
