@@ -26,7 +26,7 @@ def translate(model, src, max_new_tokens: int = 32, *, bos_id: int | None = None
         raise ConfigError(f"translate needs a transformer model, but this artifact holds {manifest.family}.")
     for name in ("encode", "prefill", "decode"):
         graph_spec(manifest, name)
-    sources = prompt_ids(model, src)
+    sources = _framed(model, src, prompt_ids(model, src))
     bos_id, eos_id = _bos_eos(model, bos_id, eos_id)
     check_prompt_lengths(manifest, [len(s) for s in sources])
     check_budget(manifest, [1], max_new_tokens)  # the target starts from bos alone
@@ -34,6 +34,16 @@ def translate(model, src, max_new_tokens: int = 32, *, bos_id: int | None = None
     rows = [_translate_one(model, s, max_new_tokens, bos_id, eos_id) for s in sources]
     seconds = {"decode": time.perf_counter() - started}
     return Generation(ids=rows, text=decode_texts(model, rows), prompt_ids=sources, seconds=seconds)
+
+
+def _framed(model, src, sources: list[list[int]]) -> list[list[int]]:
+    """Text sources of a model with its own start id (an imported BART) framed as its tokenizer
+    frames them, <s> text </s>; ids are taken as given."""
+    is_text = isinstance(src, (str, bytes)) or (isinstance(src, (list, tuple)) and src and isinstance(src[0], (str, bytes)))
+    specials = model.tokenizer.special_ids if model.manifest.tokenizer else {}
+    if not is_text or model.manifest.config.get("decoder_start_id", -1) < 0 or not {"bos", "eos"} <= set(specials):
+        return sources
+    return [[specials["bos"], *row, specials["eos"]] for row in sources]
 
 
 def _translate_one(model, source: list[int], max_new_tokens: int, bos_id: int, eos_id: int | None) -> list[int]:

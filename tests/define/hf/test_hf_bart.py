@@ -43,9 +43,24 @@ def _save_bart(folder, seed: int, **config):
     return reference, folder
 
 
+def _word_tokenizer(path) -> None:
+    """A tokenizer.json with BART's specials (<s> 0, <pad> 1, </s> 2) and one word per other id."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    specials = ["<s>", "<pad>", "</s>"]
+    tok = Tokenizer(models.WordLevel({**{t: i for i, t in enumerate(specials)}, **{f"t{i}": i for i in range(3, VOCAB)}},
+                                     unk_token="<pad>"))
+    tok.add_special_tokens([AddedToken(t, special=True) for t in specials])
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tok.save(str(path))
+
+
 @pytest.fixture(scope="session")
 def hf_bart(tmp_path_factory):
-    return _save_bart(tmp_path_factory.mktemp("hf-bart"), seed=43)  # greedy text of 3 and 5 distinct tokens
+    reference, folder = _save_bart(tmp_path_factory.mktemp("hf-bart"), seed=43)  # greedy text of 3 and 5 distinct tokens
+    _word_tokenizer(folder / "tokenizer.json")
+    return reference, folder
 
 
 def _pair(batch: int, src: int, tgt: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,8 +147,11 @@ def test_built_bart_logits_and_translation_match_transformers(bart_artifact, bac
             expected = _expected(reference, src, tgt).numpy()
             logits = model.run(src_ids=src.numpy(), tgt_ids=tgt.numpy())["logits"]
             np.testing.assert_allclose(logits, expected, atol=ATOL, rtol=RTOL)
-        # the start and end ids are the checkpoint's (no tokenizer.json ships with it)
+        # the start and end ids are the checkpoint's, not its tokenizer's bos (<s>, 0)
         assert model.translate(SOURCES, STEPS).ids == [hf_translate(reference, s, STEPS) for s in SOURCES]
+        # text goes through the shipped tokenizer.json, framed <s> ... </s> as BART's tokenizer does
+        text = model.translate(" ".join(f"t{i}" for i in SOURCES[0]), STEPS).text[0]
+        assert text.split() == [f"t{i}" for i in hf_translate(reference, [0, *SOURCES[0], 2], STEPS)]
         _check_kv_graphs_teacher_forced(model, reference)
 
 
@@ -153,6 +171,19 @@ def test_api_build_records_the_bart_switches(bart_artifact):
     _, out = bart_artifact
     config = json.loads((out / "manifest.json").read_text())["config"]
     assert (config["split_positions"], config["embedding_norm"], config["logits_bias"]) == (True, True, True)
+
+
+def test_the_offset_rows_are_no_positions(bart_artifact, tmp_path):
+    """The 66-row tables hold 64 positions: a manifest raised to 66 is refused at load."""
+    from forgeline.runtime import load
+    from forgeline.runtime.errors import ArtifactError
+
+    art = shutil.copytree(bart_artifact[1], tmp_path / "art")
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["config"]["max_positions"] = 66
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"max_positions=66, but .*pos.weight .* holds 64 positions"):
+        load(art, backend="ort")
 
 
 @pytest.fixture
