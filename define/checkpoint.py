@@ -11,13 +11,13 @@ import logging
 from pathlib import Path
 
 from forgeline.runtime.errors import ArtifactError, ConfigError
+from forgeline.runtime.format import WEIGHTS_CONFIG_KEY as CONFIG_KEY
 
 from .config import ForgelineModel, ModelConfig
 from .registry import build_model
 
 log = logging.getLogger(__name__)
 
-CONFIG_KEY = "forgeline.config"
 
 
 def unique_state(model: ForgelineModel) -> tuple[dict, dict[str, str]]:

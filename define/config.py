@@ -37,6 +37,12 @@ class ModelConfig:
     type_vocab_size: int = 2  # BERT segment ids (sentence A / B); 0 = no token_type_ids input (DistilBERT)
     positions: str = "sinusoidal"  # transformer: sinusoidal | learned; gpt: rotary, else a learned table
     position_offset: int = 0  # learned table rows skipped before position 0 (BART: 2)
+    split_positions: bool = False  # transformer: encoder and decoder each have a learned position table (BART)
+    scale_embedding: bool = True  # transformer: token embeddings times sqrt(d_model) (BART: scale_embedding)
+    embedding_norm: bool = False  # transformer: LayerNorm on each side's embedding sum (BART's layernorm_embedding)
+    logits_bias: bool = False  # transformer: a (1, V) bias added to the logits (BART's final_logits_bias)
+    decoder_start_id: int = -1  # transformer: the id decoding starts from (BART: 2); -1 = the tokenizer's bos
+    eos_id: int = -1  # transformer: the id that ends a translation (HF eos_token_id); -1 = the tokenizer's eos
     pad_token_id: int = -1  # >= 0: positions count non-pad tokens from pad_token_id + 1 (RoBERTa)
     rope_theta: float = 10000.0  # rotary base (Llama's rope_theta, GPT-NeoX's rotary_emb_base)
     rotary_pct: float = 1.0  # share of each head's dims that rotate (GPT-NeoX's rotary_pct)
@@ -85,6 +91,11 @@ class ModelConfig:
         if self.expert_d_ff < 0 or self.shared_expert_d_ff < 0:
             raise ConfigError(f"expert_d_ff={self.expert_d_ff} and shared_expert_d_ff={self.shared_expert_d_ff} "
                               "must be 0 or more.")
+        if self.split_positions and self.positions != "learned":
+            raise ConfigError("split_positions needs positions='learned': a sinusoidal table has no weights to split.")
+        for name in ("decoder_start_id", "eos_id"):
+            if not -1 <= getattr(self, name) < self.vocab_size:
+                raise ConfigError(f"{name}={getattr(self, name)} must be a token id below {self.vocab_size} (-1 = none).")
         if self.position_offset < 0:
             raise ConfigError(f"position_offset={self.position_offset} must be 0 or more.")
         if self.type_vocab_size < 0:

@@ -207,9 +207,33 @@ def qwen2_moe_config(hf: dict, source: str = "config.json") -> ModelConfig:
     return ModelConfig(**fields)
 
 
+def bart_config(hf: dict, source: str = "config.json") -> ModelConfig:
+    """BART: the encoder-decoder Transformer with BART's switches (learned positions offset by 2,
+    embedding LayerNorms, a logits bias). Sides of unequal width or head count are refused."""
+    f = _Fields(hf, source)
+    heads, ffn = f.int("encoder_attention_heads", 16, _HEADS), f.int("encoder_ffn_dim", 4096, 4 * _WIDTH)
+    f.refuse_unless(f.int("decoder_attention_heads", 16, _HEADS) == heads and f.int("decoder_ffn_dim", 4096, 4 * _WIDTH) == ffn,
+                    "has a decoder whose attention heads or FFN width differ from the encoder's; forgeline imports "
+                    "BART with equal ones only")
+    f.refuse_unless(f.bool("tie_word_embeddings", True), "has an LM head untied from its embeddings; forgeline's "
+                    "encoder-decoder ties them")
+    vocab = f.int("vocab_size", 50265, _VOCAB)
+    return ModelConfig(
+        name="bart", family="transformer", vocab_size=vocab, d_model=f.int("d_model", 1024, _WIDTH),
+        n_layers=f.int("encoder_layers", 12, _LAYERS), n_decoder_layers=f.int("decoder_layers", 12, _LAYERS),
+        n_heads=heads, d_ff=ffn, max_positions=f.int("max_position_embeddings", 1024, MAX_IMPORT_POSITIONS),
+        positions="learned", position_offset=2, split_positions=True, embedding_norm=True, logits_bias=True,
+        scale_embedding=f.bool("scale_embedding", False), activation=f.activation("activation_function", "gelu"),
+        layer_norm_eps=1e-5,  # nn.LayerNorm's default, fixed in BART's code
+        decoder_start_id=f.int("decoder_start_token_id", 2, vocab - 1, lo=0),
+        eos_id=f.int("eos_token_id", 2, vocab - 1, lo=0) if hf.get("eos_token_id", 2) is not None else -1,
+        init_std=f.float("init_std", 0.02, 0, 10),
+    )
+
+
 CONFIGS = {"bert": bert_config, "roberta": bert_config, "distilbert": distilbert_config, "gpt2": gpt2_config,
            "llama": llama_config, "mistral": llama_config, "qwen2": llama_config, "gpt_neox": gpt_neox_config, "mixtral": mixtral_config,
-           "qwen2_moe": qwen2_moe_config}
+           "qwen2_moe": qwen2_moe_config, "bart": bart_config}
 
 
 def check_fits_memory(config: ModelConfig, source: str) -> int:

@@ -81,7 +81,7 @@ def import_state(layout: Layout, hf_state: dict[str, torch.Tensor], model: Forge
 
     Raises ArtifactError naming every missing and unexpected key, and every shape that differs.
     """
-    n_layers = model.config.n_layers
+    n_layers = layer_count(model.config)
     state = _normalise_keys(layout, hf_state)
     _, aliases = unique_state(model)
     ours = set(model.state_dict()) - set(aliases)  # what this configuration has: no switched-off biases
@@ -118,6 +118,12 @@ def import_state(layout: Layout, hf_state: dict[str, torch.Tensor], model: Forge
     return absent
 
 
+def layer_count(config) -> int:
+    """How many indices {i} runs over: the deeper side of an encoder-decoder (the other side's extra
+    rules name tensors the model lacks, and are dropped)."""
+    return max(config.n_layers, config.n_decoder_layers)
+
+
 def expert_table(layout: Layout, config, ours: set[str]) -> dict[str, list[tuple[str, ...]]]:
     """{our stacked name: per expert, the HF keys laid side by side} for the MoE layers ``ours`` has."""
     table = {}
@@ -143,7 +149,7 @@ def _stack_experts(stacks: dict[str, list[tuple[str, ...]]], state: dict, source
 
 def _convert(layout: Layout, state: dict[str, torch.Tensor], table: dict[str, list[str]], config):
     """Our state dict: renamed, transposed and split tensors, as contiguous fp32."""
-    transpose = {k for t in layout.transpose for k in _expand(t, config.n_layers)}
+    transpose = {k for t in layout.transpose for k in _expand(t, layer_count(config))}
     out: dict[str, torch.Tensor] = {}
     for hf, names in table.items():
         if hf not in state:

@@ -197,8 +197,38 @@ GPT_NEOX_LAYOUT = Layout(
     ignore=("layers.{i}.attention.bias", "layers.{i}.attention.masked_bias", "layers.{i}.attention.rotary_emb.inv_freq"),
 )
 
+_BART_ATTENTION = (("q_proj", "query"), ("k_proj", "key"), ("v_proj", "value"), ("out_proj", "output"))
+
+BART_LAYOUT = Layout(
+    family="transformer",
+    strip_prefixes=("model.",),
+    renames=(
+        ("shared.weight", "embed.weight"),
+        ("encoder.embed_positions.weight", "pos.weight"),
+        ("decoder.embed_positions.weight", "decoder_pos.weight"),
+        ("encoder.layernorm_embedding.{p}", "encoder_embed_ln.{p}"),
+        ("decoder.layernorm_embedding.{p}", "decoder_embed_ln.{p}"),
+        *((f"encoder.layers.{{i}}.self_attn.{hf}.{{p}}", f"encoder.{{i}}.self_attn.{ours}.{{p}}") for hf, ours in _BART_ATTENTION),
+        ("encoder.layers.{i}.self_attn_layer_norm.{p}", "encoder.{i}.ln_1.{p}"),
+        ("encoder.layers.{i}.fc1.{p}", "encoder.{i}.ffn.fc1.{p}"),
+        ("encoder.layers.{i}.fc2.{p}", "encoder.{i}.ffn.fc2.{p}"),
+        ("encoder.layers.{i}.final_layer_norm.{p}", "encoder.{i}.ln_2.{p}"),
+        *((f"decoder.layers.{{i}}.self_attn.{hf}.{{p}}", f"decoder.{{i}}.self_attn.{ours}.{{p}}") for hf, ours in _BART_ATTENTION),
+        ("decoder.layers.{i}.self_attn_layer_norm.{p}", "decoder.{i}.ln_1.{p}"),
+        *((f"decoder.layers.{{i}}.encoder_attn.{hf}.{{p}}", f"decoder.{{i}}.cross_attn.{ours}.{{p}}") for hf, ours in _BART_ATTENTION),
+        ("decoder.layers.{i}.encoder_attn_layer_norm.{p}", "decoder.{i}.ln_2.{p}"),
+        ("decoder.layers.{i}.fc1.{p}", "decoder.{i}.ffn.fc1.{p}"),
+        ("decoder.layers.{i}.fc2.{p}", "decoder.{i}.ffn.fc2.{p}"),
+        ("decoder.layers.{i}.final_layer_norm.{p}", "decoder.{i}.ln_3.{p}"),
+        ("final_logits_bias", "logits_bias"),
+    ),
+    # one embedding serves both sides and the LM head; older checkpoints save the copies
+    tied=(("lm_head.weight", "embed.weight"), ("encoder.embed_tokens.weight", "embed.weight"),
+          ("decoder.embed_tokens.weight", "embed.weight")),
+)
+
 # model_type -> layout. Mistral and Qwen2 are Llama's tensors under Llama's names; their
 # differences (sliding window, QKV bias) are config switches (hf_configs.py).
 LAYOUTS = {"bert": BERT_LAYOUT, "roberta": ROBERTA_LAYOUT, "distilbert": DISTILBERT_LAYOUT, "gpt2": GPT2_LAYOUT,
            "llama": LLAMA_LAYOUT, "mistral": LLAMA_LAYOUT, "qwen2": LLAMA_LAYOUT, "gpt_neox": GPT_NEOX_LAYOUT, "mixtral": MIXTRAL_LAYOUT,
-           "qwen2_moe": QWEN2_MOE_LAYOUT}
+           "qwen2_moe": QWEN2_MOE_LAYOUT, "bart": BART_LAYOUT}

@@ -28,6 +28,8 @@ SIZE_BOUNDS = {
     "type_vocab_size": 1 << 16,
     "num_local_experts": 1024, "num_experts": 1024, "num_experts_per_tok": 1024,
     "head_dim": 1 << 12,
+    "encoder_layers": 1024, "decoder_layers": 1024, "encoder_ffn_dim": 1 << 18, "decoder_ffn_dim": 1 << 18,
+    "encoder_attention_heads": 1024, "decoder_attention_heads": 1024,  # BART
 }
 _ALIASES = {  # what the parameter count needs, by the names configs use for it
     "vocab": ("vocab_size",), "hidden": ("hidden_size", "n_embd", "d_model"),

@@ -38,6 +38,7 @@ FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 ONNX_FILE = "model.onnx"
 WEIGHTS_FILE = "weights.safetensors"
+WEIGHTS_CONFIG_KEY = "forgeline.config"  # the model config, as JSON, in the weights file's metadata
 GOLDEN_FILE = "golden.npz"
 TVM_DIR = "tvm"
 

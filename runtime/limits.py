@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ArtifactError, InputError
-from .format import WEIGHTS_FILE, Manifest, TensorSpec
+from .format import WEIGHTS_CONFIG_KEY, WEIGHTS_FILE, Manifest, TensorSpec
 
 DEFAULT_MAX_BATCH = 256  # sequences per call; more go in several calls (the bench and tuned buckets use <= 64)
 MAX_BATCH_CEILING = 65536  # a manifest's batch limit above this is refused as corrupt
@@ -46,16 +46,27 @@ def batch_limit(limits: Mapping[str, int | None]) -> int:
 
 
 def position_table_rows(root: Path, manifest: Manifest) -> dict[str, int]:
-    """{tensor name: rows} of the position tables in the (hashed) weights file; empty when it has none."""
+    """{tensor name: positions} of the position tables in the (hashed) weights file, less the rows
+    before position 0 (BART's offset, read from the config the same file holds); empty when none."""
     if WEIGHTS_FILE not in manifest.files or not (Path(root) / WEIGHTS_FILE).is_file():
         return {}
     header = _safetensors_header(Path(root) / WEIGHTS_FILE)
+    offset = _position_offset(header)
     rows = {}
     for name, entry in header.items():
         shape = entry.get("shape") if isinstance(entry, dict) else None
         if name.endswith(POSITION_TABLES) and isinstance(shape, list) and len(shape) == 2:
-            rows[name] = int(shape[0])
+            rows[name] = int(shape[0]) - offset
     return rows
+
+
+def _position_offset(header: dict) -> int:
+    """position_offset of the model config in the weights file's metadata (0 when absent)."""
+    try:
+        offset = json.loads(header["__metadata__"][WEIGHTS_CONFIG_KEY]).get("position_offset", 0)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return 0
+    return offset if isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0 else 0
 
 
 def check_position_limits(root: Path, manifest: Manifest) -> None:
@@ -65,7 +76,7 @@ def check_position_limits(root: Path, manifest: Manifest) -> None:
         return  # no table to overrun (rotary or sinusoidal positions computed in the graph)
     name, rows = min(tables.items(), key=lambda item: item[1])
     declared = manifest.config.get("max_positions")
-    where = f"the model's position table ({name} in {WEIGHTS_FILE}, checked by hash) has {rows} rows"
+    where = f"the model's position table ({name} in {WEIGHTS_FILE}, checked by hash) holds {rows} positions"
     if declared != rows:
         raise ArtifactError(f"manifest.json says max_positions={declared!r}, but {where}; the manifest was edited or "
                             "belongs to another build. Restore it or rebuild the artifact.")

@@ -41,3 +41,11 @@ def hf_greedy(reference, prompt: list[int], steps: int) -> list[int]:
                              do_sample=False, pad_token_id=0)
     assert out.shape[1] == len(prompt) + steps
     return out[0, len(prompt):].tolist()
+
+
+def build_from_hf(folder, out):
+    """`forgeline build --from-hf FOLDER -o OUT`, no model name: the architecture is config.json's."""
+    from forgeline.cli.app import main
+
+    assert main(["-q", "build", "--from-hf", str(folder), "-o", str(out)]) == 0
+    return out

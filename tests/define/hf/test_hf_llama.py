@@ -18,7 +18,7 @@ import transformers
 
 from forgeline.define.hf_import import load_hf_checkpoint
 
-from .hf_fixtures import ATOL, RTOL, hf_greedy, save_reference
+from .hf_fixtures import ATOL, RTOL, build_from_hf, hf_greedy, save_reference
 
 VOCAB, STEPS = 120, 24
 _SIZES = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -112,12 +112,8 @@ def test_eager_logits_and_kv_greedy_tokens_match_transformers(hf_decoder, arch):
 @pytest.fixture(scope="session")
 def llama_artifact(hf_decoder, tmp_path_factory):
     """`forgeline build --from-hf FOLDER -o OUT`, no model name: the sharded, untied llama."""
-    from forgeline.cli.app import main
-
     reference, folder = hf_decoder("llama")
-    out = tmp_path_factory.mktemp("llama-artifact") / "out"
-    assert main(["-q", "build", "--from-hf", str(folder), "-o", str(out)]) == 0
-    return reference, out
+    return reference, build_from_hf(folder, tmp_path_factory.mktemp("llama-artifact") / "out")
 
 
 @pytest.mark.parametrize("backend", ["ort", "tvm"])
