@@ -120,6 +120,19 @@ PRECISION_TOLERANCE = {"fp32": DEFAULT_TOLERANCE, "bf16": Tolerance(atol=5e-2, r
                        "fp16": Tolerance(atol=1e-2, rtol=1e-2), "int8": Tolerance(atol=0.15, rtol=0.05)}
 
 
+# Routing flips a reduced-precision build may show, as a share of all routing decisions (the
+# elements of every ``routing.*`` output over every golden case), with the golden cases in which
+# one flipped exempt from the value tolerance (a different expert ran there) and at least one case
+# flip-free (ROUTING_FLIP_MEASURED below). fp32 allows none: any flip fails an fp32 build.
+ROUTING_FLIP_BOUND = {"fp32": 0.0, "bf16": 0.01, "fp16": 0.01, "int8": 0.01}
+
+
+def routing_flip_bound(precision: str) -> float:
+    """The share of routing decisions a ``precision`` build may flip (ROUTING_FLIP_BOUND)."""
+    precision_tolerance(precision)  # an unknown precision: the same sentence
+    return ROUTING_FLIP_BOUND[precision]
+
+
 def precision_tolerance(precision: str) -> Tolerance:
     if precision not in PRECISION_TOLERANCE:
         raise ArtifactError(f"precision {precision!r} has no tolerance; this forgeline knows "
@@ -139,6 +152,7 @@ class OutputParity:
     passed: bool
     exact: bool = False  # routing outputs must match exactly: a routing flip is a failure
     note: str = ""  # names/shape mismatch, NaN, ...
+    decisions: int = 0  # routing outputs: the routing decisions compared (frac_over of them differ)
 
 
 @dataclass

@@ -32,6 +32,7 @@ from forgeline.compile.symbolic_rows import name_compound_rows
 from forgeline.runtime.backends.cpu_kernels import MATMUL_FUNC
 
 from .bf16 import bf16_dense_matmuls
+from .bf16_moe import bf16_experts
 from .dense_gelu import fuse_dense_gelu
 from .fast_math import fast_math
 from .int8_layers import int8_dense_matmuls, int8_experts
@@ -146,6 +147,7 @@ def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: 
     elif precision != "fp32":  # "bf16[-avx512bf16][-emulated]"
         kernel = "avx512bf16" if "avx512bf16" in precision else "amx"
         mod = bf16_dense_matmuls(mod, emulate=precision.endswith("-emulated"), kernel=kernel)
+        experts = bf16_experts(precision)
         if kernel == "avx512bf16":
             mod = fuse_dense_gelu(mod, emulate=precision.endswith("-emulated"))
     mod = rewrite_graph(mod, experts)
