@@ -121,10 +121,16 @@ PRECISION_TOLERANCE = {"fp32": DEFAULT_TOLERANCE, "bf16": Tolerance(atol=5e-2, r
 
 
 # Routing flips a reduced-precision build may show, as a share of all routing decisions (the
-# elements of every ``routing.*`` output over every golden case), with the golden cases in which
-# one flipped exempt from the value tolerance (a different expert ran there) and at least one case
-# flip-free (ROUTING_FLIP_MEASURED below). fp32 allows none: any flip fails an fp32 build.
-ROUTING_FLIP_BOUND = {"fp32": 0.0, "bf16": 0.01, "fp16": 0.01, "int8": 0.01}
+# elements of every ``routing.*`` output over every golden case); the golden cases with a flip are
+# reported but not held to the value tolerance (a different expert ran there), and something must
+# stay flip-free (runtime/parity.py). fp32 allows none: any flip fails an fp32 build. Measured on
+# random-init small bert-moe and gpt-moe-tc at E = 4 and 32 (capacity factor 2, the MoE scaling
+# benchmark's models) on an AMX + AVX512-VNNI Xeon, golden cases and held-out 1x128, 1x128, 8x128:
+# int8 flipped at most 0.27% (golden) and 1.11% (held-out, gpt-moe-tc E=4), bf16 at most 0.03% and
+# 0.27% (same model). Random-init routers score experts nearly alike, so near-ties are common;
+# a trained router has fewer. The bounds are about 2x (int8) and 3.7x (bf16) the worst held-out
+# share; fp16 (11 significant bits, CUDA, not measured) takes bf16's.
+ROUTING_FLIP_BOUND = {"fp32": 0.0, "bf16": 0.01, "fp16": 0.01, "int8": 0.025}
 
 
 def routing_flip_bound(precision: str) -> float:
