@@ -40,6 +40,7 @@ from .matmul import matmul_rule
 from .moe_rows import compact_expert_rows
 from .row_lanes import row_lanes_rule
 from .rules import fallback_rule, row_reduction_rule
+from .shape_defs import hoist_shape_definitions
 from .weights import fold_packed_weights, mark_weight_operands
 
 logger = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: 
     with target:
         mod = tvm.transform.Sequential(cpu_generic.library_dispatch_passes(target)
                                        + cpu_generic.legalize_passes(target))(mod)
+        mod = hoist_shape_definitions(mod)  # FuseOps may emit a use of moe_rows<i> before its match_cast
         mod = mark_weight_operands(mod)
         return fold_packed_weights(schedule_cpu_kernels(mod, target, gemm_rows=gemm_rows))
 
