@@ -162,7 +162,7 @@ def _routing_policy(rows: list[OutputParity], bound: float) -> list[OutputParity
     out = [_exempt(r) if _in_flipped_case(r, flipped) else r for r in rows]
     share = flips / decisions
     note = (f"{flips} of {decisions} routing decisions flipped ({share:.2%}; bound {bound:.2%}); "
-            f"{len(flipped)} of {len(cases)} golden cases had a flip"
+            f"{len(flipped)} of {len(cases)} cases had a flip"
             + (f" ({', '.join(flipped)}: their other outputs reported, not held to the tolerance)"
                if flipped else ""))
     prefixes = sorted({r.case for r in rows if "[:" in r.case})  # the positions before a flip (causal)
@@ -171,7 +171,7 @@ def _routing_policy(rows: list[OutputParity], bound: float) -> list[OutputParity
     passed = share <= bound and len(flipped) < len(cases) + len(prefixes)
     if not passed:
         why = ("more flips than the bound allows" if share > bound
-               else "no golden case, nor any position before a flip, is free of flips")
+               else "no case, nor any position before a flip, is free of flips")
         note += f": {why}"
     out.append(OutputParity(ROUTING_SUMMARY, "(all cases)", share, share, share, passed, True, note, decisions))
     return out

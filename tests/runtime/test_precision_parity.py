@@ -68,7 +68,7 @@ def test_a_flipped_case_is_reported_not_held_to_the_tolerance():
     assert record.passed
     exempt = [r for r in record.parity if r.output == "logits" and r.max_abs > 0.5]
     assert exempt and all(r.passed and "routing decision flipped" in r.note for r in exempt)
-    assert "2 of 40 routing decisions flipped (5.00%; bound 25.00%); 1 of 2 golden cases" in routing_note(record)
+    assert "2 of 40 routing decisions flipped (5.00%; bound 25.00%); 1 of 2 cases" in routing_note(record)
 
 
 def test_flip_free_cases_are_still_held_to_the_tolerance():
@@ -83,7 +83,7 @@ def test_flips_over_the_bound_or_in_every_case_refuse_the_build():
     over = stage_record("tvm/x", _cases({"case0"}, 0.0), TOL, routing_bound=0.01)  # 5% > 1%
     assert not over.passed and "more flips than the bound allows" in routing_note(over)
     everywhere = stage_record("tvm/x", _cases({"case0", "case1"}, 0.0), TOL, routing_bound=0.5)
-    assert not everywhere.passed and "no golden case, nor any position" in routing_note(everywhere)
+    assert not everywhere.passed and "no case, nor any position" in routing_note(everywhere)
     with pytest.raises(ParityError, match="routing decisions flipped"):
         raise_if_failed(over)
 
