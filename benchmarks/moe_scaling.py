@@ -16,9 +16,14 @@ against dense bert.
     python benchmarks/moe_scaling.py --experts 4,32 --models bert-moe --shapes 1x128
     python benchmarks/moe_scaling.py --precision bf16 --no-extras   # + tvm-bf16 beside fp32
 
-``--precision bf16`` (or int8, where forgeline has it) adds that build to every artifact and
-times it as the backend ``tvm-<precision>`` beside the others; a precision this host cannot run
-is refused before anything is built.
+``--precision bf16`` (or int8) adds that build to every artifact, the dense models' included, and
+times it as the backend ``tvm-<precision>`` beside the others, so the last column (E = max against
+the dense model) compares like with like; a precision this host cannot run is refused before
+anything is built. The MoE criteria at 1x128 (E = 32 against E = 4 and against dense, per
+precision) take:
+
+    python benchmarks/moe_scaling.py --models bert-moe,gpt-moe-tc --experts 4,32 --shapes 1x128 \
+        --precision bf16 --no-extras            # then the same with --precision int8
 
 Prints a markdown table; writes benchmarks/results/moe_scaling-<host>-fp32-<date>.json and .png. On a
 shared machine read the ratios within one run, not the absolute numbers.
@@ -203,16 +208,19 @@ def table(cases: list[Case], experts: list[int], stat: str = "median") -> str:
     """Markdown: one row per (model, backend, shape), one column per E, then the dense model."""
     by_key = {(c.model, c.backend, c.shape, c.experts): getattr(c, stat) for c in cases}
     rows = sorted({(c.model, c.backend, c.shape) for c in cases if c.model in DENSE and c.experts in experts})
-    head = "| model | backend | batch x seq | " + " | ".join(f"E = {e}" for e in experts) + " | dense | E=max / E=min |"
-    lines = [head, "|" + "---|" * (len(experts) + 5)]
+    head = ("| model | backend | batch x seq | " + " | ".join(f"E = {e}" for e in experts)
+            + " | dense | E=max / E=min | E=max / dense |")
+    lines = [head, "|" + "---|" * (len(experts) + 6)]
     for model, backend, shape in rows:
         values = [by_key.get((model, backend, shape, e)) for e in experts]
         dense = by_key.get((DENSE[model], backend if backend != "train" else "train", shape, 0))
         cells = [f"{v:.1f}" if v is not None else "-" for v in values]
         ratio = f"{values[-1] / values[0]:.2f}x" if values[0] and values[-1] else "-"
         dense_cell = f"{DENSE[model]} {dense:.1f}" if dense else "-"
+        # the dense model on the same backend, so at the same precision (tvm-bf16 beside tvm-bf16)
+        vs_dense = f"{values[-1] / dense:.2f}x" if dense and values[-1] else "-"
         lines.append(f"| {model} | {backend} | {shape[0]}x{shape[1]} | " + " | ".join(cells)
-                     + f" | {dense_cell} | {ratio} |")
+                     + f" | {dense_cell} | {ratio} | {vs_dense} |")
     return "\n".join(lines)
 
 

@@ -25,7 +25,7 @@ from forgeline.runtime.memory import release_freed_memory
 from forgeline.runtime.model import load, open_model
 from forgeline.runtime import progress
 from forgeline.runtime.params_file import PARAMS_FILE
-from forgeline.runtime.parity import raise_if_failed
+from forgeline.runtime.parity import raise_if_failed, routing_note
 
 from .cpu.matmul import DECODE_ROWS
 from .params_store import ParamStoreWriter
@@ -108,7 +108,7 @@ def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(
 
         manifest = update_manifest(root, add, drop=lambda m: _forget_build(m, spec.tag), moves=[(staged, final)])
     if record is not None:
-        log.info("%s vs eager: pass", record.stage)
+        log.info("%s vs eager: pass%s", record.stage, f" ({routing_note(record)})" if routing_note(record) else "")
     if tune is not None:
         manifest = tune_artifact(root, spec.tag, tune)
     return manifest

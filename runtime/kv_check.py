@@ -30,7 +30,7 @@ def with_generation_rows(record: StageRecord, model, case: GoldenCase | None = N
     if not rows:
         return record
     log.info("%s generation graphs vs eager: %s", record.stage, "pass" if all(r.passed for r in rows) else "FAIL")
-    return stage_record(record.stage, record.parity + rows, record.tolerance)
+    return stage_record(record.stage, record.parity + rows, record.tolerance, model.routing_flip_bound)
 
 
 def generation_parity(model, case: GoldenCase | None = None) -> list[OutputParity]:

@@ -19,7 +19,7 @@ from .artifact_io import artifact_lock
 from .confine import check_confinement, confined
 from .errors import ArtifactError, ConfigError, TargetMismatchError
 from .format import (GOLDEN_FILE, ONNX_FILE, ORT_STAGE, BuildRecord, Manifest, StageRecord,
-                     TensorSpec, Tolerance)
+                     TensorSpec, Tolerance, routing_flip_bound)
 from .golden import GoldenCase, load_golden
 from .limits import check_position_limits
 from .parity import compare_outputs, stage_record
@@ -97,6 +97,11 @@ class Model:
         return self.build is not None and self.build.precision != "fp32"
 
     @property
+    def routing_flip_bound(self) -> float | None:
+        """The share of routing decisions this build may flip (reduced precision), else None."""
+        return routing_flip_bound(self.build.precision) if self.reduced_precision else None
+
+    @property
     def stage(self) -> str:
         return ORT_STAGE if self.build is None else f"tvm/{self.build.tag}"
 
@@ -113,8 +118,9 @@ class Model:
         rows = []
         for case in cases:
             rows += compare_outputs(case.outputs, self.run(**case.inputs), self.tolerance, case.name,
-                                    routing_flips_fail=not self.reduced_precision)
-        return stage_record(self.stage, rows, self.tolerance)
+                                    routing_flips_fail=not self.reduced_precision,
+                                    causal=self.manifest.family == "gpt")  # decoders: parity.compare_outputs
+        return stage_record(self.stage, rows, self.tolerance, self.routing_flip_bound)
 
     def fill_mask(self, text_or_ids, top_k: int = 5, mask_id: int | None = None):
         """BERT: for each [MASK], the top_k tokens with probabilities (see runtime/tasks/bert.py)."""

@@ -10,8 +10,9 @@ constant ``(K, N)`` fp32 matrix, with the ``+ bias`` that follows it when the bi
   build time, so the library embeds half the bytes of the fp32 weight.
 - ``m`` is the product of x's leading dimensions and stays symbolic (batch x sequence).
 - What stays fp32: MoE routers (a matmul that feeds a softmax: the expert choice must not move
-  with bf16 rounding), attention's batched matmuls (no constant operand), the experts' stacked
-  3-D weights, layer norm, softmax and every reduction. Those keep the fp32 schedules.
+  with bf16 rounding), attention's batched matmuls (no constant operand), layer norm, softmax
+  and every reduction. Those keep the fp32 schedules. The experts' stacked 3-D weights are not
+  dense layers here: they take the grouped bf16 GEMM (bf16_moe.py, through moe_rows.py).
 
 The rewrite itself (``rewrite_dense_layers``) serves every reduced precision: a ``DenseLowering``
 names the kernel, the build-time weight operands and the activations its epilogue can apply

@@ -87,6 +87,43 @@ def _bf16_word(value):
     return (bits + T.uint32(0x7FFF) + ((bits >> T.uint32(16)) & T.uint32(1))) >> T.uint32(16)
 
 
+def bf16_pair(A, row, kk, k: int):
+    """Row ``row``'s k-pair ``kk`` of the fp32 buffer A (K = ``k`` columns) as one uint32 of two
+    bf16 halves, the even k low: the activation word ``vdpbf16ps`` broadcasts."""
+    from tvm.script import tirx as T
+
+    if k % 2 == 0:
+        return _bf16_word(A[row, 2 * kk]) | (_bf16_word(A[row, 2 * kk + 1]) << T.uint32(16))
+    # odd K: the last pair's high half is zero (T.min keeps the untaken load in bounds)
+    high = T.if_then_else(2 * kk + 1 < k, _bf16_word(A[row, T.min(2 * kk + 1, k - 1)]), T.uint32(0))
+    return _bf16_word(A[row, 2 * kk]) | (high << T.uint32(16))
+
+
+def tile_sums(rows: int, pairs: int, emulate: bool):
+    """Macro ``(acc0, acc1, Apk, W, row0, panel)``: the fp32 sums of a ``rows`` x 32 register tile,
+    rows ``row0..`` of the bf16 pairs Apk against 32-column panel ``panel`` of W, over all
+    ``pairs`` k-pairs, into ``acc0`` (columns 0-15) and ``acc1`` (16-31), rows * 16 floats each."""
+    from tvm.script import tirx as T
+
+    dot = _emulated_dot if emulate else _native_dot
+
+    @T.macro
+    def sums(acc0, acc1, Apk, W, row0, panel):
+        for r in T.unroll(rows):
+            acc0[T.ramp(r * LANES, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
+            acc1[T.ramp(r * LANES, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
+        for kk in range(pairs):
+            for r in T.unroll(rows):
+                acc0[T.ramp(r * LANES, 1, LANES)] = dot(
+                    acc0[T.ramp(r * LANES, 1, LANES)], T.Broadcast(Apk[row0 + r, kk], LANES),
+                    W[panel, kk, T.ramp(0, 1, LANES)])
+                acc1[T.ramp(r * LANES, 1, LANES)] = dot(
+                    acc1[T.ramp(r * LANES, 1, LANES)], T.Broadcast(Apk[row0 + r, kk], LANES),
+                    W[panel, kk, T.ramp(LANES, 1, LANES)])
+
+    return sums
+
+
 def _native_dot(acc, a, b):
     from tvm.script import tirx as T
 
@@ -125,7 +162,6 @@ def dpbf16_dense(k: int, n: int, *, residual: bool = False, gelu: str | None = N
     pairs = padded(k, 2) // 2
     panels = padded(n, PANEL_COLS) // PANEL_COLS
     w_shape = packed_shape(k, n)
-    dot = _emulated_dot if emulate else _native_dot
     vec_chunks, vec_tail = divmod(pairs, LANES)
 
     def _epilogue(value, bias, res, row, col):  # resolved as the kernel is built
@@ -135,28 +171,16 @@ def dpbf16_dense(k: int, n: int, *, residual: bool = False, gelu: str | None = N
         return value + res[row, col] if residual else value
 
     def _pair(A, row, kk):
-        if k % 2 == 0:
-            return _bf16_word(A[row, 2 * kk]) | (_bf16_word(A[row, 2 * kk + 1]) << T.uint32(16))
-        # odd K: the last pair's high half is zero (T.min keeps the untaken load in bounds)
-        high = T.if_then_else(2 * kk + 1 < k, _bf16_word(A[row, T.min(2 * kk + 1, k - 1)]), T.uint32(0))
-        return _bf16_word(A[row, 2 * kk]) | (high << T.uint32(16))
+        return bf16_pair(A, row, kk, k)
 
     def tile(rows: int):
+        sums = tile_sums(rows, pairs, emulate)
+
         @T.macro
         def _tile(Apk, W, Bias, R, C, row0, panel):
             acc0 = T.decl_buffer((rows * LANES,), "float32")  # columns 0-15 of the panel
             acc1 = T.decl_buffer((rows * LANES,), "float32")  # columns 16-31
-            for r in T.unroll(rows):
-                acc0[T.ramp(r * LANES, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
-                acc1[T.ramp(r * LANES, 1, LANES)] = T.Broadcast(T.float32(0), LANES)
-            for kk in range(pairs):
-                for r in T.unroll(rows):
-                    acc0[T.ramp(r * LANES, 1, LANES)] = dot(
-                        acc0[T.ramp(r * LANES, 1, LANES)], T.Broadcast(Apk[row0 + r, kk], LANES),
-                        W[panel, kk, T.ramp(0, 1, LANES)])
-                    acc1[T.ramp(r * LANES, 1, LANES)] = dot(
-                        acc1[T.ramp(r * LANES, 1, LANES)], T.Broadcast(Apk[row0 + r, kk], LANES),
-                        W[panel, kk, T.ramp(LANES, 1, LANES)])
+            sums(acc0, acc1, Apk, W, row0, panel)
             if panel * PANEL_COLS + PANEL_COLS <= n:
                 for r in T.unroll(rows):
                     for j in T.vectorized(LANES):
@@ -233,4 +257,5 @@ def dpbf16_dense(k: int, n: int, *, residual: bool = False, gelu: str | None = N
     return dense_residual if residual else dense
 
 
-__all__ = ["DPBF16_CPU_FEATURES", "DPBF16_LLVM_ATTRS", "dpbf16_dense", "pack_weight", "packed_shape"]
+__all__ = ["DPBF16_CPU_FEATURES", "DPBF16_IR", "DPBF16_LLVM_ATTRS", "bf16_pair", "dpbf16_dense",
+           "pack_weight", "packed_shape", "tile_sums"]

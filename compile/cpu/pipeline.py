@@ -32,6 +32,7 @@ from forgeline.compile.symbolic_rows import name_compound_rows
 from forgeline.runtime.backends.cpu_kernels import MATMUL_FUNC
 
 from .bf16 import bf16_dense_matmuls
+from .bf16_moe import bf16_experts
 from .dense_gelu import fuse_dense_gelu
 from .fast_math import fast_math
 from .int8_layers import int8_dense_matmuls, int8_experts
@@ -39,6 +40,7 @@ from .matmul import matmul_rule
 from .moe_rows import compact_expert_rows
 from .row_lanes import row_lanes_rule
 from .rules import fallback_rule, row_reduction_rule
+from .shape_defs import hoist_shape_definitions
 from .weights import fold_packed_weights, mark_weight_operands
 
 logger = logging.getLogger(__name__)
@@ -146,12 +148,14 @@ def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: 
     elif precision != "fp32":  # "bf16[-avx512bf16][-emulated]"
         kernel = "avx512bf16" if "avx512bf16" in precision else "amx"
         mod = bf16_dense_matmuls(mod, emulate=precision.endswith("-emulated"), kernel=kernel)
+        experts = bf16_experts(precision)
         if kernel == "avx512bf16":
             mod = fuse_dense_gelu(mod, emulate=precision.endswith("-emulated"))
     mod = rewrite_graph(mod, experts)
     with target:
         mod = tvm.transform.Sequential(cpu_generic.library_dispatch_passes(target)
                                        + cpu_generic.legalize_passes(target))(mod)
+        mod = hoist_shape_definitions(mod)  # FuseOps may emit a use of moe_rows<i> before its match_cast
         mod = mark_weight_operands(mod)
         return fold_packed_weights(schedule_cpu_kernels(mod, target, gemm_rows=gemm_rows))
 

@@ -4,22 +4,29 @@ from __future__ import annotations
 
 
 def print_stages(manifest) -> None:
+    from forgeline.runtime.parity import routing_note
+
     for stage in manifest.stages.values():
-        print(f"  {stage.stage}: {'pass' if stage.passed else 'FAIL'} vs {manifest.reference}")
+        routing = routing_note(stage)
+        print(f"  {stage.stage}: {'pass' if stage.passed else 'FAIL'} vs {manifest.reference}"
+              + (f" ({routing})" if routing else ""))
 
 
 def print_report(report) -> int:
-    from forgeline.runtime.parity import summarize
+    from forgeline.runtime.parity import routing_note, summarize
 
     rows = []
     for stage in report.stages:
         tol = stage.tolerance
         for output, (max_abs, max_rel, ok) in summarize(stage).items():
-            exact = output.startswith("routing.")
+            exact = output.startswith("routing")  # routing.* and the flip summary
             rows.append((stage.stage, output, f"{max_abs:.2e}", f"{max_rel:.2e}",
                          "exact" if exact else f"{tol.atol:g}/{tol.rtol:g}", "pass" if ok else "FAIL"))
     reference = report.reference
     print_table((f"stage vs {reference}", "output", "max abs", "max rel", "atol/rtol", "result"), rows)
+    for stage in report.stages:  # a reduced-precision MoE build: its routing flips, counted
+        if routing_note(stage):
+            print(f"{stage.stage}: {routing_note(stage)}")
     for stage, why in report.skipped.items():
         print(f"{stage}: not run on this host ({why})")
     if report.note:

@@ -133,3 +133,18 @@ def test_cross_compiled_amx_build_is_recorded_and_gated_by_the_host(moe_bundle):
         return
     stage = manifest.stages["tvm/cpu-sapphirerapids-bf16"]  # checked against eager fp32
     assert stage.passed and stage.tolerance == PRECISION_TOLERANCE["bf16"]
+
+
+@pytest.mark.parametrize("switch", ["bf16", "bf16-avx512bf16"])
+def test_bf16_builds_run_the_experts_on_the_grouped_bf16_gemm(moe_bundle, switch):
+    """The MoE experts take bf16 (AMX or vdpbf16ps grouped GEMM), the routers stay fp32."""
+    from forgeline.compile.cpu.bf16 import bf16_dense_matmuls
+    from forgeline.compile.cpu.bf16_moe import bf16_experts
+    from forgeline.compile.cpu.moe_rows import compact_expert_rows
+    from forgeline.compile.tvm_build import import_relax
+
+    kernel = "avx512bf16" if "avx512bf16" in switch else "amx"
+    mod = bf16_dense_matmuls(import_relax(moe_bundle / "model.onnx"), kernel=kernel)
+    names = {gv.name_hint for gv in compact_expert_rows(mod, bf16_experts(switch)).functions}
+    assert any(name.startswith(f"moe_grouped_{kernel}_") for name in names)
+    assert not any(name.startswith("moe_grouped_matmul") for name in names)  # no fp32 experts left
