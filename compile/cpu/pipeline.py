@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 
+from forgeline.compile.parallel_dense import combine_parallel_dense
 from forgeline.compile.params_lift import lift_constants
 from forgeline.compile.symbolic_rows import name_compound_rows
 from forgeline.runtime.backends.cpu_kernels import MATMUL_FUNC
@@ -108,10 +109,11 @@ def unscheduled_kernels(mod) -> list[str]:
 
 
 def rewrite_graph(mod, experts=None):
-    """The Relax-level rewrites every CPU build makes before legalization, tuned or not: MoE
-    experts on their filled rows (moe_rows.py; ``experts``: a reduced precision's grouped GEMM),
-    vectorizable exp/tanh/erf (fast_math.py)."""
-    return fast_math(compact_expert_rows(mod, experts))
+    """The Relax-level rewrites every CPU build makes before legalization, tuned or not: sibling
+    dense layers as one (parallel_dense.py; a no-op when ``apply_cpu_defaults`` did it already),
+    MoE experts on their filled rows (moe_rows.py; ``experts``: a reduced precision's grouped
+    GEMM), vectorizable exp/tanh/erf (fast_math.py)."""
+    return fast_math(compact_expert_rows(combine_parallel_dense(mod), experts))
 
 
 def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: int | None = None,
@@ -137,6 +139,7 @@ def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: 
 
     if target.kind.name != "llvm":
         raise ValueError(f"apply_cpu_defaults is for llvm targets, not {target.kind.name}.")
+    mod = combine_parallel_dense(mod)  # before the dense-layer rewrites: one GEMM per sibling group
     if offload_matmul:
         mod = offload_matmuls(mod)
     experts = None
