@@ -38,6 +38,7 @@ from .fast_math import fast_math
 from .int8_layers import int8_dense_matmuls, int8_experts
 from .matmul import matmul_rule
 from .moe_rows import compact_expert_rows
+from .output_views import view_output_reshapes
 from .row_lanes import row_lanes_rule
 from .rules import fallback_rule, row_reduction_rule
 from .weights import fold_packed_weights, mark_weight_operands
@@ -184,6 +185,7 @@ def cpu_pipeline(target, *, offload_matmul: bool = False, gemm_rows: int | None 
             unscheduled.extend(missed)
         if lifted is not None:  # after every weight is packed: the packed values are lifted
             mod = lift_constants(mod, lifted)
+        mod = view_output_reshapes(mod)  # the logits' reshape after a reduced-precision head
         with target:
             return tvm.transform.Sequential(cpu_generic.dataflow_lower_passes(target)
                                             + cpu_generic.finalize_passes(target))(mod)
