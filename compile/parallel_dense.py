@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .dataflow_blocks import rewrite_dataflow_blocks
 from .dense_layers import _dense_shape
 
 logger = logging.getLogger(__name__)
@@ -190,19 +191,7 @@ def combine_parallel_dense(mod):
     from tvm import relax
 
     mod = mod.clone()
-    combined = 0
-    for gvar, func in list(mod.functions.items()):
-        if not isinstance(func, relax.Function) or not isinstance(func.body, relax.SeqExpr):
-            continue
-        blocks, before = [], combined
-        for block in func.body.blocks:
-            if isinstance(block, relax.DataflowBlock):
-                block, count = _combine_block(block)
-                combined += count
-            blocks.append(block)
-        if combined > before:
-            mod[gvar] = relax.Function(func.params, relax.SeqExpr(blocks, func.body.body), func.ret_ty,
-                                       func.is_pure, func.attrs)
+    combined = rewrite_dataflow_blocks(mod, _combine_block)
     if not combined:
         return mod
     logger.info("Combined %d groups of sibling dense layers (one GEMM each).", combined)

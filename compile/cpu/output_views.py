@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 
+from forgeline.compile.dataflow_blocks import rewrite_dataflow_blocks
+
 logger = logging.getLogger(__name__)
 
 
@@ -34,27 +36,20 @@ def view_output_reshapes(mod):
     rebound through a dataflow variable, for ``RewriteDataflowReshape`` to make it a view."""
     from tvm import relax
 
-    count = 0
-    for gvar, func in list(mod.functions.items()):
-        if not isinstance(func, relax.Function) or not isinstance(func.body, relax.SeqExpr):
-            continue
-        blocks, before = [], count
-        for block in func.body.blocks:
-            if isinstance(block, relax.DataflowBlock):
-                bindings = []
-                for binding in block.bindings:
-                    if (isinstance(binding, relax.VarBinding) and not isinstance(binding.var, relax.DataflowVar)
-                            and _is_reshape(mod, binding.value)):
-                        inner = relax.DataflowVar(binding.var.name + "_view", binding.var.ty)
-                        bindings += [relax.VarBinding(inner, binding.value), relax.VarBinding(binding.var, inner)]
-                        count += 1
-                    else:
-                        bindings.append(binding)
-                block = relax.DataflowBlock(bindings)
-            blocks.append(block)
-        if count > before:
-            mod[gvar] = relax.Function(func.params, relax.SeqExpr(blocks, func.body.body), func.ret_ty,
-                                       func.is_pure, func.attrs)
+    def rewrite(block):
+        bindings, count = [], 0
+        for binding in block.bindings:
+            if (isinstance(binding, relax.VarBinding) and not isinstance(binding.var, relax.DataflowVar)
+                    and _is_reshape(mod, binding.value)):
+                inner = relax.DataflowVar(binding.var.name + "_view", binding.var.ty)
+                bindings += [relax.VarBinding(inner, binding.value), relax.VarBinding(binding.var, inner)]
+                count += 1
+            else:
+                bindings.append(binding)
+        return relax.DataflowBlock(bindings), count
+
+    mod = mod.clone()  # leave the caller's module be
+    count = rewrite_dataflow_blocks(mod, rewrite)
     logger.info("%d output reshape(s) made views.", count)
     return mod
 
