@@ -13,7 +13,7 @@ symbolic row count ``m`` (batch x sequence) and a constant weight packed once at
 - **Activations** are rounded to bf16 (round to nearest even) in a parallel pre-pass into a
   zero-padded ``(m rounded up to 32, K padded)`` copy; the rows past ``m`` are zeros.
 - **Edges and epilogue.** A whole 32x32 block stores its tiles straight into C and then adds the
-  bias (and residual) in place while the block is in L1. A block on the edge of m or N stores to
+  bias (and residual, or applies GELU: an FFN's first layer) in place while the block is in L1. A block on the edge of m or N stores to
   a 4 KB scratch and copies only its real rows and columns, so any m, K and N work.
 - **Tasks and configuration.** A parallel task is up to 128 rows (4 blocks) of one 32-column
   panel pair, pairs inner so that a thread keeps its rows of A in L2. ``ldtilecfg`` runs once per
@@ -87,16 +87,20 @@ def _chunks(rows):
     return (_blocks(rows) + CHUNK_BLOCKS - 1) // CHUNK_BLOCKS
 
 
-def amx_dense(k: int, n: int, *, residual: bool = False, emulate: bool = False):
+def amx_dense(k: int, n: int, *, residual: bool = False, emulate: bool = False,
+              activation: str | None = None):
     """The PrimFunc ``(A (m, k) f32, W packed, bias (n,) f32, [R (m, n) f32,] C (m, n) f32)``.
 
-    ``m`` is symbolic. ``C = A @ W + bias (+ R)``: with ``residual`` the write-back also adds R
-    (a transformer block's skip connection), saving a separate pass over the output. A matmul
-    without a bias passes zeros: 4 bytes a column, and one kernel shape.
+    ``m`` is symbolic. ``C = act(A @ W + bias) (+ R)``: with ``residual`` the write-back also adds
+    R (a transformer block's skip connection), saving a separate pass over the output; ``act`` is
+    the Relax GELU op named by ``activation`` (epilogues.GELU: the FFN's GELU, as the fp32 GEMM
+    schedule fuses it) or none. A matmul without a bias passes zeros: 4 bytes a column, and one
+    kernel shape.
     """
     from tvm.script import tirx as T
 
     from .amx_tiles import tile_ops, to_bf16
+    from .epilogues import GELU
 
     k_pad, n_pad = padded(k, TILE_K), padded(n, BLOCK_COLS)
     pairs = n_pad // BLOCK_COLS
@@ -105,6 +109,7 @@ def amx_dense(k: int, n: int, *, residual: bool = False, emulate: bool = False):
 
     def _epilogue(value, bias, res, row, col):
         value = value + bias[col]
+        value = GELU[activation](value) if activation else value
         return value + res[row, col] if residual else value  # resolved as the kernel is built
 
     @T.macro

@@ -16,7 +16,8 @@ constant ``(K, N)`` fp32 matrix, with the ``+ bias`` that follows it when the bi
 
 The rewrite itself (``rewrite_dense_layers``) serves every reduced precision: a ``DenseLowering``
 names the kernel, the build-time weight operands and the activations its epilogue can apply
-(int8_layers.py lowers to the int8 GEMM with GELU fused; the AMX kernel takes none).
+(int8_layers.py lowers to the int8 GEMM with GELU fused, as does the AMX kernel; the AVX512-BF16
+kernel's GELU is fused afterwards by dense_gelu.py).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import amx, dpbf16
+from .epilogues import GELU
 
 # kernel name -> (PrimFunc factory (k, n, *, residual, emulate), weight packing (K, N) -> panels)
 DENSE_KERNELS = {"amx": (amx.amx_dense, amx.pack_weight),
@@ -53,12 +55,16 @@ def bf16_lowering(kernel: str, emulate: bool) -> DenseLowering:
     (dense_gelu.py finds the AVX512-BF16 ones by that prefix)."""
     make, pack = DENSE_KERNELS[kernel]
 
-    def build(k: int, n: int, residual: bool):
+    def build(k: int, n: int, residual: bool, activation: str | None = None):
         name = f"{kernel}_dense_{k}x{n}" + ("_residual" if residual else "")
+        if activation:  # only the AMX kernel is offered one (``activations`` below)
+            return make(k, n, residual=residual, emulate=emulate, activation=activation), \
+                name + f"_{activation.split('.')[-1]}"
         return make(k, n, residual=residual, emulate=emulate), name
 
     return DenseLowering(label=f"bf16: the {kernel} kernel" + (", emulated in TIR loops" if emulate else ""),
-                         kernel=build, weight_operands=lambda weight: [pack(weight)])
+                         kernel=build, weight_operands=lambda weight: [pack(weight)],
+                         activations=tuple(GELU) if kernel == "amx" else ())
 
 
 def amx_lowering(emulate: bool) -> DenseLowering:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 
+from forgeline.compile.parallel_dense import combine_parallel_dense
 from forgeline.compile.params_lift import lift_constants
 from forgeline.compile.symbolic_rows import name_compound_rows
 from forgeline.runtime.backends.cpu_kernels import MATMUL_FUNC
@@ -38,6 +39,7 @@ from .fast_math import fast_math
 from .int8_layers import int8_dense_matmuls, int8_experts
 from .matmul import matmul_rule
 from .moe_rows import compact_expert_rows
+from .output_views import view_output_reshapes
 from .row_lanes import row_lanes_rule
 from .rules import fallback_rule, row_reduction_rule
 from .shape_defs import hoist_shape_definitions
@@ -110,10 +112,11 @@ def unscheduled_kernels(mod) -> list[str]:
 
 
 def rewrite_graph(mod, experts=None):
-    """The Relax-level rewrites every CPU build makes before legalization, tuned or not: MoE
-    experts on their filled rows (moe_rows.py; ``experts``: a reduced precision's grouped GEMM),
-    vectorizable exp/tanh/erf (fast_math.py)."""
-    return fast_math(compact_expert_rows(mod, experts))
+    """The Relax-level rewrites every CPU build makes before legalization, tuned or not: sibling
+    dense layers as one (parallel_dense.py; a no-op when ``apply_cpu_defaults`` did it already),
+    MoE experts on their filled rows (moe_rows.py; ``experts``: a reduced precision's grouped
+    GEMM), vectorizable exp/tanh/erf (fast_math.py)."""
+    return fast_math(compact_expert_rows(combine_parallel_dense(mod), experts))
 
 
 def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: int | None = None,
@@ -139,6 +142,7 @@ def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: 
 
     if target.kind.name != "llvm":
         raise ValueError(f"apply_cpu_defaults is for llvm targets, not {target.kind.name}.")
+    mod = combine_parallel_dense(mod)  # before the dense-layer rewrites: one GEMM per sibling group
     if offload_matmul:
         mod = offload_matmuls(mod)
     experts = None
@@ -185,6 +189,7 @@ def cpu_pipeline(target, *, offload_matmul: bool = False, gemm_rows: int | None 
             unscheduled.extend(missed)
         if lifted is not None:  # after every weight is packed: the packed values are lifted
             mod = lift_constants(mod, lifted)
+        mod = view_output_reshapes(mod)  # the logits' reshape after a reduced-precision head
         with target:
             return tvm.transform.Sequential(cpu_generic.dataflow_lower_passes(target)
                                             + cpu_generic.finalize_passes(target))(mod)

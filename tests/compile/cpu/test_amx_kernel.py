@@ -99,3 +99,44 @@ def test_amx_kernel_matches_numpy(k, n):
     request_amx_permission()
     lib = _build(k, n, emulate=False, target=AMX_TARGET)
     _check_shapes(lib, k, n, rows=[1, 31, 37, 128])
+
+
+@pytest.mark.parametrize("op,approximate", [("relax.nn.gelu", "none"), ("relax.nn.gelu_tanh", "tanh")])
+def test_emulated_kernel_applies_gelu(op, approximate):
+    import tvm
+
+    k, n = 40, 48
+    func = amx_dense(k, n, emulate=True, activation=op).with_attr("global_symbol", "main")
+    lib = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target({"kind": "llvm", "num-cores": 2}))
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    for m in (3, 33):  # an edge block (scratch) and a whole one (in place)
+        a = rng.standard_normal((m, k)).astype(np.float32)
+        pre = torch.from_numpy(_reference(a, w, bias))
+        want = torch.nn.functional.gelu(pre, approximate=approximate).numpy()
+        scale = np.abs(bf16_round(a)).astype(np.float64) @ np.abs(bf16_round(w)) + 1
+        # the accumulation bound through GELU's slope (< 1.13), plus the polynomials' 5e-7
+        bound = 1.2 * 4 * k * 2.0 ** -24 * scale + 1e-6 * (1 + np.abs(want))
+        assert np.all(np.abs(_run(lib, a, w, bias) - want) <= bound), m
+
+
+@pytest.mark.parametrize("op", ["gelu", "gelu_tanh"])
+def test_gelu_after_a_dense_layer_joins_the_amx_kernel(op):
+    from tvm import relax, tirx
+
+    from forgeline.compile.cpu.bf16 import bf16_dense_matmuls
+
+    rng = np.random.default_rng(7)
+    x = relax.Var("x", relax.TensorType([tirx.Var("m", "int64"), 40], "float32"))
+    builder = relax.BlockBuilder()
+    with builder.function("main", [x]):
+        with builder.dataflow():
+            w, bias = rng.standard_normal((40, 48)), rng.standard_normal(48)
+            y = builder.emit(relax.op.add(relax.op.matmul(x, relax.const(w.astype(np.float32))),
+                                          relax.const(bias.astype(np.float32))))
+            out = builder.emit_output(getattr(relax.op.nn, op)(y))
+        builder.emit_func_output(out)
+    fused = bf16_dense_matmuls(builder.get(), emulate=True, kernel="amx")
+    assert sorted(gv.name_hint for gv in fused.functions) == [f"amx_dense_40x48_{op}", "main"]
+    assert f"R.nn.{op}" not in fused.script()
