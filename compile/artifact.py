@@ -65,9 +65,9 @@ def resolve_precision_target(options: CompileOptions, tune: TuneOptions | None =
 
 def resolve_precision_plan(options: CompileOptions, tune: TuneOptions | None = None) -> PrecisionPlan:
     """``resolve_precision_target``'s target with the CPU pipeline's kernel switch."""
-    if tune is not None and options.precision != "fp32":
-        raise ConfigError(f"Tuning searches fp32 schedules only; build --precision "
-                          f"{options.precision} without the tuning flags.")
+    if tune is not None and options.precision == "fp16":
+        raise ConfigError("Tuning a CUDA build searches fp32 schedules only; build --precision fp16 "
+                          "without the tuning flags.")
     spec = resolve_target(options.target, arch=options.arch, mcpu=options.mcpu, num_cores=options.num_cores)
     host_features = None if options.mcpu else read_cpu_features()  # an explicit mcpu: a cross build
     return plan_precision(spec, options.precision, host_features=host_features,
