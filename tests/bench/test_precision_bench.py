@@ -36,8 +36,9 @@ def test_scripts_build_every_reduced_cpu_precision_forgeline_has():
         parse_precisions("bf16,int3")
 
 
-def test_ort_int8_peer_is_quantize_dynamic(tiny_artifact, tmp_path):
-    path = quantized_onnx(tiny_artifact("gpt"), tmp_path)
+@pytest.mark.parametrize("name", ["gpt", "bert"])  # bert: Gemm heads, which quantize_dynamic rewrites
+def test_ort_int8_peer_is_quantize_dynamic(tiny_artifact, tmp_path, name):
+    path = quantized_onnx(tiny_artifact(name), tmp_path)
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert {"DynamicQuantizeLinear", "MatMulInteger"} & ops  # int8 weights, activations per call
 
