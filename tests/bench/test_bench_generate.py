@@ -4,24 +4,12 @@ so only its bookkeeping is tested here)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
-
-def _script():
-    spec = importlib.util.spec_from_file_location("bench_generate", BENCHMARKS / "bench_generate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_generate"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_every_precision_is_timed_in_each_round_beside_fp32(capsys):
-    bench = _script()
+def test_every_precision_is_timed_in_each_round_beside_fp32(bench_script, capsys):
+    bench = bench_script("bench_generate")
     calls = []
 
     def fake(name, ids, seconds):
@@ -44,8 +32,8 @@ def test_every_precision_is_timed_in_each_round_beside_fp32(capsys):
     assert "2.00" in line and "50.0%" in line  # vs fp32, greedy agreement
 
 
-def test_reduced_builds_are_columns_named_by_precision():
-    bench = _script()
+def test_reduced_builds_are_columns_named_by_precision(bench_script):
+    bench = bench_script("bench_generate")
     columns = bench.make_columns(Path("."), {"fp32": "cpu-x", "int8": "cpu-x-int8"}, ["ort"], None, None, 4)
     assert list(columns) == ["tvm", "tvm-int8", "ort"]
     assert [precision for precision, _ in columns.values()] == ["fp32", "int8", "fp32"]
