@@ -31,6 +31,7 @@ from forgeline.compile.params_lift import lift_constants
 from forgeline.compile.symbolic_rows import name_compound_rows
 from forgeline.runtime.backends.cpu_kernels import MATMUL_FUNC
 
+from .attention_bf16 import bf16_attention_matmuls, split_attention
 from .bf16 import bf16_dense_matmuls
 from .dense_gelu import fuse_dense_gelu
 from .fast_math import fast_math
@@ -118,7 +119,11 @@ def precision_graph(mod, precision: str = "fp32", gemm_rows: int | None = None):
     """``rewrite_graph`` after the dense layers (and MoE experts) of a reduced ``precision``
     ("int8-<isa>[-emulated]", "bf16[-avx512bf16][-emulated]": compile/precision.py) became calls of
     their hand-scheduled kernels. The tuned and the untuned builds both start here, so a tuned
-    bucket runs the same reduced-precision kernels as the dynamic build beside it."""
+    bucket runs the same reduced-precision kernels as the dynamic build beside it. A switch ending
+    in ``+attention-bf16`` also gives attention's batched matmuls bf16 operands (attention_bf16.py)."""
+    precision, bf16_attention = split_attention(precision)
+    if bf16_attention:
+        mod = bf16_attention_matmuls(mod)
     experts = None
     if precision.startswith("int8"):
         mod = int8_dense_matmuls(mod, precision, rows=gemm_rows)

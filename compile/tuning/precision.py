@@ -10,15 +10,26 @@ build record already holds: its precision, its tag (``-bf16-avx512bf16`` for a f
 
 from __future__ import annotations
 
+import dataclasses
+
 from forgeline.runtime.errors import ConfigError
 from forgeline.runtime.format import BuildRecord
 
+from ..cpu.attention_bf16 import ATTENTION_SWITCH, ATTENTION_TAG
 from ..precision import bf16_kernel_for, kernel_precision
 from ..targets import TargetSpec
 
 
 def build_kernels(build: BuildRecord) -> str:
     """The CPU pipeline's kernel switch of ``build`` ("fp32", "int8-vnni", "bf16-avx512bf16-emulated", ...)."""
+    emu = "emu" if build.tag.endswith("emu") else ""
+    if build.tag.removesuffix(emu).endswith(ATTENTION_TAG):  # attention in bf16 (cpu/attention_bf16.py)
+        tag = build.tag.removesuffix(emu).removesuffix(ATTENTION_TAG) + emu
+        return _dense_kernels(dataclasses.replace(build, tag=tag)) + ATTENTION_SWITCH
+    return _dense_kernels(build)
+
+
+def _dense_kernels(build: BuildRecord) -> str:
     if build.precision == "fp32":
         return "fp32"
     if build.kind != "llvm":

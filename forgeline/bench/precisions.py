@@ -9,6 +9,7 @@ the others.
 from __future__ import annotations
 
 import logging
+from itertools import product
 from pathlib import Path
 
 from forgeline.runtime.errors import ConfigError
@@ -38,8 +39,9 @@ def parse_precisions(text: str) -> list[str]:
 
 
 def compile_precisions(root: Path, precisions: list[str], bf16_kernels: tuple[str, ...] = ("auto",),
-                       mcpu: str | None = None) -> list[str]:
-    """Add a build per precision (bf16: per kernel) to the artifact at ``root``, unless it has it;
+                       mcpu: str | None = None, attention: tuple[str, ...] = ("fp32",)) -> list[str]:
+    """Add a build per precision (bf16: per kernel; per ``attention`` precision: "fp32" and/or
+    "reduced", CompileOptions.attention_precision) to the artifact at ``root``, unless it has it;
     the tags of the artifact's builds of those precisions."""
     from forgeline.compile import CompileOptions, compile_artifact
     from forgeline.compile.artifact import resolve_precision_target
@@ -47,8 +49,9 @@ def compile_precisions(root: Path, precisions: list[str], bf16_kernels: tuple[st
 
     built = []
     for precision in precisions:
-        for kernel in (bf16_kernels if precision == "bf16" else ("auto",)):
-            options = CompileOptions(precision=precision, mcpu=mcpu, **({"bf16_kernel": kernel} if precision == "bf16" else {}))
+        for kernel, attention_precision in product(bf16_kernels if precision == "bf16" else ("auto",), attention):
+            options = CompileOptions(precision=precision, mcpu=mcpu, attention_precision=attention_precision,
+                                     **({"bf16_kernel": kernel} if precision == "bf16" else {}))
             try:
                 if resolve_precision_target(options).tag in Manifest.load(root).builds:
                     manifest = Manifest.load(root)

@@ -94,6 +94,8 @@ def _record(tag: str, precision: str, features: list[str]) -> BuildRecord:
     ("cpu-x-bf16-avx512bf16", "bf16", ["avx512f", "avx512_bf16", "amx_bf16", "amx_tile"], "bf16-avx512bf16"),
     ("cpu-x-bf16emu", "bf16", ["avx2"], "bf16-emulated"),
     ("cpu-x-bf16-avx512bf16emu", "bf16", ["avx2"], "bf16-avx512bf16-emulated"),
+    ("cpu-x-int8-attnbf16", "int8", ["avx2", "fma"], "int8-avx2+attention-bf16"),
+    ("cpu-x-bf16-attnbf16emu", "bf16", ["avx2"], "bf16-emulated+attention-bf16"),
 ])
 def test_a_bucket_runs_the_kernels_its_build_records(tag, precision, features, kernels):
     assert build_kernels(_record(tag, precision, features)) == kernels
