@@ -79,6 +79,22 @@ def test_bf16_bucket_reuses_the_records_of_the_fp32_kernels(gpt):
     assert _tuned_bucket_matches_eager(root, "bf16", tag) > 1e-5  # bf16 ran
 
 
+@pytest.mark.skipif("avx2" not in FEATURES, reason="int8 needs AVX2 (or AVX512-VNNI) on this CPU")
+def test_check_runs_every_precision_and_its_buckets(gpt):
+    """`forgeline check`: eager fp32 rerun now, each build and bucket within its own tolerance."""
+    from forgeline.check import check_artifact
+
+    root, _ = gpt
+    report = check_artifact(root, fresh_cases=1)
+    manifest = Manifest.load(root)
+    buckets = {f"tvm/{tag}/{BUCKET}": b.precision for tag, b in manifest.builds.items() if b.buckets}
+    assert "int8" in buckets.values()
+    stages = {s.stage: s for s in report.stages}
+    for stage, precision in buckets.items():
+        assert stages[stage].passed and stages[stage].tolerance == PRECISION_TOLERANCE[precision]
+    assert report.passed
+
+
 def _record(tag: str, precision: str, features: list[str]) -> BuildRecord:
     return BuildRecord(tag=tag, kind="llvm", target={"kind": "llvm"}, lib="model.so", precision=precision,
                        requires={"arch": "x86_64", "cpu_features": features})
