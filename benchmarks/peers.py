@@ -11,13 +11,16 @@ writes ``benchmarks/results/peers-<model>-<preset>-<host>-<date>.json``, ``.md``
 
     python benchmarks/peers.py gpt --preset small --batch 1,8 --seq 128 [--tune-minutes N] [--artifact DIR]
         [--precisions auto|bf16,int8|none] [--bf16-kernels auto,avx512bf16] [--int8-kernels auto,vnni]
+        [--attention-precision fp32,reduced]
 
 Without ``--artifact`` the model is exported and compiled into a temporary folder first, in fp32
 and in every reduced CPU precision forgeline has (``--precisions auto``: bf16, and int8 where
 it exists) that this host can run; ``--bf16-kernels auto,avx512bf16`` on an AMX host adds the
 AVX512-BF16 kernel's build beside the AMX one, and ``--int8-kernels auto,vnni`` the VNNI int8 build
-beside the AMX int8 one (tag ``...-int8-vnni``). The machine this runs on may be shared: read the
-ratios, which come from one interleaved run.
+beside the AMX int8 one (tag ``...-int8-vnni``). ``--attention-precision fp32,reduced`` builds each
+reduced precision twice, with attention's batched matmuls in fp32 (``tvm-int8``) and with bf16
+operands (``tvm-int8-attnbf16``). The machine this runs on may be shared: read the ratios, which
+come from one interleaved run.
 """
 
 from __future__ import annotations
@@ -49,19 +52,21 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    help="bf16 kernels to build: auto (the CPU's best), amx, avx512bf16, comma-separated")
     p.add_argument("--int8-kernels", default="auto",
                    help="int8 kernels to build: auto (the CPU's best), amx, vnni, avxvnni, avx2, comma-separated")
+    p.add_argument("--attention-precision", default="fp32",
+                   help="attention's batched matmuls in the reduced builds: fp32, reduced (bf16 operands), or both")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
     return p.parse_args(argv)
 
 
 def build(model: str, preset: str, out: Path, precisions: list[str], bf16_kernels: tuple[str, ...],
-          int8_kernels: tuple[str, ...] = ("auto",)) -> Path:
+          int8_kernels: tuple[str, ...] = ("auto",), attention: tuple[str, ...] = ("fp32",)) -> Path:
     from forgeline.bench.precisions import compile_precisions
     from forgeline.compile import compile_artifact
     from forgeline.export import ExportOptions, export_model
 
     export_model(model, out, ExportOptions(preset=preset, overwrite=True, generation_graphs=False))
     compile_artifact(out)
-    compile_precisions(out, precisions, bf16_kernels, int8_kernels=int8_kernels)
+    compile_precisions(out, precisions, bf16_kernels, int8_kernels=int8_kernels, attention=attention)
     return out
 
 
@@ -112,8 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     precisions = [] if args.precisions == "none" else parse_precisions(args.precisions)
     kernels = tuple(k for k in args.bf16_kernels.split(",") if k)
     with tempfile.TemporaryDirectory(prefix="forgeline-peers-art-") as tmp:
+        attention = tuple(a for a in args.attention_precision.split(",") if a)
         artifact = args.artifact or build(args.model, args.preset, Path(tmp) / f"{args.model}-{args.preset}",
-                                          precisions, kernels, tuple(k for k in args.int8_kernels.split(",") if k))
+                                          precisions, kernels, tuple(k for k in args.int8_kernels.split(",") if k),
+                                          attention)
         if args.tune_minutes > 0:
             tune(artifact, batches, args.seq, args.tune_minutes)
         reports = [bench_peers(artifact, PeerOptions(batch=b, seq=args.seq, iters=args.iters, warmup=args.warmup))

@@ -29,6 +29,7 @@ from forgeline.runtime.parity import raise_if_failed, routing_note
 
 from .cpu.matmul import DECODE_ROWS
 from .params_store import ParamStoreWriter
+from .cpu.attention_bf16 import split_attention, with_bf16_attention
 from .precision import PrecisionPlan, plan_precision
 from .guards import watch_interrupts
 from .targets import resolve_target
@@ -51,6 +52,9 @@ class CompileOptions:
     emulate_int8: bool = False  # int8 dot products (VNNI's) as TIR loops: same numerics (for tests)
     bf16_kernel: str = "auto"  # "amx" or "avx512bf16" forces one (precision.py); auto: the CPU's best
     int8_kernel: str = "auto"  # "amx", "vnni", "avxvnni" or "avx2" forces one (precision.py); auto: the CPU's best
+    # Attention's batched matmuls (QK^T, PV): "fp32", or "reduced" for bf16 operands with fp32 sums
+    # in a bf16 or int8 build (cpu/attention_bf16.py); the build's tag then ends in "-attnbf16".
+    attention_precision: str = "fp32"
 
     @property
     def emulated(self) -> bool:
@@ -66,14 +70,28 @@ def resolve_precision_target(options: CompileOptions, tune: TuneOptions | None =
 
 def resolve_precision_plan(options: CompileOptions, tune: TuneOptions | None = None) -> PrecisionPlan:
     """``resolve_precision_target``'s target with the CPU pipeline's kernel switch."""
-    if tune is not None and options.precision != "fp32":
-        raise ConfigError(f"Tuning searches fp32 schedules only; build --precision "
-                          f"{options.precision} without the tuning flags.")
+    if tune is not None and options.precision == "fp16":
+        raise ConfigError("Tuning a CUDA build searches fp32 schedules only; build --precision fp16 "
+                          "without the tuning flags.")
     spec = resolve_target(options.target, arch=options.arch, mcpu=options.mcpu, num_cores=options.num_cores)
     host_features = None if options.mcpu else read_cpu_features()  # an explicit mcpu: a cross build
-    return plan_precision(spec, options.precision, host_features=host_features,
+    plan = plan_precision(spec, options.precision, host_features=host_features,
                           emulate=options.emulated, bf16_kernel=options.bf16_kernel,
                           int8_kernel=options.int8_kernel)
+    return _attention_plan(plan, options)
+
+
+def _attention_plan(plan: PrecisionPlan, options: CompileOptions) -> PrecisionPlan:
+    """``plan`` with attention's batched matmuls in bf16 when ``options`` asks for it."""
+    if options.attention_precision == "fp32":
+        return plan
+    if options.attention_precision != "reduced":
+        raise ConfigError(f"attention_precision={options.attention_precision!r} is not one of fp32, reduced.")
+    if options.precision not in ("bf16", "int8"):
+        raise ConfigError(f"attention_precision='reduced' applies to --precision bf16 or int8 builds, not "
+                          f"{options.precision}; build one of those, or leave attention at fp32.")
+    kernels, tag = with_bf16_attention(plan.kernels, plan.spec.tag)
+    return PrecisionPlan(dataclasses.replace(plan.spec, tag=tag), kernels)
 
 
 def compile_artifact(path: str | Path, options: CompileOptions = CompileOptions(),
@@ -161,6 +179,12 @@ def _build_libraries(root: Path, manifest: Manifest, spec, staged: Path, precisi
 
 def _kernel_note(kernels: str) -> str:
     """What the build record says of its reduced-precision kernel ("bf16...", "int8-<isa>...")."""
+    kernels, bf16_attention = split_attention(kernels)
+    attention = " Attention's batched matmuls take bf16 operands with fp32 sums." if bf16_attention else ""
+    return _dense_note(kernels) + attention
+
+
+def _dense_note(kernels: str) -> str:
     if kernels.startswith("int8"):
         precision, name = "int8", kernels.split("-")[1].upper()
     elif kernels.startswith("bf16"):

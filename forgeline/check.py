@@ -141,7 +141,8 @@ def _bucket_reference(root: Path, eager: ForgelineModel | None):
 
 
 def _bucket_stage(model: Model, key: str, dims: dict[str, int], reference) -> StageRecord:
-    """A tuned bucket build on fresh reference cases at exactly its shape (so it, not the fallback, serves)."""
+    """A tuned bucket build on fresh reference cases at exactly its shape (so it, not the fallback, serves),
+    within the build's tolerance (its precision's for a bf16 or int8 build)."""
     rows = []
     for i in range(BUCKET_CASES):
         case = reference(dims, BUCKET_SEED + i, f"bucket{i}")
@@ -149,8 +150,8 @@ def _bucket_stage(model: Model, key: str, dims: dict[str, int], reference) -> St
         if model.last_build != key:
             raise ArtifactError(f"bucket {key} of {model.build.tag} did not serve a call at its own shape "
                                 f"{dims} (the {model.last_build} build did); the manifest's bucket record is wrong.")
-        rows += compare_outputs(case.outputs, got, model.manifest.tolerance, case.name)
-    return stage_record(f"{model.stage}/{key}", rows, model.manifest.tolerance)
+        rows += compare_outputs(case.outputs, got, model.tolerance, case.name)
+    return stage_record(f"{model.stage}/{key}", rows, model.tolerance)
 
 
 def _cases(golden: list[GoldenCase], eager: ForgelineModel, fresh_cases: int) -> list[GoldenCase]:

@@ -32,6 +32,7 @@ from forgeline.compile.params_lift import lift_constants
 from forgeline.compile.symbolic_rows import name_compound_rows
 from forgeline.runtime.backends.cpu_kernels import MATMUL_FUNC
 
+from .attention_bf16 import bf16_attention_matmuls, split_attention
 from .bf16 import bf16_dense_matmuls
 from .bf16_moe import bf16_experts
 from .dense_gelu import fuse_dense_gelu
@@ -119,6 +120,29 @@ def rewrite_graph(mod, experts=None):
     return fast_math(compact_expert_rows(combine_parallel_dense(mod), experts))
 
 
+def precision_graph(mod, precision: str = "fp32", gemm_rows: int | None = None):
+    """``rewrite_graph`` after the dense layers (and MoE experts) of a reduced ``precision``
+    ("int8-<isa>[-emulated]", "bf16[-avx512bf16][-emulated]": compile/precision.py) became calls of
+    their hand-scheduled kernels. The tuned and the untuned builds both start here, so a tuned
+    bucket runs the same reduced-precision kernels as the dynamic build beside it. A switch ending
+    in ``+attention-bf16`` also gives attention's batched matmuls bf16 operands (attention_bf16.py)."""
+    precision, bf16_attention = split_attention(precision)
+    mod = combine_parallel_dense(mod)  # one GEMM per sibling group before the dense rewrites
+    if bf16_attention:
+        mod = bf16_attention_matmuls(mod)
+    experts = None
+    if precision.startswith("int8"):
+        mod = int8_dense_matmuls(mod, precision, rows=gemm_rows)
+        experts = int8_experts(precision)
+    elif precision != "fp32":
+        kernel = "avx512bf16" if "avx512bf16" in precision else "amx"
+        mod = bf16_dense_matmuls(mod, emulate=precision.endswith("-emulated"), kernel=kernel)
+        experts = bf16_experts(precision)
+        if kernel == "avx512bf16":
+            mod = fuse_dense_gelu(mod, emulate=precision.endswith("-emulated"))
+    return rewrite_graph(mod, experts)
+
+
 def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: int | None = None,
                        precision: str = "fp32"):
     """Make ``mod`` fast on an llvm ``target`` without tuning; returns the transformed module.
@@ -145,17 +169,7 @@ def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: 
     mod = combine_parallel_dense(mod)  # before the dense-layer rewrites: one GEMM per sibling group
     if offload_matmul:
         mod = offload_matmuls(mod)
-    experts = None
-    if precision.startswith("int8"):  # "int8-<isa>[-emulated]" (compile/precision.py)
-        mod = int8_dense_matmuls(mod, precision, rows=gemm_rows)
-        experts = int8_experts(precision)
-    elif precision != "fp32":  # "bf16[-avx512bf16][-emulated]"
-        kernel = "avx512bf16" if "avx512bf16" in precision else "amx"
-        mod = bf16_dense_matmuls(mod, emulate=precision.endswith("-emulated"), kernel=kernel)
-        experts = bf16_experts(precision)
-        if kernel == "avx512bf16":
-            mod = fuse_dense_gelu(mod, emulate=precision.endswith("-emulated"))
-    mod = rewrite_graph(mod, experts)
+    mod = precision_graph(mod, precision, gemm_rows)
     with target:
         mod = tvm.transform.Sequential(cpu_generic.library_dispatch_passes(target)
                                        + cpu_generic.legalize_passes(target))(mod)
@@ -197,5 +211,5 @@ def cpu_pipeline(target, *, offload_matmul: bool = False, gemm_rows: int | None 
     return _pipeline
 
 
-__all__ = ["apply_cpu_defaults", "cpu_pipeline", "offload_matmuls", "rewrite_graph", "schedule_cpu_kernels", "unscheduled_kernels",
-           "schedule_matmul_kernels"]
+__all__ = ["apply_cpu_defaults", "cpu_pipeline", "offload_matmuls", "precision_graph", "rewrite_graph",
+           "schedule_cpu_kernels", "unscheduled_kernels", "schedule_matmul_kernels"]

@@ -2,9 +2,12 @@
 
 Each bucket build is checked before the artifact keeps it: on random valid inputs at the bucket's
 shape it must match ONNX Runtime (the reference the export stage already matched against eager
-PyTorch) within the artifact's tolerance, in a staging folder beside its place. Only a bucket that
-passes is moved in and recorded (result in ``manifest.stages`` under ``tvm/<tag>/<bucket>``), under
-the artifact's lock; one that misses, or a tune that is killed, leaves the artifact as it was.
+PyTorch) within the build's tolerance (its precision's), in a staging folder beside its place.
+Only a bucket that passes is moved in and recorded (result in ``manifest.stages`` under
+``tvm/<tag>/<bucket>``), under the artifact's lock; one that misses, or a tune that is killed,
+leaves the artifact as it was. A reduced-precision build's bucket runs the build's own dense-layer
+kernels (tuning/precision.py) and shares its parameter file: the packed weights are the same
+tensors, stored once.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from forgeline.runtime.amx import needs_amx, request_amx_permission
 from forgeline.runtime.errors import ArtifactError
-from forgeline.runtime.format import ONNX_FILE, TVM_DIR, BuildRecord, Manifest, StageRecord
+from forgeline.runtime.format import ONNX_FILE, TVM_DIR, BuildRecord, Manifest, StageRecord, Tolerance
 from forgeline.runtime.host import can_run, describe_host
 from forgeline.runtime.inputs import random_inputs
 from forgeline.runtime import progress
@@ -26,6 +30,7 @@ from forgeline.runtime.parity import compare_outputs, raise_if_failed, stage_rec
 from .database import TuningDatabase
 from .builder import limit_tensor_intrinsics
 from .options import ResolvedTuning, bucket_key
+from .precision import build_kernels
 from ..params_store import ParamStoreWriter
 from ..tvm_build import import_relax
 
@@ -45,7 +50,7 @@ def tune_buckets(root: Path, manifest: Manifest, build: BuildRecord, tuning: Res
 
     settings = SearchSettings(trials=tuning.trials, max_trials_per_task=tuning.max_trials_per_task,
                               timeout_s=tuning.timeout_s, rpc=tuning.rpc, seed=tuning.seed,
-                              tune_matmuls=tuning.tune_matmuls)
+                              tune_matmuls=tuning.tune_matmuls, kernels=build_kernels(build))
     db = TuningDatabase(tuning.database)
     for index, dims in enumerate(tuning.buckets, 1):
         logger.info("bucket %d/%d: %s", index, len(tuning.buckets), bucket_key(dims))
@@ -91,10 +96,13 @@ def _tune_bucket(root, manifest: Manifest, build: BuildRecord, dims: dict[str, i
             record = None
         else:
             files = tuple(p for p in (extra, _build_params(root, build)) if p is not None)
+            if needs_amx(build.requires):  # the AMX bf16 kernels: before their first tile instruction
+                request_amx_permission()
             with progress.stage(f"check bucket {key} vs ONNX Runtime"):
                 record = check_bucket(root, manifest, str((staged / "bucket.so").relative_to(root)), dims,
                                       stage=stage, device=build.device,
-                                      params=ParamBinding(files, tuple(keys)) if keys else None)
+                                      params=ParamBinding(files, tuple(keys)) if keys else None,
+                                      tolerance=build.parity_tolerance)
             raise_if_failed(record)  # a bucket that misses is never kept; the artifact stays as it was
         digest = sha256_file(staged / "bucket.so")
         moves = [(staged / "bucket.so", root / lib)]
@@ -154,8 +162,11 @@ def _export(executable, build: BuildRecord, lib_path: Path) -> None:
 
 
 def check_bucket(root: Path, manifest: Manifest, lib: str, dims: dict[str, int], stage: str,
-                 device: str = "cpu", params: ParamBinding | None = None) -> StageRecord:
-    """The bucket library against ONNX Runtime on random valid inputs of the bucket's shape."""
+                 device: str = "cpu", params: ParamBinding | None = None,
+                 tolerance: Tolerance | None = None) -> StageRecord:
+    """The bucket library against ONNX Runtime on random valid inputs of the bucket's shape, within
+    ``tolerance`` (a reduced-precision build's own; the manifest's when None)."""
+    tolerance = tolerance or manifest.tolerance
     from forgeline.runtime.backends.ort import OrtExecutor
     from forgeline.runtime.backends.tvm import TvmExecutor
 
@@ -165,9 +176,9 @@ def check_bucket(root: Path, manifest: Manifest, lib: str, dims: dict[str, int],
     for case in range(CHECK_CASES):
         arrays = list(random_inputs(manifest.inputs, dims, CHECK_SEED + case).values())
         want = dict(zip(names, reference.run(arrays)))
-        rows += compare_outputs(want, dict(zip(names, candidate.run(arrays))), manifest.tolerance,
+        rows += compare_outputs(want, dict(zip(names, candidate.run(arrays))), tolerance,
                                 f"random{case}-vs-onnxruntime")
-    record = stage_record(stage, rows, manifest.tolerance)
+    record = stage_record(stage, rows, tolerance)
     logger.info("%s vs ONNX Runtime on %d random cases: %s", stage, CHECK_CASES,
                 "pass" if record.passed else "FAIL")
     return record

@@ -32,7 +32,7 @@ from forgeline.runtime.exit_cleanup import removed_on_stop
 from forgeline.runtime.host import cpu_core_count
 from forgeline.runtime.progress import stage
 
-from ..cpu.pipeline import rewrite_graph, schedule_cpu_kernels, schedule_matmul_kernels
+from ..cpu.pipeline import precision_graph, schedule_cpu_kernels, schedule_matmul_kernels
 from ..cpu.weights import fold_packed_weights
 from ..params_lift import LiftedParams, lift_constants
 from .database import TuningDatabase
@@ -52,6 +52,9 @@ class SearchSettings:
     rpc: tuple[str, int, str] | None = None  # tracker host, port, key; None measures here
     seed: int = 0
     tune_matmuls: bool = False  # False: matmuls keep the default GEMM schedule, untuned
+    # The build's CPU kernel switch (tuning/precision.py): reduced-precision dense layers keep
+    # their hand-scheduled kernels, and MetaSchedule tunes what stays fp32 around them.
+    kernels: str = "fp32"
 
 
 @dataclass
@@ -81,7 +84,7 @@ def prepare(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
 def tune_module(mod: tvm.IRModule, target: Target, db: TuningDatabase,
                 settings: SearchSettings) -> TunedModule:
     """Tune what the database does not cover yet, then compile with every record it holds."""
-    fused = prepare(rewrite_graph(mod), target)
+    fused = prepare(precision_graph(mod, settings.kernels), target)
     gemm = []
     if not settings.tune_matmuls:
         hand_written = _scheduled_kernels(fused)  # softmax_rows, the MoE row kernels

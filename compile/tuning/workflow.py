@@ -23,9 +23,9 @@ def tune_artifact(path: str | Path, target_tag: str, options: TuneOptions) -> Ma
         raise ArtifactError(f"{root} has no build {target_tag!r} to tune (it holds "
                             f"{', '.join(manifest.builds) or 'none'}); run `forgeline compile "
                             f"{root} --target cpu` first.")
-    if build.kind not in ("llvm", "cuda") or build.precision != "fp32":
-        raise ConfigError(f"Tuning supports fp32 CPU (llvm) and CUDA builds; {target_tag} is a "
-                          f"{build.precision} {build.kind} build.")
+    if build.kind not in ("llvm", "cuda") or (build.kind == "cuda" and build.precision != "fp32"):
+        raise ConfigError(f"Tuning supports CPU (llvm) builds at every precision and fp32 CUDA builds; "
+                          f"{target_tag} is a {build.precision} {build.kind} build.")
     resolved = resolve_tuning(options, manifest, target_tag)
     if build.kind == "cuda":
         from .cuda_search import check_measurable

@@ -58,11 +58,16 @@ def quantized_onnx(root: Path, work: Path) -> Path:
 
 
 def _constant_folded(root: Path, work: Path) -> Path:
-    """model.onnx with each ``Transpose`` of a weight replaced by the transposed initializer.
+    """model.onnx with each ``Transpose`` of a weight replaced by the transposed initializer, and
+    without ``value_info`` entries for initializers.
 
     The graphs read Linear weights from the checkpoint as ``Transpose(W)`` (export/shared_data.py),
     and ``quantize_dynamic`` quantizes only a MatMul whose weight is an initializer; this is the
-    constant folding ORT's quantization pre-processing does, limited to what it needs.
+    constant folding ORT's quantization pre-processing does, limited to what it needs. The
+    exporter also records each initializer's shape in ``value_info`` (legal, and redundant with the
+    initializer's dims); ``quantize_dynamic`` rewrites ``Gemm(x, W, transB=1)`` (BERT's pooler and
+    NSP head) to ``MatMul(x, W^T)`` by transposing W in place and leaves that entry stale, so its
+    next shape inference failed ("Inferred shape and existing shape differ").
     """
     import onnx
     from onnx import numpy_helper
@@ -79,6 +84,10 @@ def _constant_folded(root: Path, work: Path) -> Path:
             kept.append(node)
     del model.graph.node[:]
     model.graph.node.extend(kept)
+    initializers = {init.name for init in model.graph.initializer}
+    shapes = [info for info in model.graph.value_info if info.name not in initializers]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(shapes)
     out = work / "model.folded.onnx"
     onnx.save(model, str(out), save_as_external_data=True, location="model.folded.onnx.data")
     return out

@@ -9,6 +9,7 @@ the others.
 from __future__ import annotations
 
 import logging
+from itertools import product
 from pathlib import Path
 
 from forgeline.runtime.errors import ConfigError
@@ -38,8 +39,10 @@ def parse_precisions(text: str) -> list[str]:
 
 
 def compile_precisions(root: Path, precisions: list[str], bf16_kernels: tuple[str, ...] = ("auto",),
-                       mcpu: str | None = None, int8_kernels: tuple[str, ...] = ("auto",)) -> list[str]:
-    """Add a build per precision (bf16 and int8: per kernel) to the artifact at ``root``, unless it
+                       mcpu: str | None = None, int8_kernels: tuple[str, ...] = ("auto",),
+                       attention: tuple[str, ...] = ("fp32",)) -> list[str]:
+    """Add a build per precision (bf16 and int8: per kernel; per ``attention`` precision: "fp32"
+    and/or "reduced", CompileOptions.attention_precision) to the artifact at ``root``, unless it
     has it; the tags of the artifact's builds of those precisions."""
     from forgeline.compile import CompileOptions, compile_artifact
     from forgeline.compile.artifact import resolve_precision_target
@@ -48,9 +51,10 @@ def compile_precisions(root: Path, precisions: list[str], bf16_kernels: tuple[st
     built = []
     for precision in precisions:
         kernels = {"bf16": bf16_kernels, "int8": int8_kernels}
-        for kernel in kernels.get(precision, ("auto",)):
+        for kernel, attention_precision in product(kernels.get(precision, ("auto",)), attention):
             forced = {f"{precision}_kernel": kernel} if precision in kernels else {}
-            options = CompileOptions(precision=precision, mcpu=mcpu, **forced)
+            options = CompileOptions(precision=precision, mcpu=mcpu, attention_precision=attention_precision,
+                                     **forced)
             try:
                 if resolve_precision_target(options).tag in Manifest.load(root).builds:
                     manifest = Manifest.load(root)

@@ -33,6 +33,9 @@ def compile_args(p: argparse.ArgumentParser, with_path: bool = True) -> None:
                    help="precision of the matmuls: fp32 (default); bf16 on CPUs with AVX512-BF16 or AMX (--target cpu); "
                         "int8 (dynamic quantization) on x86-64 CPUs with AVX2 or VNNI (--target cpu); "
                         "fp16 on CUDA tensor cores (--target cuda). Routers, norms and softmax stay fp32")
+    p.add_argument("--attention-precision", default="fp32", choices=["fp32", "reduced"],
+                   help="attention's batched matmuls (QK^T, PV) in a bf16 or int8 build: fp32 (default) or "
+                        "reduced (bf16 operands, fp32 sums)")
     add_tuning_flags(p)
 
 
@@ -92,7 +95,8 @@ def export_options(args: argparse.Namespace):
 def compile_options(args: argparse.Namespace):
     from forgeline.compile import CompileOptions
 
-    return CompileOptions(target=args.target, arch=args.arch, mcpu=args.mcpu, precision=args.precision)
+    return CompileOptions(target=args.target, arch=args.arch, mcpu=args.mcpu, precision=args.precision,
+                          attention_precision=args.attention_precision)
 
 
 def add_tuning_flags(p: argparse.ArgumentParser, *, with_switch: bool = True) -> None:

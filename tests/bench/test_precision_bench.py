@@ -3,9 +3,6 @@ table's counts, and the reduced precisions the scripts build."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,15 +15,6 @@ from forgeline.bench.precisions import parse_precisions
 from forgeline.compile.precision import PRECISIONS
 from forgeline.runtime.errors import ConfigError
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def _accuracy_script():
-    spec = importlib.util.spec_from_file_location("precision_accuracy", BENCHMARKS / "precision_accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["precision_accuracy"] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_scripts_build_every_reduced_cpu_precision_forgeline_has():
@@ -36,8 +24,9 @@ def test_scripts_build_every_reduced_cpu_precision_forgeline_has():
         parse_precisions("bf16,int3")
 
 
-def test_ort_int8_peer_is_quantize_dynamic(tiny_artifact, tmp_path):
-    path = quantized_onnx(tiny_artifact("gpt"), tmp_path)
+@pytest.mark.parametrize("name", ["gpt", "bert"])  # bert: Gemm heads, which quantize_dynamic rewrites
+def test_ort_int8_peer_is_quantize_dynamic(tiny_artifact, tmp_path, name):
+    path = quantized_onnx(tiny_artifact(name), tmp_path)
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
     assert {"DynamicQuantizeLinear", "MatMulInteger"} & ops  # int8 weights, activations per call
 
@@ -51,8 +40,8 @@ def test_bench_prints_top1_agreement_with_eager_beside_latency(tiny_artifact):
     assert int8.available and 0.0 <= int8.top1_agreement <= 1.0
 
 
-def test_accuracy_table_counts_routing_flips_and_top1_misses():
-    acc = _accuracy_script()
+def test_accuracy_table_counts_routing_flips_and_top1_misses(bench_script):
+    acc = bench_script("precision_accuracy")
     logits = np.array([[[0.0, 1.0], [2.0, 0.0]]], np.float32)  # (1, 2, 2): argmax 1, 0
     routing = np.array([[1, 0, 1]], np.int64)
     case = SimpleNamespace(inputs={}, outputs={"logits": logits, "routing.0": routing})
