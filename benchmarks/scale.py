@@ -42,15 +42,17 @@ from pathlib import Path
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SAMPLE_S = 0.1
 # Log lines that open a stage of the build (substrings -> stage name), in the order they come: a
-# stage opens at the first matching line after the stage before it (a later one may be absent).
-STAGE_MARKS = [(("export ", " -> "), "export: model, checkpoint, torch -> ONNX (each graph), golden"),
-               (("ONNX Runtime session on",), "export: ONNX Runtime vs eager (each graph)"),
-               (("compile ", " for "), "compile: main"), (("building graph prefill",), "compile: prefill"),
-               (("building graph decode",), "compile: decode"),
-               (("distinct parameter tensors",), "compile: staged build vs golden (TVM)"),
-               (("tvm/", "vs eager: pass"), "check: eager PyTorch rerun from the checkpoint"),
-               (("checking on",), "check: ONNX Runtime (each graph)"),
-               (("loading TVM build",), "check: TVM build (each graph)")]
+# stage opens at the first matching line after the stage before it; only stages marked optional
+# (True) may be missing (a model without generation graphs, a build this host cannot run).
+STAGE_MARKS = [(("export ", " -> "), "export: model, checkpoint, torch -> ONNX (each graph), golden", False),
+               (("ONNX Runtime session on",), "export: ONNX Runtime vs eager (each graph)", False),
+               (("compile ", " for "), "compile: main", False),
+               (("building graph prefill",), "compile: prefill", True),
+               (("building graph decode",), "compile: decode", True),
+               (("distinct parameter tensors",), "compile: staged build vs golden (TVM)", True),
+               (("tvm/", "vs eager: pass"), "check: eager PyTorch rerun from the checkpoint", True),
+               (("checking on",), "check: ONNX Runtime (each graph)", False),
+               (("loading TVM build",), "check: TVM build (each graph)", True)]
 
 
 def _args(argv):
@@ -100,10 +102,12 @@ def run_sampled(cmd: list[str]) -> dict:
                              "peak_before": since_last[0], "line": line.rstrip()[:160]})
             since_last[0] = 0
             for index in range(next_mark[0], len(STAGE_MARKS)):
-                marks, name = STAGE_MARKS[index]
+                marks, name, optional = STAGE_MARKS[index]
                 if all(m in line for m in marks):
                     stages.append({"stage": name, "t": time.perf_counter() - started, "peak_rss": 0})
                     next_mark[0] = index + 1
+                    break
+                if not optional:
                     break
 
     reader = threading.Thread(target=read, daemon=True)
