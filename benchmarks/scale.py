@@ -3,22 +3,22 @@
 For each model it runs ``forgeline -v build`` in a child process and records:
 
 - build wall time, and the peak memory of the whole process tree (the sum of every process's RSS,
-  sampled every 0.1 s), with the peak of each build stage (the stages are read from the build's
-  log lines as they arrive);
+  sampled every 0.1 s; also the largest single process, which is what ``/usr/bin/time -v``
+  reports), with the peak of each build stage (the stages are read from the build's log lines as
+  they arrive, and every log line is kept with the memory at that moment, as a timeline);
 - the artifact's size on disk, per file;
 - cold load time (a fresh process: ``forgeline.runtime.load``, hashes checked) and the first call's
   latency at batch 1, with how long hashing the parameter file took;
 
 each also as a multiple of the model's fp32 weight bytes. Writes JSON and a PNG.
 
-The 0.5B decoder has Qwen2-0.5B's width (896), depth (24 layers), heads (14) and vocabulary
-(151936), with tied embeddings, as a gpt-family model: learned positions, GELU FFN, and full
-multi-head attention (the gpt family has no grouped KV heads). Its FFN is 7296 wide, so that its
-two FFN matrices hold as many weights as Qwen2's three SwiGLU ones (3 x 4864 = 2 x 7296); it has
-~0.53B parameters.
+The 0.5B decoder is a Hugging Face Qwen2 checkpoint folder with Qwen2-0.5B's shapes (896 wide,
+24 layers, 14 heads, 2 KV heads, SwiGLU FFN 4864, vocabulary 151936, tied embeddings; 494M
+parameters) and seeded random bf16 weights (benchmarks/hf_folder.py), built with ``forgeline
+build --from-hf``.
 
     python benchmarks/scale.py --models small,base            # ~5 min on 2 cores
-    python benchmarks/scale.py --models qwen0.5b              # ~10 min, needs ~8 GB free
+    python benchmarks/scale.py --models qwen0.5b              # ~15 min, needs ~10 GB free
     python benchmarks/scale.py --models tiny --out /tmp/scale  # a check of the script itself
     python benchmarks/scale.py --models base --python /other/venv/bin/python  # another checkout
 
@@ -40,15 +40,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-# Qwen2-0.5B's shapes in the gpt family (see the docstring for the FFN width).
-QWEN05_SHAPES = dict(d_model=896, n_layers=24, n_heads=14, d_ff=7296, vocab_size=151936, max_positions=512)
 SAMPLE_S = 0.1
-# Log lines that open a stage of the build, in order (substrings -> stage name).
-STAGE_MARKS = [(("export ",), "export: torch -> ONNX, golden, ORT parity"),
-               (("compile ", " for "), "compile: main"), (("building graph prefill",), "compile: prefill"),
-               (("building graph decode",), "compile: decode"),
-               (("distinct parameter tensors",), "compile: staged build vs golden (TVM)"),
-               (("tvm/", "vs eager: pass"), "check: eager + ORT + TVM (forgeline check)")]
+# Log lines that open a stage of the build (substrings -> stage name), in the order they come: a
+# stage opens at the first matching line after the stage before it; only stages marked optional
+# (True) may be missing (a model without generation graphs, a build this host cannot run).
+STAGE_MARKS = [(("export ", " -> "), "export: model, checkpoint, torch -> ONNX (each graph), golden", False),
+               (("ONNX Runtime session on",), "export: ONNX Runtime vs eager (each graph)", False),
+               (("compile ", " for "), "compile: main", False),
+               (("building graph prefill",), "compile: prefill", True),
+               (("building graph decode",), "compile: decode", True),
+               (("distinct parameter tensors",), "compile: staged build vs golden (TVM)", True),
+               (("tvm/", "vs eager: pass"), "check: eager PyTorch rerun from the checkpoint", True),
+               (("checking on",), "check: ONNX Runtime (each graph)", False),
+               (("loading TVM build",), "check: TVM build (each graph)", True)]
 
 
 def _args(argv):
@@ -62,22 +66,22 @@ def _args(argv):
     return p.parse_args(argv)
 
 
-def tree_rss(pid: int) -> int:
-    """Bytes resident in process ``pid`` and all its descendants."""
+def tree_rss(pid: int) -> tuple[int, int]:
+    """Bytes resident in process ``pid`` and all its descendants, and in the largest of them."""
     import psutil
 
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0
-    total = 0
+        return 0, 0
+    sizes = []
     for proc in procs:
         try:
-            total += proc.memory_info().rss
+            sizes.append(proc.memory_info().rss)
         except psutil.NoSuchProcess:
             pass
-    return total
+    return sum(sizes), max(sizes, default=0)
 
 
 def run_sampled(cmd: list[str]) -> dict:
@@ -87,36 +91,49 @@ def run_sampled(cmd: list[str]) -> dict:
     stages = [{"stage": "start", "t": 0.0, "peak_rss": 0}]
     lines: list[str] = []
 
+    timeline: list[dict] = []  # every log line with the tree RSS now and the peak since the line before
+    since_last = [0]
+    next_mark = [0]
+
     def read():
         for line in proc.stdout:
             lines.append(line)
-            for marks, name in STAGE_MARKS:
-                if all(m in line for m in marks) and name not in [s["stage"] for s in stages]:
+            timeline.append({"t": round(time.perf_counter() - started, 2), "rss": tree_rss(proc.pid)[0],
+                             "peak_before": since_last[0], "line": line.rstrip()[:160]})
+            since_last[0] = 0
+            for index in range(next_mark[0], len(STAGE_MARKS)):
+                marks, name, optional = STAGE_MARKS[index]
+                if all(m in line for m in marks):
                     stages.append({"stage": name, "t": time.perf_counter() - started, "peak_rss": 0})
+                    next_mark[0] = index + 1
+                    break
+                if not optional:
+                    break
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    peak = 0
+    peak = largest = 0
     while proc.poll() is None:
-        rss = tree_rss(proc.pid)
-        peak = max(peak, rss)
+        rss, biggest = tree_rss(proc.pid)
+        peak, largest = max(peak, rss), max(largest, biggest)
+        since_last[0] = max(since_last[0], rss)
         stages[-1]["peak_rss"] = max(stages[-1]["peak_rss"], rss)
         time.sleep(SAMPLE_S)
     reader.join()
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{''.join(lines[-30:])}")
-    return {"wall_s": time.perf_counter() - started, "peak_rss": peak, "stages": stages}
+    return {"wall_s": time.perf_counter() - started, "peak_rss": peak, "peak_rss_largest_process": largest,
+            "stages": stages, "timeline": timeline}
 
 
-def _checkpoint(python: str, work: Path, shapes: dict) -> Path:
-    """A fresh-init gpt checkpoint with ``shapes`` (for a model no preset has)."""
-    path = work / "qwen05-shapes.safetensors"
-    code = ("import sys, json; from forgeline.define.registry import get_config, build_model; "
-            "from forgeline.define.checkpoint import save_checkpoint; "
-            "c = get_config('gpt', 'base', **json.loads(sys.argv[2])); "
-            "save_checkpoint(build_model(c, seed=0), sys.argv[1])")
-    subprocess.run([python, "-c", code, str(path), json.dumps(shapes)], check=True)
-    return path
+def _qwen_folder(python: str, work: Path) -> Path:
+    """A Qwen2-0.5B-shaped Hugging Face folder (hf_folder.py), written by a child process so that
+    this one, which samples the build, never holds torch or a tensor."""
+    folder = work / "qwen2-0.5b-shapes"
+    code = ("import sys; sys.path.insert(0, sys.argv[2]); from hf_folder import write_qwen2_folder; "
+            "write_qwen2_folder(sys.argv[1])")
+    subprocess.run([python, "-c", code, str(folder), str(Path(__file__).resolve().parent)], check=True)
+    return folder
 
 
 _LOAD = r"""
@@ -152,7 +169,7 @@ def measure(model: str, python: str, work: Path) -> dict:
     out = work / model
     forgeline = [str(Path(python).parent / "forgeline")]
     if model == "qwen0.5b":
-        cmd = [*forgeline, "-v", "build", "gpt", "--weights", str(_checkpoint(python, work, QWEN05_SHAPES)), "-o", str(out)]
+        cmd = [*forgeline, "-v", "build", "--from-hf", str(_qwen_folder(python, work)), "-o", str(out)]
     else:
         cmd = [*forgeline, "-v", "build", "gpt", "--preset", model, "-o", str(out)]
     build = run_sampled(cmd)
@@ -163,7 +180,8 @@ def measure(model: str, python: str, work: Path) -> dict:
     artifact = sum(files.values())
     result = {"model": model, "fp32_weight_bytes": weight_bytes, "build": build, "files": files,
               "artifact_bytes": artifact, "load": load, "config": manifest["config"],
-              "x_weights": {"peak_rss": build["peak_rss"] / weight_bytes, "artifact": artifact / weight_bytes},
+              "x_weights": {"peak_rss": build["peak_rss"] / weight_bytes, "artifact": artifact / weight_bytes,
+                            "peak_rss_largest_process": build["peak_rss_largest_process"] / weight_bytes},
               "loadavg": os.getloadavg()}
     return result
 
@@ -208,6 +226,8 @@ def main(argv=None) -> int:
               f"peak {result['build']['peak_rss'] / 1e9:.2f} GB ({x['peak_rss']:.1f}x), artifact "
               f"{result['artifact_bytes'] / 1e9:.3f} GB ({x['artifact']:.2f}x), load {result['load']['load_s']:.2f} s, "
               f"first call {result['load']['first_call_s'] * 1e3:.0f} ms", flush=True)
+        for stage in result["build"]["stages"]:
+            print(f"  {stage['peak_rss'] / 1e9:6.2f} GB  {stage['stage']}", flush=True)
         if not args.keep and work_ctx is None:
             subprocess.run(["rm", "-rf", str(work / model)], check=False)
     args.out.parent.mkdir(parents=True, exist_ok=True)

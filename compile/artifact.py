@@ -20,7 +20,7 @@ from forgeline.runtime.confine import check_confinement
 from forgeline.runtime.errors import ArtifactError, CompileError, ConfigError
 from forgeline.runtime.format import ONNX_FILE, TVM_DIR, BuildRecord, Manifest, StageRecord, precision_tolerance
 from forgeline.runtime.host import can_run, describe_host, read_cpu_features
-from forgeline.runtime.kv_check import with_generation_rows
+from forgeline.runtime.kv_check import checked_stage
 from forgeline.runtime.memory import release_freed_memory
 from forgeline.runtime.model import load, open_model
 from forgeline.runtime import progress
@@ -255,13 +255,13 @@ def _check_staged(root: Path, manifest: Manifest, build: BuildRecord, files: dic
     staged.files.update(files)
     check_confinement(root, staged)
     with progress.stage(f"check {build.tag} vs eager"), open_model(root, staged, backend="tvm", target=build.tag) as model:
-        return with_generation_rows(model.selfcheck(), model)
+        return checked_stage(model)
 
 
 def measure_build(root: Path, tag: str) -> StageRecord:
     """Run one build on every golden case, and its KV-cache graphs, and compare with the eager outputs."""
     with load(root, backend="tvm", target=tag) as model:
-        return with_generation_rows(model.selfcheck(), model)
+        return checked_stage(model)
 
 
 def _forget_build(manifest: Manifest, tag: str) -> None:

@@ -76,6 +76,10 @@ def lift_constants(mod, sink: LiftedParams, min_bytes: int = MIN_LIFT_BYTES):
     sink.arrays.extend(arrays)
     logger.info("Lifted %d constants (%.1f MB) of %s into its %r tuple.", len(arrays),
                 sum(a.nbytes for a in arrays) / 1e6, LIFTED_FUNCTION, PARAMS_NAME)
+    # TVM keeps the mutator class (and so this frame's cells) alive after the pass: drop the
+    # references here, or every build's weights would outlive it.
+    arrays.clear()
+    lifted_vars.clear()
     return mod
 
 

@@ -212,6 +212,8 @@ def _build(onnx_path: Path, spec: TargetSpec, out_dir: Path, gemm_rows: int | No
     unscheduled: list[str] = []
     executable = _compile(tvm, mod, spec, gemm_rows, unscheduled, precision, lifted)
     del mod  # the imported weights: only the lifted (packed) ones live on, in ``lifted``
+    # The pipeline's passes (and TVM, which keeps them) still reach ``lifted``: hand its arrays over.
+    params, lifted.arrays = (lifted.arrays, []) if lifted is not None else ([], [])
     export_started = time.perf_counter()
     try:
         if spec.kind == "cuda":
@@ -238,7 +240,7 @@ def _build(onnx_path: Path, spec: TargetSpec, out_dir: Path, gemm_rows: int | No
     logger.info("Built %s in %.2f s: %s", spec.tag, seconds, note)
     return TvmBuildResult(lib_file=LIB_NAME, codegen_only=codegen_only, note=note,
                           seconds=seconds, extra_files=extra, unscheduled=unscheduled, dense_layers=dense,
-                          params=lifted.arrays if lifted is not None else [])
+                          params=params)
 
 
 __all__ = ["TvmBuildResult", "build_tvm", "import_relax"]

@@ -43,8 +43,9 @@ def save_checkpoint(model: ForgelineModel, path) -> None:
 
 
 def load_checkpoint(path) -> ForgelineModel:
+    """The model a checkpoint holds. Tensors are copied in one at a time, so loading holds the
+    model's weights and one tensor, not a second copy of the whole checkpoint."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
@@ -52,23 +53,40 @@ def load_checkpoint(path) -> ForgelineModel:
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-        tensors = load_file(str(path))
+            if CONFIG_KEY not in metadata:
+                raise ArtifactError(f"checkpoint {path} has no {CONFIG_KEY!r} metadata; was it written by "
+                                    "save_checkpoint?")
+            model = build_model(_config(path, metadata))
+            _copy_tensors(f, model, path)
+    except ArtifactError:
+        raise
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise ArtifactError(f"checkpoint {path} is not a readable safetensors file: {exc}") from exc
-    if CONFIG_KEY not in metadata:
-        raise ArtifactError(f"checkpoint {path} has no {CONFIG_KEY!r} metadata; was it written by save_checkpoint?")
+    return model.eval()
+
+
+def _config(path: Path, metadata: dict) -> ModelConfig:
     try:
-        config = ModelConfig.from_json(metadata[CONFIG_KEY])
+        return ModelConfig.from_json(metadata[CONFIG_KEY])
     except (ConfigError, ValueError, TypeError) as exc:
         raise ArtifactError(f"checkpoint {path} holds an invalid config: {exc}") from exc
-    model = build_model(config)
+
+
+def _copy_tensors(f, model: ForgelineModel, path: Path) -> None:
+    """Copy every tensor of the open checkpoint ``f`` into ``model``, which must want exactly them."""
+    import torch
+
     _, aliases = unique_state(model)  # names the fresh model ties; they need no tensor in the file
-    expected = set(model.state_dict()) - set(aliases)
-    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    state = model.state_dict()
+    expected, present = set(state) - set(aliases), set(f.keys())
+    missing, unexpected = sorted(expected - present), sorted(present - expected)
+    name = model.config.name
     if missing or unexpected:
-        raise ArtifactError(f"checkpoint {path} does not match {config.name}: missing {missing}, unexpected {unexpected}.")
-    try:
-        model.load_state_dict(tensors, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        raise ArtifactError(f"checkpoint {path} does not match {config.name}: {exc}") from exc
-    return model.eval()
+        raise ArtifactError(f"checkpoint {path} does not match {name}: missing {missing}, unexpected {unexpected}.")
+    with torch.no_grad():
+        for key in sorted(present):
+            tensor = f.get_tensor(key)
+            if tensor.shape != state[key].shape:
+                raise ArtifactError(f"checkpoint {path} does not match {name}: {key} has shape "
+                                    f"{tuple(tensor.shape)}, the model {tuple(state[key].shape)}.")
+            state[key].copy_(tensor)

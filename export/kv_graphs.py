@@ -35,7 +35,7 @@ from forgeline.runtime.errors import ExportError, error_summary
 from forgeline.runtime import progress
 from forgeline.runtime.format import GraphSpec, TensorSpec
 
-from .onnx_export import check_onnx
+from .onnx_export import check_onnx, forget_matched_graphs
 
 log = logging.getLogger(__name__)
 
@@ -132,4 +132,5 @@ def _export(model: ForgelineModel, graph: _Graph, path: Path) -> None:
     except Exception as exc:  # the exporter raises many internal types; the user needs one sentence
         raise ExportError(f"exporting the {graph.name} graph of {model.config.name} failed: {error_summary(exc)}") from exc
     log.info("exported the %s graph in %.1f s", graph.name, time.perf_counter() - start)
+    forget_matched_graphs()
     check_onnx(path)

@@ -84,7 +84,30 @@ def export_graph(module: torch.nn.Module, args: tuple, kwargs: dict, path: Path,
             raise storage_error(exc, f"Writing the ONNX graph to {path.parent}", code) from exc
         raise ExportError(f"torch.onnx.export failed for {type(module).__name__}: {_root_cause(exc)}") from exc
     log.info("exported in %.1f s", time.perf_counter() - start)
+    forget_matched_graphs()
     check_onnx(path)
+
+
+def forget_matched_graphs() -> None:
+    """Drop the last exported graph that onnxscript's rewrite rules hold on to.
+
+    The exporter's rewrite rules are module globals, and their pattern matchers keep the graph of
+    their last match (``_graph``, ``_match``, ``_current_node``). That graph holds the model's
+    parameters, so without this every export would keep a full copy of the weights alive for the
+    life of the process (0.5 GB for gpt base, through the whole compile). Only matcher state set
+    anew at the start of every match is reset.
+    """
+    import gc
+
+    try:
+        from onnxscript.rewriter._basics import MatchResult
+        from onnxscript.rewriter._matcher import SimplePatternMatcher
+    except ImportError:  # another onnxscript: nothing known to reset
+        return
+    for obj in gc.get_objects():
+        if issubclass(type(obj), SimplePatternMatcher):  # type(): no attribute lookups that warn
+            obj._graph = obj._current_node = obj._tracer = None
+            obj._match = MatchResult()
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colour codes

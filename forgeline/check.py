@@ -22,12 +22,12 @@ from forgeline.define import ForgelineModel, load_checkpoint
 from forgeline.export.eager import golden_dims, make_case, run_eager
 from forgeline.runtime import progress
 from forgeline.runtime.errors import ArtifactError
-from forgeline.runtime.format import GOLDEN_FILE, TVM_DIR, WEIGHTS_FILE, StageRecord
+from forgeline.runtime.format import GOLDEN_FILE, TVM_DIR, WEIGHTS_FILE, Manifest, StageRecord
 from forgeline.runtime.golden import GoldenCase, load_golden
 from forgeline.runtime.host import can_run, describe_host
-from forgeline.runtime.kv_check import with_generation_rows
+from forgeline.runtime.kv_check import checked_stage
 from forgeline.runtime.memory import release_freed_memory
-from forgeline.runtime.model import Model, load
+from forgeline.runtime.model import Model, load, open_model, verified_manifest
 from forgeline.runtime.parity import compare_outputs, stage_record
 
 log = logging.getLogger(__name__)
@@ -56,17 +56,22 @@ def check_artifact(path: str | Path, fresh_cases: int = 2, verify_key=None) -> C
     ``verify_key`` (a PEM public key or its path): the artifact must carry a valid signature by it.
     """
     root = Path(path)
-    with (load(root, backend="ort", verify_key=verify_key) as ort_model,  # signature, paths, hashes first
-          progress.stage("check ONNX Runtime vs eager on fresh inputs")):
-        manifest = ort_model.manifest
-        eager = load_checkpoint(root / WEIGHTS_FILE).eval() if manifest.source == "registry" else None
-        if eager is not None:
-            cases, report = _registry_stages(root, ort_model, eager, fresh_cases)
+    manifest = verified_manifest(root, verify_key)  # signature, paths, hashes first
+    eager = None
+    with progress.stage("check ONNX Runtime vs eager on fresh inputs"):
+        if manifest.source == "registry":
+            # Eager PyTorch runs first, and its weights are freed before ONNX Runtime loads its own.
+            eager = load_checkpoint(root / WEIGHTS_FILE).eval()
+            cases, stored = _registry_cases(root, manifest, eager, fresh_cases)
+            if not any(build.buckets for build in manifest.builds.values()):
+                eager = None  # only bucket checks run it again
+                release_freed_memory()
+            with open_model(root, manifest, backend="ort") as ort_model:
+                report = CheckReport(stages=[stored, _stage(ort_model, cases)])
         else:
-            cases, report = _outside_registry(root, ort_model, fresh_cases)
-        if eager is not None and not any(build.buckets for build in manifest.builds.values()):
-            eager = None  # only bucket checks run it again: free its weights for the backends'
-            release_freed_memory()
+            with open_model(root, manifest, backend="ort") as ort_model:
+                cases, report = _outside_registry(root, ort_model, fresh_cases)
+    release_freed_memory()
     host = describe_host()
     for tag, build in manifest.builds.items():
         runnable, why = can_run(build.requires, host)
@@ -84,18 +89,18 @@ def check_artifact(path: str | Path, fresh_cases: int = 2, verify_key=None) -> C
     return report
 
 
-def _registry_stages(root: Path, ort_model: Model, eager: ForgelineModel,
-                     fresh_cases: int) -> tuple[list[GoldenCase], CheckReport]:
-    """Eager PyTorch rerun from the checkpoint on the golden and fresh inputs; the stored outputs and
-    ONNX Runtime against it."""
-    tolerance = ort_model.manifest.tolerance
+def _registry_cases(root: Path, manifest: Manifest, eager: ForgelineModel,
+                    fresh_cases: int) -> tuple[list[GoldenCase], StageRecord]:
+    """Eager PyTorch rerun from the checkpoint on the golden and fresh inputs; the stored outputs
+    against it."""
+    tolerance = manifest.tolerance
     golden = load_golden(root / GOLDEN_FILE)
     cases = _cases(golden, eager, fresh_cases)
     # The stored golden outputs are what `selfcheck` compares with where there is no torch:
     # they must still be what eager computes.
     stored = [row for kept, now in zip(golden, cases)
               for row in compare_outputs(now.outputs, kept.outputs, tolerance, kept.name)]
-    return cases, CheckReport(stages=[stage_record(GOLDEN_FILE, stored, tolerance), _stage(ort_model, cases)])
+    return cases, stage_record(GOLDEN_FILE, stored, tolerance)
 
 
 def _outside_registry(root: Path, ort_model: Model, fresh_cases: int) -> tuple[list[GoldenCase], CheckReport]:
@@ -121,8 +126,8 @@ def _outside_registry(root: Path, ort_model: Model, fresh_cases: int) -> tuple[l
 
 
 def _stage(model: Model, cases: list[GoldenCase]) -> StageRecord:
-    """A backend on every case, plus its KV-cache graphs against the golden logits."""
-    return with_generation_rows(model.selfcheck(cases), model, cases[0])
+    """A backend on every case, plus its KV-cache graphs against the first case's logits."""
+    return checked_stage(model, cases)
 
 
 def _bucket_reference(root: Path, eager: ForgelineModel | None):

@@ -24,13 +24,21 @@ def release_freed_memory() -> None:
     global _LIBC
     gc.collect()
     if _LIBC is None:
-        try:
-            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        except OSError:
-            _LIBC = False
+        _LIBC = _open_libc()
     trim = getattr(_LIBC, "malloc_trim", None) if _LIBC else None
     if trim is not None:
         trim(0)
+
+
+def _open_libc():
+    """glibc by its soname first: ``find_library`` runs ``ldconfig`` in a child process, which in a
+    build process of several GB is a fork that (briefly) doubles what it appears to use."""
+    for name in ("libc.so.6", ctypes.util.find_library("c")):
+        try:
+            return ctypes.CDLL(name) if name else False
+        except OSError:
+            continue
+    return False
 
 
 __all__ = ["release_freed_memory"]

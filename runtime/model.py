@@ -10,7 +10,7 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import numpy as np
 
@@ -38,17 +38,20 @@ class Model:
     """A loaded artifact bound to one backend (and, for TVM, one build).
 
     Safe to use from several threads at once (each backend serialises or separates what must be).
-    ``close()``, or ``with load(...) as model:``, releases the libraries and their memory.
+    ``close()``, or ``with load(...) as model:``, releases the libraries and their memory;
+    ``release()`` frees them too but lets the model open them again on its next call.
     """
 
     def __init__(self, path: Path, manifest: Manifest, backend: str, executor: Executor, build: BuildRecord | None,
-                 device_id: int = 0):
+                 device_id: int = 0, reopen: Callable[[], Executor] | None = None):
         self.path = path
         self.device_id = device_id  # the CUDA device of a CUDA build (its graphs open there too)
         self.manifest = manifest
         self.backend = backend
         self.build = build
         self._executor = executor
+        self._reopen = reopen  # makes the main executor again after ``release``
+        self._released = False
         self._graphs: dict[str, Executor] = {}  # extra graphs (manifest.graphs), opened on first use
         self._tokenizer = None
         self._open_lock = threading.Lock()  # two threads' first run_graph must not open a graph twice
@@ -62,13 +65,32 @@ class Model:
     def close(self) -> None:
         """Release every executor (TVM libraries and VMs, ORT sessions); the model cannot run after."""
         with self._open_lock:
-            for executor in [self._executor, *self._graphs.values()]:
-                close = getattr(executor, "close", None)
-                if close is not None:
-                    close()
-            self._executor, self._graphs, self._tokenizer = None, {}, None
+            self._close_executors()
+            self._tokenizer, self._reopen, self._released = None, None, False
+
+    def release(self) -> None:
+        """Close every executor now, to free its memory; the next call opens the one it needs again.
+
+        A check runs the main graph and each generation graph in turn with ``release()`` between
+        them, so that only one ONNX Runtime session (each holds its own copy of the weights) is alive
+        at a time.
+        """
+        with self._open_lock:
+            if self._reopen is None:
+                return  # closed (or made without a way to reopen): nothing to release
+            self._close_executors()
+            self._released = True
+
+    def _close_executors(self) -> None:
+        for executor in [self._executor, *self._graphs.values()]:
+            close = getattr(executor, "close", None)
+            if close is not None:
+                close()
+        self._executor, self._graphs = None, {}
 
     def _live(self) -> Executor:
+        if self._executor is None and self._released:
+            self._executor, self._released = self._reopen(), False
         if self._executor is None:
             raise ArtifactError(f"{self!r} was closed; load the artifact again to run it.")
         return self._executor
@@ -108,7 +130,9 @@ class Model:
     def run(self, **arrays: np.ndarray) -> dict[str, np.ndarray]:
         """Validate the inputs, run the backend, and name the outputs."""
         ordered = validate_inputs(arrays, self.manifest.inputs, self.manifest.dim_limits)
-        results = self._live().run(ordered)
+        with self._open_lock:
+            executor = self._live()
+        results = executor.run(ordered)
         return dict(zip(self.manifest.output_names(), results))
 
     def selfcheck(self, cases: list[GoldenCase] | None = None) -> StageRecord:
@@ -163,7 +187,8 @@ class Model:
         from .tasks.graphs import open_graph
 
         with self._open_lock:
-            self._live()
+            if self._executor is None and not self._released:
+                self._live()  # the sentence of a closed model
             if name not in self._graphs:
                 self._graphs[name] = open_graph(self, name)
             return self._graphs[name]
@@ -197,21 +222,34 @@ def load(path: str | os.PathLike[str], backend: str = "tvm", target: str | None 
     first build this host can run is used, a CUDA one first when a GPU is present. ``device_id``
     is the CUDA device a CUDA build runs on.
     """
-    from .format import read_manifest_bytes
-    from .signing import verify_manifest_signature
-
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
     root = Path(path)
     Manifest.load(root)  # a sentence for a missing folder or manifest
     with artifact_lock(root, shared=True):  # a concurrent compile commits whole, before or after
-        data = read_manifest_bytes(root)
-        verify_manifest_signature(root, data, verify_key)
-        manifest = Manifest.from_bytes(data, root)
-        check_confinement(root, manifest)
-        manifest.verify_files(root)
-        check_position_limits(root, manifest)  # the manifest is not hashed; the weights are
-        return open_model(root, manifest, backend, target, device_id)
+        return open_model(root, _verified(root, verify_key), backend, target, device_id)
+
+
+def verified_manifest(path: str | os.PathLike[str], verify_key=None) -> Manifest:
+    """The manifest of an artifact after ``load``'s checks (signature, confinement, every file's
+    sha256), without opening a backend: ``open_model`` binds it later."""
+    root = Path(path)
+    Manifest.load(root)  # a sentence for a missing folder or manifest
+    with artifact_lock(root, shared=True):
+        return _verified(root, verify_key)
+
+
+def _verified(root: Path, verify_key) -> Manifest:
+    from .format import read_manifest_bytes
+    from .signing import verify_manifest_signature
+
+    data = read_manifest_bytes(root)
+    verify_manifest_signature(root, data, verify_key)
+    manifest = Manifest.from_bytes(data, root)
+    check_confinement(root, manifest)
+    manifest.verify_files(root)
+    check_position_limits(root, manifest)  # the manifest is not hashed; the weights are
+    return manifest
 
 
 def open_model(root: Path, manifest: Manifest, backend: str = "tvm", target: str | None = None,
@@ -222,7 +260,9 @@ def open_model(root: Path, manifest: Manifest, backend: str = "tvm", target: str
     if backend == "ort":
         from .backends.ort import OrtExecutor
 
-        return Model(root, manifest, backend, OrtExecutor(_onnx_path(root, manifest)), None)
+        onnx_path = _onnx_path(root, manifest)
+        reopen = lambda: OrtExecutor(onnx_path)  # noqa: E731
+        return Model(root, manifest, backend, reopen(), None, reopen=reopen)
     build = select_build(manifest, target)
     from .backends.tvm import TvmExecutor
     from .params_file import binding_for
@@ -234,11 +274,12 @@ def open_model(root: Path, manifest: Manifest, backend: str = "tvm", target: str
     if build.buckets:  # tuned static-shape builds: dispatch by shape, the dynamic lib as fallback
         from .backends.buckets import BucketedExecutor
 
-        executor = BucketedExecutor(root, build, manifest.inputs, device, device_id=device_id)
-        return Model(root, manifest, backend, executor, build, device_id)
-    executor = TvmExecutor(confined(root, build.lib, "the build library"), device=device, device_id=device_id,
-                           sha256=manifest.files.get(build.lib), params=binding_for(root, build, build.lib))
-    return Model(root, manifest, backend, executor, build, device_id)
+        reopen = lambda: BucketedExecutor(root, build, manifest.inputs, device, device_id=device_id)  # noqa: E731
+    else:
+        lib = confined(root, build.lib, "the build library")
+        reopen = lambda: TvmExecutor(lib, device=device, device_id=device_id,  # noqa: E731
+                                     sha256=manifest.files.get(build.lib), params=binding_for(root, build, build.lib))
+    return Model(root, manifest, backend, reopen(), build, device_id, reopen=reopen)
 
 
 def select_build(manifest: Manifest, target: str | None) -> BuildRecord:

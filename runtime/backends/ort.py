@@ -53,6 +53,12 @@ class OrtExecutor:
         array = np.zeros(shape, dtype=dtype)
         return array, array
 
+    def close(self) -> None:
+        """Drop the session and the weights it holds; the executor cannot run afterwards."""
+        self._session = None
+
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
+        if self._session is None:
+            raise ArtifactError("this ONNX Runtime session was closed; load the artifact again to run it.")
         feeds = dict(zip(self._input_names, arrays))
         return [np.asarray(out) for out in self._session.run(None, feeds)]
