@@ -20,7 +20,7 @@ def dense_layers(mod) -> list[str]:
 
     def visit(node) -> None:
         if isinstance(node, relax.Call) and node.op.same_as(op) and len(node.args) == 2:
-            shape = _dense_shape(node.args[0], node.args[1])
+            shape = dense_shape(node.args[0], node.args[1])
             if shape is not None:
                 found.append(f"{shape[0]}x{shape[1]}")
 
@@ -30,7 +30,7 @@ def dense_layers(mod) -> list[str]:
     return found
 
 
-def _dense_shape(x, weight) -> tuple[int, int] | None:
+def dense_shape(x, weight) -> tuple[int, int] | None:
     """(K, N) when ``weight`` is a constant fp32 (K, N) and ``x`` an fp32 tensor whose last dim is K."""
     import tvm
     from tvm import relax, tirx
@@ -48,4 +48,4 @@ def _dense_shape(x, weight) -> tuple[int, int] | None:
     return (k, n) if isinstance(last, tirx.IntImm) and int(last) == k else None
 
 
-__all__ = ["dense_layers"]
+__all__ = ["dense_layers", "dense_shape"]

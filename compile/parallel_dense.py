@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dataflow_blocks import rewrite_dataflow_blocks
-from .dense_layers import _dense_shape
+from .dense_layers import dense_shape
 
 logger = logging.getLogger(__name__)
 # a sibling whose output feeds one of these keeps its own dense layer (see the module docstring)
@@ -113,7 +113,7 @@ def _members(block) -> dict:
         if _op(value) != "relax.matmul" or not isinstance(value.args[0], relax.Var):
             continue
         x, w = value.args
-        if _dense_shape(x, w) is None:
+        if dense_shape(x, w) is None:
             continue
         weight = w.value.numpy()
         user = only_user(binding.var)

@@ -77,14 +77,14 @@ def packed_shape(k: int, n: int) -> tuple[int, int, int, int]:
     return (padded(n, BLOCK_COLS) // TILE_COLS, padded(k, TILE_K) // 2, TILE_COLS, 2)
 
 
-def _blocks(rows):
+def row_blocks(rows):
     """Blocks of 32 rows that cover ``rows`` (a PrimExpr)."""
     return (rows + BLOCK_ROWS - 1) // BLOCK_ROWS
 
 
-def _chunks(rows):
+def row_chunks(rows):
     """Chunks of CHUNK_BLOCKS row blocks that cover ``rows``."""
-    return (_blocks(rows) + CHUNK_BLOCKS - 1) // CHUNK_BLOCKS
+    return (row_blocks(rows) + CHUNK_BLOCKS - 1) // CHUNK_BLOCKS
 
 
 def amx_dense(k: int, n: int, *, residual: bool = False, emulate: bool = False,
@@ -144,8 +144,8 @@ def amx_dense(k: int, n: int, *, residual: bool = False, emulate: bool = False,
     def _body(A, W, Bias, R, C, m):
         # (m rounded up to 32, K padded) bf16 bits; not a let-bound size: FlattenBuffer wants the
         # allocation's shape in terms of the parameters
-        Abf = T.decl_buffer((_blocks(m) * BLOCK_ROWS, k_pad), "uint16")
-        for i in T.parallel(_blocks(m) * BLOCK_ROWS):  # A rounded to bf16, zero-padded
+        Abf = T.decl_buffer((row_blocks(m) * BLOCK_ROWS, k_pad), "uint16")
+        for i in T.parallel(row_blocks(m) * BLOCK_ROWS):  # A rounded to bf16, zero-padded
             for kc in range(k_pad // 16):
                 for kv in T.vectorized(16):
                     Abf[i, kc * 16 + kv] = T.if_then_else(
@@ -155,10 +155,10 @@ def amx_dense(k: int, n: int, *, residual: bool = False, emulate: bool = False,
         # thread's consecutive tasks reuse one chunk of A from L2 while B's panels stream past.
         cfg = T.decl_buffer((64,), "uint8")  # filled once, read by every task's ldtilecfg
         ops.fill_config(cfg)
-        for task in T.parallel(_chunks(m) * pairs):
+        for task in T.parallel(row_chunks(m) * pairs):
             ops.load_config(cfg)
             for inner in range(CHUNK_BLOCKS):
-                if task // pairs * CHUNK_BLOCKS + inner < _blocks(m):
+                if task // pairs * CHUNK_BLOCKS + inner < row_blocks(m):
                     _block(Abf, W, Bias, R, C, task // pairs * CHUNK_BLOCKS + inner, task % pairs, m)
             ops.release()
 
@@ -187,4 +187,4 @@ def amx_dense(k: int, n: int, *, residual: bool = False, emulate: bool = False,
 
 
 __all__ = ["AMX_CPU_FEATURES", "AMX_LLVM_ATTRS", "amx_dense", "bf16_bits", "bf16_round",
-           "pack_weight", "packed_shape", "padded"]
+           "pack_weight", "packed_shape", "padded", "row_blocks", "row_chunks"]

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .amx import BLOCK_COLS, BLOCK_ROWS, CHUNK_BLOCKS, _blocks, _chunks, padded
+from .amx import BLOCK_COLS, BLOCK_ROWS, CHUNK_BLOCKS, row_blocks, row_chunks, padded
 from .amx_int8_tiles import TILE_K
 from .int8 import VNNI, Int8Isa, quantize_rows
 from .int8 import pack_weight as pack_vnni_weight
@@ -112,15 +112,15 @@ def amx_int8_dense(k: int, n: int, *, residual: bool = False, emulate: bool = Fa
     @T.macro
     def body(A, W, Sw, Bias, R, C, m):
         # Sizes in terms of the parameters (FlattenBuffer wants them so), not let-bound.
-        Aq = T.decl_buffer((_blocks(m) * BLOCK_ROWS, k_pad), "int8")  # (m padded, K padded) s8 codes
-        Sa = T.decl_buffer((_blocks(m) * BLOCK_ROWS,), "float32")  # row scales, 0 on padding rows
-        quantize_rows(k, k_pad, _blocks(m) * BLOCK_ROWS, signed=True)(A, Aq, Sa, m)
+        Aq = T.decl_buffer((row_blocks(m) * BLOCK_ROWS, k_pad), "int8")  # (m padded, K padded) s8 codes
+        Sa = T.decl_buffer((row_blocks(m) * BLOCK_ROWS,), "float32")  # row scales, 0 on padding rows
+        quantize_rows(k, k_pad, row_blocks(m) * BLOCK_ROWS, signed=True)(A, Aq, Sa, m)
         cfg = T.decl_buffer((64,), "uint8")  # filled once, read by every task's ldtilecfg
         ops.fill_config(cfg)
-        for task in T.parallel(_chunks(m) * pairs):
+        for task in T.parallel(row_chunks(m) * pairs):
             ops.load_config(cfg)
             for inner in range(CHUNK_BLOCKS):
-                if task // pairs * CHUNK_BLOCKS + inner < _blocks(m):
+                if task // pairs * CHUNK_BLOCKS + inner < row_blocks(m):
                     block(Aq, W, Sa, Sw, Bias, R, C, task // pairs * CHUNK_BLOCKS + inner, task % pairs, m)
             ops.release()
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from .amx_tiles import _intrin, c_tile_steps, tile_ops
+from .amx_tiles import amx_intrin, c_tile_steps, tile_ops
 
 TILE_K = 64  # s8 values in one 64-byte tile row of A: the depth of one tdpbssd
 
@@ -32,18 +32,18 @@ def _amx_block():
     def block(aq, w, out, out_row, out_col, out_stride, row0, panel0, k_pad):
         zero_c()
         for step in range(k_pad // TILE_K):  # A's rows are k_pad bytes apart, B's tile is 1 KB
-            T.evaluate(_intrin("llvm.x86.tileloadd64", tile(4),
+            T.evaluate(amx_intrin("llvm.x86.tileloadd64", tile(4),
                                T.address_of(aq[row0, step * TILE_K]), T.int64(k_pad)))
-            T.evaluate(_intrin("llvm.x86.tileloadd64", tile(5),
+            T.evaluate(amx_intrin("llvm.x86.tileloadd64", tile(5),
                                T.address_of(aq[row0 + 16, step * TILE_K]), T.int64(k_pad)))
-            T.evaluate(_intrin("llvm.x86.tileloadd64", tile(6),
+            T.evaluate(amx_intrin("llvm.x86.tileloadd64", tile(6),
                                T.address_of(w[panel0, step * 16, 0]), T.int64(64)))
-            T.evaluate(_intrin("llvm.x86.tileloadd64", tile(7),
+            T.evaluate(amx_intrin("llvm.x86.tileloadd64", tile(7),
                                T.address_of(w[panel0 + 1, step * 16, 0]), T.int64(64)))
-            T.evaluate(_intrin("llvm.x86.tdpbssd", tile(0), tile(4), tile(6)))
-            T.evaluate(_intrin("llvm.x86.tdpbssd", tile(1), tile(4), tile(7)))
-            T.evaluate(_intrin("llvm.x86.tdpbssd", tile(2), tile(5), tile(6)))
-            T.evaluate(_intrin("llvm.x86.tdpbssd", tile(3), tile(5), tile(7)))
+            T.evaluate(amx_intrin("llvm.x86.tdpbssd", tile(0), tile(4), tile(6)))
+            T.evaluate(amx_intrin("llvm.x86.tdpbssd", tile(1), tile(4), tile(7)))
+            T.evaluate(amx_intrin("llvm.x86.tdpbssd", tile(2), tile(5), tile(6)))
+            T.evaluate(amx_intrin("llvm.x86.tdpbssd", tile(3), tile(5), tile(7)))
         store_c(out, out_row, out_col, out_stride)
 
     return block

@@ -28,7 +28,7 @@ def from_bf16(bits):
     return T.reinterpret("float32", T.Cast("uint32", bits) << T.uint32(16))
 
 
-def _intrin(name: str, *args):
+def amx_intrin(name: str, *args):
     from tvm.script import tirx as T
 
     return T.call_llvm_intrin("void", T.llvm_lookup_intrinsic_id(name), *args)
@@ -45,22 +45,22 @@ def c_tile_steps():
 
     @T.macro
     def zero_c():
-        T.evaluate(_intrin("llvm.x86.tilezero", tile(0)))
-        T.evaluate(_intrin("llvm.x86.tilezero", tile(1)))
-        T.evaluate(_intrin("llvm.x86.tilezero", tile(2)))
-        T.evaluate(_intrin("llvm.x86.tilezero", tile(3)))
+        T.evaluate(amx_intrin("llvm.x86.tilezero", tile(0)))
+        T.evaluate(amx_intrin("llvm.x86.tilezero", tile(1)))
+        T.evaluate(amx_intrin("llvm.x86.tilezero", tile(2)))
+        T.evaluate(amx_intrin("llvm.x86.tilezero", tile(3)))
 
     @T.macro
     def store_c(out, out_row, out_col, out_stride):
         # The output's rows are out_stride * 4 bytes apart. No let-bound names anywhere here:
         # in a parallel body TVM turns each into a heap allocation per iteration.
-        T.evaluate(_intrin("llvm.x86.tilestored64", tile(0),
+        T.evaluate(amx_intrin("llvm.x86.tilestored64", tile(0),
                            T.address_of(out[out_row, out_col]), T.int64(out_stride * 4)))
-        T.evaluate(_intrin("llvm.x86.tilestored64", tile(1),
+        T.evaluate(amx_intrin("llvm.x86.tilestored64", tile(1),
                            T.address_of(out[out_row, out_col + 16]), T.int64(out_stride * 4)))
-        T.evaluate(_intrin("llvm.x86.tilestored64", tile(2),
+        T.evaluate(amx_intrin("llvm.x86.tilestored64", tile(2),
                            T.address_of(out[out_row + 16, out_col]), T.int64(out_stride * 4)))
-        T.evaluate(_intrin("llvm.x86.tilestored64", tile(3),
+        T.evaluate(amx_intrin("llvm.x86.tilestored64", tile(3),
                            T.address_of(out[out_row + 16, out_col + 16]), T.int64(out_stride * 4)))
 
     return zero_c, store_c
@@ -87,29 +87,29 @@ def _amx_ops():
 
     @T.macro
     def load_config(cfg):
-        T.evaluate(_intrin("llvm.x86.ldtilecfg", T.address_of(cfg[0])))
+        T.evaluate(amx_intrin("llvm.x86.ldtilecfg", T.address_of(cfg[0])))
 
     @T.macro
     def block(abf, w, out, out_row, out_col, out_stride, row0, panel0, k_pad):
         zero_c()
         for step in range(k_pad // 32):  # A's rows are k_pad * 2 bytes apart
-            T.evaluate(_intrin("llvm.x86.tileloadd64", tile(4),
+            T.evaluate(amx_intrin("llvm.x86.tileloadd64", tile(4),
                                T.address_of(abf[row0, step * 32]), T.int64(k_pad * 2)))
-            T.evaluate(_intrin("llvm.x86.tileloadd64", tile(5),
+            T.evaluate(amx_intrin("llvm.x86.tileloadd64", tile(5),
                                T.address_of(abf[row0 + 16, step * 32]), T.int64(k_pad * 2)))
-            T.evaluate(_intrin("llvm.x86.tileloadd64", tile(6),
+            T.evaluate(amx_intrin("llvm.x86.tileloadd64", tile(6),
                                T.address_of(w[panel0, step * 16, 0, 0]), T.int64(64)))
-            T.evaluate(_intrin("llvm.x86.tileloadd64", tile(7),
+            T.evaluate(amx_intrin("llvm.x86.tileloadd64", tile(7),
                                T.address_of(w[panel0 + 1, step * 16, 0, 0]), T.int64(64)))
-            T.evaluate(_intrin("llvm.x86.tdpbf16ps", tile(0), tile(4), tile(6)))
-            T.evaluate(_intrin("llvm.x86.tdpbf16ps", tile(1), tile(4), tile(7)))
-            T.evaluate(_intrin("llvm.x86.tdpbf16ps", tile(2), tile(5), tile(6)))
-            T.evaluate(_intrin("llvm.x86.tdpbf16ps", tile(3), tile(5), tile(7)))
+            T.evaluate(amx_intrin("llvm.x86.tdpbf16ps", tile(0), tile(4), tile(6)))
+            T.evaluate(amx_intrin("llvm.x86.tdpbf16ps", tile(1), tile(4), tile(7)))
+            T.evaluate(amx_intrin("llvm.x86.tdpbf16ps", tile(2), tile(5), tile(6)))
+            T.evaluate(amx_intrin("llvm.x86.tdpbf16ps", tile(3), tile(5), tile(7)))
         store_c(out, out_row, out_col, out_stride)
 
     @T.macro
     def release():
-        T.evaluate(_intrin("llvm.x86.tilerelease"))
+        T.evaluate(amx_intrin("llvm.x86.tilerelease"))
 
     return SimpleNamespace(fill_config=fill_config, load_config=load_config, block=block,
                            release=release)
@@ -166,4 +166,4 @@ def tile_ops(emulate: bool):
     return _emulated_ops() if emulate else _amx_ops()
 
 
-__all__ = ["c_tile_steps", "from_bf16", "tile_ops", "to_bf16"]
+__all__ = ["amx_intrin", "c_tile_steps", "from_bf16", "tile_ops", "to_bf16"]
