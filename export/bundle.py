@@ -29,6 +29,7 @@ from forgeline.runtime.format import (
 from forgeline.runtime.artifact_io import staged_artifact
 from forgeline.runtime.golden import GoldenCase, save_golden
 from forgeline.runtime.kv_check import checked_stage
+from forgeline.runtime.memory import release_freed_memory
 from forgeline.runtime.model import load
 from forgeline.runtime.parity import raise_if_failed
 from forgeline.runtime import progress
@@ -89,6 +90,7 @@ def export_into(name: str | None, out: Path, options: ExportOptions = ExportOpti
     manifest.dim_limits = graph_dim_limits(manifest)  # past, src_seq, ...: bounded like seq
     manifest.tokenizer = _ship_tokenizer(out, model, options)
     del model  # the weights are on disk now; ONNX Runtime's check needs the memory
+    release_freed_memory()  # and gets it back from malloc's heap, not on top of it
     return seal_bundle(out, manifest)
 
 

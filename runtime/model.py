@@ -22,6 +22,7 @@ from .format import (GOLDEN_FILE, ONNX_FILE, ORT_STAGE, BuildRecord, Manifest, S
                      TensorSpec, Tolerance, routing_flip_bound)
 from .golden import GoldenCase, load_golden
 from .limits import check_position_limits
+from .memory import release_freed_memory
 from .parity import compare_outputs, stage_record
 from .validate import complete_dim_limits, validate_inputs
 
@@ -73,13 +74,15 @@ class Model:
 
         A check runs the main graph and each generation graph in turn with ``release()`` between
         them, so that only one ONNX Runtime session (each holds its own copy of the weights) is alive
-        at a time.
+        at a time. The freed memory goes back to the system (memory.py), not to malloc's heap, so
+        the next graph's session does not count on top of it.
         """
         with self._open_lock:
             if self._reopen is None:
                 return  # closed (or made without a way to reopen): nothing to release
             self._close_executors()
             self._released = True
+        release_freed_memory()
 
     def _close_executors(self) -> None:
         for executor in [self._executor, *self._graphs.values()]:

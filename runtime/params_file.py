@@ -9,6 +9,10 @@ a view of a memory map is aligned as TVM's kernels assume.
 The file is mapped, not read: ``np.memmap(mode="c")`` (private, copy-on-write) shares the page
 cache's pages between every process that loads the artifact and never writes to the file. The
 manifest's sha256 of the file is checked by streaming it before it is mapped (format.py).
+
+A file stays mapped while an executor bound to it lives (each holds its ``ParamsFile``): when the
+last one is closed or released (``Model.close``, ``Model.release``), the map and the tensors bound
+to it go, and the process no longer counts the file's pages.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,8 +94,9 @@ def _entry(path: Path, key: str, value: Any, start: int, size: int) -> TensorEnt
 class ParamsFile:
     """One mapped parameter file: numpy views of its tensors by key, no copies."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, version: tuple[int, int, int] = (0, 0, 0)):
         self.path = Path(path)
+        self.version = version  # (inode, size, mtime_ns) when it was mapped
         self.entries, size = parse_header(self.path)
         # Private and copy-on-write: the pages are the page cache's, shared by every process.
         self._map = np.memmap(self.path, dtype=np.uint8, mode="c", shape=(size,)) if size else None
@@ -104,23 +110,23 @@ class ParamsFile:
         return self._map[entry.begin:entry.end].view(entry.dtype).reshape(entry.shape)
 
 
-_OPEN: dict[str, tuple[tuple[int, int, int], ParamsFile]] = {}
+# Only executors keep a file mapped (weak values): the last one closed unmaps it.
+_OPEN: weakref.WeakValueDictionary[str, ParamsFile] = weakref.WeakValueDictionary()
 _OPEN_LOCK = threading.Lock()
 
 
 def open_params(path: Path) -> ParamsFile:
-    """The mapped file at ``path``, mapped once per process per version of the file."""
+    """The mapped file at ``path``, mapped once per process per version of the file while anything
+    holds it (an executor bound to it)."""
     resolved = str(Path(path).resolve())
     st = os.stat(resolved)
     version = (st.st_ino, st.st_size, st.st_mtime_ns)
     with _OPEN_LOCK:
-        for gone in [p for p in _OPEN if not os.path.exists(p)]:  # e.g. a compile's staging folder
-            _OPEN.pop(gone)  # unmapped once the last library bound to it is gone
-        cached = _OPEN.get(resolved)
-        if cached is None or cached[0] != version:
-            cached = (version, ParamsFile(Path(resolved)))
-            _OPEN[resolved] = cached
-        return cached[1]
+        mapped = _OPEN.get(resolved)
+        if mapped is None or mapped.version != version:
+            mapped = ParamsFile(Path(resolved), version)
+            _OPEN[resolved] = mapped
+        return mapped
 
 
 @dataclass(frozen=True)

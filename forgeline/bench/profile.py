@@ -51,7 +51,7 @@ def profile_tvm_kernels(path: str | Path, options: BenchOptions = BenchOptions()
     args = [tvm.runtime.tensor(inputs[name]) for name in manifest.input_names()]
     binding = binding_for(root, build, lib or build.lib)
     if binding is not None:  # the weights' tuple, bound as the runtime binds it
-        args.append(bind_params(FfiCpuIO(), binding, "cpu:0"))
+        args.append(bind_params(FfiCpuIO(), binding, "cpu:0").array)
     main = vm["main"]
     for _ in range(max(1, options.warmup)):
         main(*args)

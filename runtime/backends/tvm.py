@@ -188,6 +188,7 @@ class TvmExecutor:
         # Relax keeps the ONNX graph inputs' names and order as main's parameters.
         param_name = self._vm["get_function_param_name"]
         self.input_names = [str(param_name("main", i)) for i in range(arity)]
+        self._param_files: tuple = ()
         self._params = self._bind(params)  # () or (the weights' tuple,), passed on every call
         self._tensor_type = ffi.Tensor
         self._configured_threads: set[int] = set()
@@ -203,7 +204,9 @@ class TvmExecutor:
                                 f"file, but its manifest {'lists none' if params is None else 'lists some'}; "
                                 "the artifact is inconsistent, rebuild it.")
         self.input_names.pop()
-        return (bind_params(self._io, params, f"{self.device}:{self._device_id}"),)
+        bound = bind_params(self._io, params, f"{self.device}:{self._device_id}")
+        self._param_files = bound.files  # mapped while this executor lives (params_file.py)
+        return (bound.array,)
 
     def _configure_threads(self) -> None:
         # TVM keeps one thread pool per calling thread, so configure each caller's pool once,
@@ -222,7 +225,7 @@ class TvmExecutor:
         """Drop the VM and the library; the executor cannot run afterwards."""
         with self._lock:
             self._main = self._vm = None
-            self._params = ()
+            self._params, self._param_files = (), ()  # the last executor of a file unmaps it
 
     def run(self, arrays: list[np.ndarray]) -> list[np.ndarray]:
         """Run the model on inputs in ONNX graph order; return outputs in ONNX graph order."""

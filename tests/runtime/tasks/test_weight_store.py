@@ -91,6 +91,25 @@ def test_outputs_match_eager_and_the_weights_are_mapped_not_copied(gpt):
     assert np.isfinite(logits).all()
 
 
+def _maps_of(path: Path) -> list[str]:
+    """This process's mappings of the file at ``path`` (the kernel's view)."""
+    name = str(path.resolve())
+    return [line for line in Path("/proc/self/maps").read_text().splitlines() if line.endswith(name)]
+
+
+def test_the_parameter_file_is_unmapped_when_its_last_executor_is_released(gpt):
+    path = gpt / _build(gpt).params_file
+    with rt.load(gpt, backend="tvm") as model:
+        model.run(input_ids=IDS)
+        model.run_graph("prefill", input_ids=IDS, attention_mask=np.ones_like(IDS))
+        assert _maps_of(path)
+        model.release()  # main and prefill closed: nothing holds the file now
+        assert not _maps_of(path), "a released model still maps its parameter file"
+        model.run(input_ids=IDS)  # the next call maps it again
+        assert _maps_of(path)
+    assert not _maps_of(path), "a closed model still maps its parameter file"
+
+
 _HOLD = """
 import sys, numpy as np, forgeline.runtime as rt
 model = rt.load(sys.argv[1], backend="tvm")
