@@ -38,7 +38,7 @@ def _dense_kernels(build: BuildRecord) -> str:
     emulated = build.tag.endswith("emu")
     if build.precision == "int8":
         spec = TargetSpec(tag=build.tag, kind=build.kind, target=build.target, requires=build.requires)
-        kernel = "amx" if "-int8-amxemu" in build.tag else "auto"  # an emulated build emulates VNNI unless named
+        kernel = "amx" if "-int8-amx" in build.tag else "auto"  # AMX is only ever a forced kernel, named in the tag
         return kernel_precision("int8", emulated, spec, kernel)
     if build.precision != "bf16":
         raise ConfigError(f"Build {build.tag} has precision {build.precision!r}, which tuning does not know.")
