@@ -213,7 +213,9 @@ def _build(onnx_path: Path, spec: TargetSpec, out_dir: Path, gemm_rows: int | No
     executable = _compile(tvm, mod, spec, gemm_rows, unscheduled, precision, lifted)
     del mod  # the imported weights: only the lifted (packed) ones live on, in ``lifted``
     # The pipeline's passes (and TVM, which keeps them) still reach ``lifted``: hand its arrays over.
-    params, lifted.arrays = (lifted.arrays, []) if lifted is not None else ([], [])
+    params = []
+    if lifted is not None:
+        params, lifted.arrays = lifted.arrays, []
     export_started = time.perf_counter()
     try:
         if spec.kind == "cuda":
