@@ -11,7 +11,8 @@ process (ONNX Runtime keeps the padded (E, M) expert block, so its ratio grows w
     python benchmarks/moe_checkpoints.py --size tiny --rounds 2   # a quick check that it runs
 
 The checkpoints are made with `transformers` (seeded random weights), which this script, unlike
-forgeline, needs. Prints a markdown table; writes benchmarks/results/moe_checkpoints.json (not at tiny).
+forgeline, needs. Prints a markdown table; writes benchmarks/results/moe_checkpoints-llama-mixtral-<size>-<host>-fp32-<date>.json
+(not at tiny).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from result_names import RESULTS_DIR, result_stem  # benchmarks/ is on sys.path when a script runs
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SIZES = {
     "tiny": dict(vocab_size=256, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                  intermediate_size=128, max_position_embeddings=160),
@@ -115,7 +116,8 @@ def main() -> None:
         rows = report(time_all(artifacts, shapes, args.rounds, SIZES[args.size]["vocab_size"]), shapes)
     if args.size != "tiny":  # tiny only checks that the script runs
         RESULTS_DIR.mkdir(exist_ok=True)
-        (RESULTS_DIR / "moe_checkpoints.json").write_text(json.dumps(dict(size=args.size, rows=rows), indent=2))
+        stem = result_stem(f"moe_checkpoints-llama-mixtral-{args.size}")  # fp32: the checkpoints' precision
+        (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(dict(size=args.size, rows=rows), indent=2))
 
 
 if __name__ == "__main__":
