@@ -42,7 +42,7 @@ def dense_shape(x, weight) -> tuple[int, int] | None:
         return None
     if w_info.dtype != "float32" or w_info.ndim != 2:
         return None
-    k, n = (int(v) for v in weight.value.numpy().shape)
+    k, n = (int(v) for v in weight.value.shape)  # the tensor's shape, without a numpy copy of it
     shape = x_info.shape
     last = shape.values[-1] if isinstance(shape, relax.ShapeExpr) else None
     return (k, n) if isinstance(last, tirx.IntImm) and int(last) == k else None

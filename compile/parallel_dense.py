@@ -43,7 +43,8 @@ class _Member:
 
     matmul: object  # the VarBinding of ``x @ weight``
     add: object | None  # the VarBinding of ``+ bias``, None without one
-    weight: np.ndarray  # (K, N)
+    weight: object  # the Relax constant (K, N); read as numpy only when its group is combined
+    n: int  # N
     bias: np.ndarray | None  # (N,)
     heads: object | None = None  # the VarBinding of the head split ``reshape(out, (..., h, d))``
 
@@ -113,12 +114,12 @@ def _members(block) -> dict:
         if _op(value) != "relax.matmul" or not isinstance(value.args[0], relax.Var):
             continue
         x, w = value.args
-        if dense_shape(x, w) is None:
+        shape = dense_shape(x, w)
+        if shape is None:
             continue
-        weight = w.value.numpy()
         user = only_user(binding.var)
-        bias = _bias_add(user, binding.var, weight.shape[1]) if user is not None else None
-        member = _Member(binding, user if bias is not None else None, weight, bias)
+        bias = _bias_add(user, binding.var, shape[1]) if user is not None else None
+        member = _Member(binding, user if bias is not None else None, w, shape[1], bias)
         member.heads = _head_split(only_user(member.out), member.out, x)
         if not kept_alone(member.out):
             groups.setdefault(x, []).append(member)
@@ -131,13 +132,13 @@ def _combined_bindings(x, group: list[_Member]) -> list:
 
     lead = list(x.ty.shape.values[:-1])
     axis = len(lead)
-    total = sum(m.weight.shape[1] for m in group)
-    weight = np.concatenate([m.weight for m in group], axis=1)  # (K, sum N)
+    total = sum(m.n for m in group)
+    weight = np.concatenate([m.weight.value.numpy() for m in group], axis=1)  # (K, sum N)
     out_type = relax.TensorType([*lead, tirx.IntImm("int64", total)], "float32")
     fused = relax.DataflowVar("parallel_dense", out_type)
     bindings = [relax.VarBinding(fused, relax.op.matmul(x, relax.const(weight)))]
     if any(m.bias is not None for m in group):
-        bias = np.concatenate([m.bias if m.bias is not None else np.zeros(m.weight.shape[1], np.float32)
+        bias = np.concatenate([m.bias if m.bias is not None else np.zeros(m.n, np.float32)
                                for m in group])
         biased = relax.DataflowVar("parallel_dense_bias", out_type)
         bindings.append(relax.VarBinding(biased, relax.op.add(fused, relax.const(bias))))
@@ -145,7 +146,7 @@ def _combined_bindings(x, group: list[_Member]) -> list:
     views: dict = {}  # head_dim -> ``fused`` viewed as (*lead, total / head_dim, head_dim)
     start = 0
     for m in group:
-        end = start + m.weight.shape[1]
+        end = start + m.n
         d = int(m.heads.var.ty.shape.values[-1]) if m.heads is not None else 0
         if d and start % d == 0 and total % d == 0:  # slice whole heads of the viewed output
             if d not in views:

@@ -19,13 +19,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from forgeline.compile.cpu.pipeline import cpu_pipeline
+from forgeline.compile.cpu.pipeline import run_cpu_pipeline
 from forgeline.compile.dense_layers import dense_layers
 from forgeline.compile.guards import native_log_to, require_full_tvm, reraise_if_interrupted, watch_interrupts
 from forgeline.compile.onnx_fixups import normalize_for_import
+from forgeline.compile.owned_module import OwnedModule
 from forgeline.compile.params_lift import LiftedParams
 from forgeline.compile.shape_division import floor_shape_divisions
 from forgeline.compile.targets import TargetSpec
+from forgeline.compile.weight_transposes import TransposedWeight, fold_weight_transposes, read_weight
+from forgeline.runtime.memory import release_freed_memory
 from forgeline.runtime.errors import ArtifactError, CompileError, MissingDependencyError, error_summary
 from forgeline.runtime.storage import errno_in_text, storage_error
 
@@ -75,9 +78,10 @@ def _import_onnx(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None
                             "export the bundle again.") from exc
     normalize_for_import(model)
     _refuse_unsupported_ops(model)
+    transposed = fold_weight_transposes(model)
     op_types = sorted({node.op_type for node in model.graph.node})
     try:
-        with external_data_from(onnx_path.parent):
+        with external_data_from(onnx_path.parent, transposed):
             mod = from_onnx(model, shape_dict=shape_dict, keep_params_in_input=False)
     except Exception as exc:  # noqa: BLE001 - the importer raises many TVM/Python error types
         reraise_if_interrupted(exc)
@@ -119,18 +123,26 @@ def _refuse_unsupported_ops(model) -> None:
 
 
 @contextlib.contextmanager
-def external_data_from(folder: Path):
+def external_data_from(folder: Path, transposed: dict[str, TransposedWeight] | None = None):
     """Make TVM's ONNX importer read external tensors from ``folder``, one at a time.
 
     The importer turns each initializer into numpy with ``onnx_frontend.get_numpy`` (onnx's
     ``to_array``, which reads a tensor's external data relative to a base folder, the current one
-    by default) and then into a Relax constant, so each tensor's bytes live briefly twice at most.
+    by default) and then into a Relax constant, so each tensor's bytes live briefly twice at most
+    (three times for the ``transposed`` ones, read by weight_transposes.read_weight).
     """
     from onnx.numpy_helper import to_array
     from tvm.relax.frontend.onnx import onnx_frontend
 
+    transposed = transposed or {}
+
+    def get_numpy(tensor):
+        array = to_array(tensor, base_dir=str(folder))
+        how = transposed.get(tensor.name)
+        return array if how is None else read_weight(array, how)
+
     original = onnx_frontend.get_numpy
-    onnx_frontend.get_numpy = lambda tensor: to_array(tensor, base_dir=str(folder))
+    onnx_frontend.get_numpy = get_numpy
     try:
         yield
     finally:
@@ -142,14 +154,10 @@ def import_relax(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None
     return _import_onnx(Path(onnx_path), shape_dict)[1]
 
 
-def _pipeline(target, spec: TargetSpec, gemm_rows: int | None, precision: str, unscheduled: list[str] | None,
-              lifted: LiftedParams | None):
-    if spec.kind == "cuda":
-        from forgeline.compile.cuda.pipeline import cuda_pipeline
+def _cuda_pipeline(target, precision: str, lifted: LiftedParams | None):
+    from forgeline.compile.cuda.pipeline import cuda_pipeline
 
-        return cuda_pipeline(target, precision, lifted=lifted)
-    return cpu_pipeline(target, gemm_rows=gemm_rows, unscheduled=unscheduled, precision=precision,
-                        lifted=lifted)
+    return cuda_pipeline(target, precision, lifted=lifted)
 
 
 def _codegen_environment(spec: TargetSpec):
@@ -160,8 +168,9 @@ def _codegen_environment(spec: TargetSpec):
     return nvcc_for_tvm_codegen()
 
 
-def _compile(tvm, mod, spec: TargetSpec, gemm_rows: int | None = None,
+def _compile(tvm, owned: OwnedModule, spec: TargetSpec, gemm_rows: int | None = None,
              unscheduled: list[str] | None = None, precision: str = "fp32", lifted: LiftedParams | None = None):
+    """Run the pipeline on the module ``owned`` holds (taken from it) and generate code."""
     from tvm.target import Target
 
     started = time.perf_counter()
@@ -170,8 +179,16 @@ def _compile(tvm, mod, spec: TargetSpec, gemm_rows: int | None = None,
         # its CUDA one stops at the first dlight rule that raises (compile/cuda/rules.py).
         target = Target(spec.target)
         with _codegen_environment(spec):
-            executable = tvm.compile(mod, target=target,
-                                     relax_pipeline=_pipeline(target, spec, gemm_rows, precision, unscheduled, lifted))
+            if spec.kind == "cuda":
+                executable = tvm.compile(owned.take(), target=target,
+                                         relax_pipeline=_cuda_pipeline(target, precision, lifted))
+            else:
+                # Run here rather than inside tvm.compile, which would hold the imported weights
+                # until codegen ends (owned_module.py).
+                with target:
+                    lowered = run_cpu_pipeline(owned, target, gemm_rows=gemm_rows, unscheduled=unscheduled,
+                                               precision=precision, lifted=lifted)
+                executable = tvm.compile(lowered, target=target, relax_pipeline=None)
     except CompileError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -210,8 +227,10 @@ def _build(onnx_path: Path, spec: TargetSpec, out_dir: Path, gemm_rows: int | No
     dense = dense_layers(mod) if spec.kind != "cuda" else []
     logger.info("%d dense layer(s) take the %s dense-layer rewrite.", len(dense), precision)
     unscheduled: list[str] = []
-    executable = _compile(tvm, mod, spec, gemm_rows, unscheduled, precision, lifted)
-    del mod  # the imported weights: only the lifted (packed) ones live on, in ``lifted``
+    owned = OwnedModule(mod)
+    del mod  # the pipeline frees the imported weights as it replaces them (owned_module.py)
+    release_freed_memory()  # the importer's numpy copies, before the pipeline allocates
+    executable = _compile(tvm, owned, spec, gemm_rows, unscheduled, precision, lifted)
     # The pipeline's passes (and TVM, which keeps them) still reach ``lifted``: hand its arrays over.
     params = []
     if lifted is not None:

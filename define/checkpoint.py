@@ -83,10 +83,50 @@ def _copy_tensors(f, model: ForgelineModel, path: Path) -> None:
     name = model.config.name
     if missing or unexpected:
         raise ArtifactError(f"checkpoint {path} does not match {name}: missing {missing}, unexpected {unexpected}.")
-    with torch.no_grad():
+    offsets, data_start = _data_offsets(path)
+    with torch.no_grad(), open(path, "rb") as fh:
         for key in sorted(present):
-            tensor = f.get_tensor(key)
-            if tensor.shape != state[key].shape:
+            stored = f.get_slice(key)  # dtype and shape, no data
+            shape = tuple(stored.get_shape())
+            if shape != tuple(state[key].shape):
                 raise ArtifactError(f"checkpoint {path} does not match {name}: {key} has shape "
-                                    f"{tuple(tensor.shape)}, the model {tuple(state[key].shape)}.")
-            state[key].copy_(tensor)
+                                    f"{shape}, the model {tuple(state[key].shape)}.")
+            if not _read_into(fh, data_start, offsets[key], stored.get_dtype(), state[key]):
+                state[key].copy_(f.get_tensor(key))
+
+
+def _data_offsets(path: Path) -> tuple[dict[str, tuple[int, int]], int]:
+    """Each tensor's byte range relative to the data section, and where that section starts (the
+    layout safetensors documents: an 8-byte header length, the JSON header, the data)."""
+    with open(path, "rb") as fh:
+        length = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(length))
+    return ({key: tuple(entry["data_offsets"]) for key, entry in header.items() if key != "__metadata__"},
+            8 + length)
+
+
+def _read_into(fh, data_start: int, span: tuple[int, int], dtype: str, dst) -> bool:
+    """Read a tensor's bytes from the file straight into ``dst``'s memory; False where ``dst``
+    cannot take them that way (another dtype than the file's ``dtype``, not contiguous).
+
+    A read, not a memory map: a map's pages would count in the process until the file closes,
+    a second copy of the checkpoint on top of the model's.
+    """
+    import torch
+
+    same_dtype = {"F32": torch.float32, "F64": torch.float64, "F16": torch.float16, "I64": torch.int64,
+                  "I32": torch.int32, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}.get(dtype)
+    if dst.dtype != same_dtype or not dst.is_contiguous() or dst.device.type != "cpu":
+        return False
+    view = memoryview(dst.detach().numpy()).cast("B")
+    begin, end = span
+    if end - begin != view.nbytes:
+        return False
+    fh.seek(data_start + begin)
+    done = 0
+    while done < view.nbytes:
+        got = fh.readinto(view[done:])
+        if not got:
+            raise ArtifactError(f"checkpoint {fh.name} ends inside a tensor; it is truncated.")
+        done += got
+    return True

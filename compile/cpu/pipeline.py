@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 
+from forgeline.compile.owned_module import OwnedModule, take_module
 from forgeline.compile.parallel_dense import combine_parallel_dense
 from forgeline.compile.params_lift import lift_constants
 from forgeline.compile.symbolic_rows import name_compound_rows
@@ -166,6 +167,7 @@ def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: 
 
     if target.kind.name != "llvm":
         raise ValueError(f"apply_cpu_defaults is for llvm targets, not {target.kind.name}.")
+    mod = take_module(mod)  # an OwnedModule: each stage's input is freed once the next has it
     mod = combine_parallel_dense(mod)  # before the dense-layer rewrites: one GEMM per sibling group
     if offload_matmul:
         mod = offload_matmuls(mod)
@@ -174,42 +176,55 @@ def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: 
         mod = tvm.transform.Sequential(cpu_generic.library_dispatch_passes(target)
                                        + cpu_generic.legalize_passes(target))(mod)
         mod = hoist_shape_definitions(mod)  # FuseOps may emit a use of moe_rows<i> before its match_cast
-        mod = mark_weight_operands(mod)
-        return fold_packed_weights(schedule_cpu_kernels(mod, target, gemm_rows=gemm_rows))
+        scheduled = OwnedModule(schedule_cpu_kernels(mark_weight_operands(mod), target, gemm_rows=gemm_rows))
+        del mod  # the weights as they are now live in ``scheduled`` alone, for the packing to free
+        return fold_packed_weights(scheduled)
 
 
-def cpu_pipeline(target, *, offload_matmul: bool = False, gemm_rows: int | None = None,
-                 unscheduled: list[str] | None = None, precision: str = "fp32", lifted=None):
+def run_cpu_pipeline(mod, target, *, offload_matmul: bool = False, gemm_rows: int | None = None,
+                     unscheduled: list[str] | None = None, precision: str = "fp32", lifted=None):
     """The default Relax CPU pipeline with ``apply_cpu_defaults`` in place of its first half.
 
-    Kernels left without a schedule are logged as a warning and appended to ``unscheduled``. With
-    ``lifted`` (a compile.params_lift.LiftedParams), the packed weights leave the library for a
-    trailing ``params`` tuple and their values go to ``lifted``.
+    Kernels left without a schedule are logged and appended to ``unscheduled``. With ``lifted``
+    (a compile.params_lift.LiftedParams), the packed weights leave the library for a trailing
+    ``params`` tuple and their values go to ``lifted``. Give ``mod`` as an OwnedModule (and keep
+    no other reference) for the build to hold one copy of the weights at a time; run it under
+    ``with target:`` and compile the result with ``relax_pipeline=None``.
     """
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
+    mod = apply_cpu_defaults(mod, target, offload_matmul=offload_matmul, gemm_rows=gemm_rows,
+                             precision=precision)
+    missed = unscheduled_kernels(mod)
+    if missed:
+        # INFO, not a warning: small kernels (MoE cumsums) are expected here, and the build
+        # record lists them (BuildRecord.unscheduled) for whoever profiles it.
+        logger.info("%d kernel(s) got no CPU schedule and will run as naive loops: %s",
+                    len(missed), ", ".join(missed))
+    if unscheduled is not None:
+        unscheduled.extend(missed)
+    if lifted is not None:  # after every weight is packed: the packed values are lifted
+        mod = lift_constants(mod, lifted)
+    mod = view_output_reshapes(mod)  # the logits' reshape after a reduced-precision head
+    with target:
+        return tvm.transform.Sequential(cpu_generic.dataflow_lower_passes(target)
+                                        + cpu_generic.finalize_passes(target))(mod)
+
+
+def cpu_pipeline(target, *, offload_matmul: bool = False, gemm_rows: int | None = None,
+                 unscheduled: list[str] | None = None, precision: str = "fp32", lifted=None):
+    """``run_cpu_pipeline`` as a Relax pipeline for ``tvm.compile`` (which holds its input
+    module throughout, weights included)."""
+    import tvm
+
     @tvm.transform.module_pass(opt_level=0, name="ForgelineCpuPipeline")
     def _pipeline(mod, _ctx):
-        mod = apply_cpu_defaults(mod, target, offload_matmul=offload_matmul, gemm_rows=gemm_rows,
-                                 precision=precision)
-        missed = unscheduled_kernels(mod)
-        if missed:
-            # INFO, not a warning: small kernels (MoE cumsums) are expected here, and the build
-            # record lists them (BuildRecord.unscheduled) for whoever profiles it.
-            logger.info("%d kernel(s) got no CPU schedule and will run as naive loops: %s",
-                        len(missed), ", ".join(missed))
-        if unscheduled is not None:
-            unscheduled.extend(missed)
-        if lifted is not None:  # after every weight is packed: the packed values are lifted
-            mod = lift_constants(mod, lifted)
-        mod = view_output_reshapes(mod)  # the logits' reshape after a reduced-precision head
-        with target:
-            return tvm.transform.Sequential(cpu_generic.dataflow_lower_passes(target)
-                                            + cpu_generic.finalize_passes(target))(mod)
+        return run_cpu_pipeline(mod, target, offload_matmul=offload_matmul, gemm_rows=gemm_rows,
+                                unscheduled=unscheduled, precision=precision, lifted=lifted)
 
     return _pipeline
 
 
-__all__ = ["apply_cpu_defaults", "cpu_pipeline", "offload_matmuls", "precision_graph", "rewrite_graph",
+__all__ = ["apply_cpu_defaults", "cpu_pipeline", "offload_matmuls", "precision_graph", "rewrite_graph", "run_cpu_pipeline",
            "schedule_cpu_kernels", "unscheduled_kernels", "schedule_matmul_kernels"]
