@@ -48,11 +48,21 @@ def padded(size: int, multiple: int) -> int:
     return -(-size // multiple) * multiple
 
 
+BF16_CHUNK = 1 << 20  # values converted at a time: the uint64 arithmetic needs 8 bytes per value
+
+
 def bf16_bits(values: np.ndarray) -> np.ndarray:
-    """fp32 -> bf16 bit patterns (uint16), rounding to nearest even as the kernel's pre-pass does."""
-    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-    return rounded.astype(np.uint16)
+    """fp32 -> bf16 bit patterns (uint16), rounding to nearest even as the kernel's pre-pass does.
+
+    In chunks, so that a large weight (an LM head) does not need several uint64 copies of itself.
+    """
+    source = np.ascontiguousarray(values, dtype=np.float32)
+    flat = source.reshape(-1).view(np.uint32)
+    out = np.empty(flat.shape, np.uint16)
+    for start in range(0, flat.size, BF16_CHUNK):
+        bits = flat[start:start + BF16_CHUNK].astype(np.uint64)
+        out[start:start + BF16_CHUNK] = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    return out.reshape(source.shape)
 
 
 def bf16_round(values: np.ndarray) -> np.ndarray:
