@@ -81,7 +81,12 @@ def test_tensors_are_aligned_and_read_back_by_safetensors(gpt):
         np.testing.assert_array_equal(mapped.array(key), reference[key])
 
 
-def test_outputs_match_eager_and_the_weights_are_mapped_not_copied(gpt):
+@pytest.fixture
+def mapped_weights(monkeypatch):
+    monkeypatch.setenv("FORGELINE_WEIGHTS", "map")
+
+
+def test_outputs_match_eager_and_the_weights_are_mapped_not_copied(gpt, mapped_weights):
     with rt.load(gpt, backend="tvm") as model:
         assert model.selfcheck().passed
         logits = model.run(input_ids=IDS)["logits"]
@@ -91,13 +96,30 @@ def test_outputs_match_eager_and_the_weights_are_mapped_not_copied(gpt):
     assert np.isfinite(logits).all()
 
 
+def test_by_default_the_weights_are_read_into_the_process_and_give_the_mapped_outputs(gpt, monkeypatch):
+    with rt.load(gpt, backend="tvm") as model:
+        assert model.selfcheck().passed
+        read = model.run(input_ids=IDS)["logits"]
+        assert not _maps_of(gpt / _build(gpt).params_file), "the default read the weights, it does not map them"
+    monkeypatch.setenv("FORGELINE_WEIGHTS", "map")
+    with rt.load(gpt, backend="tvm") as model:
+        np.testing.assert_array_equal(model.run(input_ids=IDS)["logits"], read)
+
+
+def test_an_unknown_weights_mode_is_refused_with_a_sentence(gpt, monkeypatch):
+    monkeypatch.setenv("FORGELINE_WEIGHTS", "mmap-please")
+    with pytest.raises(ArtifactError, match="FORGELINE_WEIGHTS='mmap-please' is not one of copy, map"):
+        with rt.load(gpt, backend="tvm") as model:
+            model.run(input_ids=IDS)
+
+
 def _maps_of(path: Path) -> list[str]:
     """This process's mappings of the file at ``path`` (the kernel's view)."""
     name = str(path.resolve())
     return [line for line in Path("/proc/self/maps").read_text().splitlines() if line.endswith(name)]
 
 
-def test_the_parameter_file_is_unmapped_when_its_last_executor_is_released(gpt):
+def test_the_parameter_file_is_unmapped_when_its_last_executor_is_released(gpt, mapped_weights):
     path = gpt / _build(gpt).params_file
     with rt.load(gpt, backend="tvm") as model:
         model.run(input_ids=IDS)
@@ -130,9 +152,9 @@ def _shared_clean_kb(pid: int | str, name: str) -> int:
     return total
 
 
-def test_two_processes_share_the_parameter_pages(gpt):
+def test_two_processes_share_the_parameter_pages(gpt, mapped_weights):
     other = subprocess.Popen([sys.executable, "-c", _HOLD, str(gpt)], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, text=True)  # inherits FORGELINE_WEIGHTS=map
     try:
         assert other.stdout.readline().strip() == "ready"
         with rt.load(gpt, backend="tvm") as model:
