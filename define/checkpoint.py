@@ -12,6 +12,7 @@ from pathlib import Path
 
 from forgeline.runtime.errors import ArtifactError, ConfigError
 from forgeline.runtime.format import WEIGHTS_CONFIG_KEY as CONFIG_KEY
+from forgeline.runtime.params_file import SAFETENSORS_DTYPES
 
 from .config import ForgelineModel, ModelConfig
 from .registry import build_model
@@ -114,8 +115,7 @@ def _read_into(fh, data_start: int, span: tuple[int, int], dtype: str, dst) -> b
     """
     import torch
 
-    same_dtype = {"F32": torch.float32, "F64": torch.float64, "F16": torch.float16, "I64": torch.int64,
-                  "I32": torch.int32, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}.get(dtype)
+    same_dtype = getattr(torch, SAFETENSORS_DTYPES.get(dtype, ""), None)  # "F32" -> torch.float32
     if dst.dtype != same_dtype or not dst.is_contiguous() or dst.device.type != "cpu":
         return False
     view = memoryview(dst.detach().numpy()).cast("B")

@@ -26,6 +26,8 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from forgeline.compile.dense_layers import dense_shape
+
 from . import amx, dpbf16
 from .epilogues import GELU
 
@@ -97,24 +99,6 @@ def _router_matmuls(func) -> list:
     return routers
 
 
-def _dense_shape(x, weight):
-    """(K, N) when ``x @ weight`` is a dense layer the kernel takes, else None."""
-    from tvm import relax
-
-    w_info, x_info = weight.ty, x.ty
-    if not isinstance(x_info, relax.TensorType) or x_info.dtype != "float32":
-        return None
-    if w_info.dtype != "float32" or w_info.ndim != 2 or x_info.ndim < 2:
-        return None
-    k, n = (int(v) for v in weight.value.shape)
-    from tvm import tirx
-
-    last = x_info.shape.values[-1] if isinstance(x_info.shape, relax.ShapeExpr) else None
-    if not isinstance(last, tirx.IntImm) or int(last) != k:
-        return None
-    return k, n
-
-
 class _Rewriter:
     """Builds the replacement calls and collects one kernel per (K, N)."""
 
@@ -139,7 +123,7 @@ class _Rewriter:
         import numpy as np
         from tvm import relax, tirx
 
-        k, n = _dense_shape(x, weight)
+        k, n = dense_shape(x, weight)
         lead = list(x.ty.shape.values[:-1])
         rows = lead[0]
         for dim in lead[1:]:
@@ -196,7 +180,7 @@ def rewrite_dense_layers(mod, lowering: DenseLowering):
         def eligible(matches) -> bool:
             call = matches[matmul]
             return (not any(call.same_as(r) for r in routers)
-                    and _dense_shape(matches[x], matches[weight]) is not None)
+                    and dense_shape(matches[x], matches[weight]) is not None)
 
         def fuse_bias(call, matches):
             if not eligible(matches) or not _bias_of(matches[weight], matches[bias]):

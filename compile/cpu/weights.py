@@ -93,11 +93,8 @@ def fold_packed_weights(mod):
 
 def _constant_calls(mod) -> list:
     """The binding variables of every ``call_tir`` whose inputs are all constants."""
-    found = []
-    for _gvar, func, binding in _bindings(mod):
-        if _is_constant_call(binding.value) and _output_bytes(binding.value) is not None:
-            found.append(binding.var)
-    return found
+    return [binding.var for binding in _bindings(mod)
+            if _is_constant_call(binding.value) and _output_bytes(binding.value) is not None]
 
 
 def _fold_step(mod, pending: list):
@@ -107,17 +104,15 @@ def _fold_step(mod, pending: list):
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
-    wanted = {var: None for var in pending}
-    calls = {}
-    for _gvar, _func, binding in _bindings(mod):
-        if binding.var in wanted:
-            calls[binding.var] = binding.value
+    wanted = set(pending)
+    calls = {binding.var: binding.value for binding in _bindings(mod) if binding.var in wanted}
     step, total = [], 0
     for var in pending:
-        if total and total + _output_bytes(calls[var]) > FOLD_CHUNK_BYTES:
+        size = _output_bytes(calls[var])
+        if total and total + size > FOLD_CHUNK_BYTES:
             break
         step.append(var)
-        total += _output_bytes(calls[var])
+        total += size
     values = _evaluate(mod, [calls[var] for var in step])
     replace = {var: value for var, value in zip(step, values) if value is not None}
     calls.clear()
@@ -156,14 +151,13 @@ def _evaluate(mod, calls: list) -> list:
 
 
 def _bindings(mod):
+    """Every variable binding of the module's Relax functions."""
     from tvm import relax
 
-    for gvar, func in mod.functions.items():
+    for func in mod.functions.values():
         if isinstance(func, relax.Function) and isinstance(func.body, relax.SeqExpr):
             for block in func.body.blocks:
-                for binding in block.bindings:
-                    if isinstance(binding, relax.VarBinding):
-                        yield gvar, func, binding
+                yield from (b for b in block.bindings if isinstance(b, relax.VarBinding))
 
 
 def _is_constant_call(value) -> bool:
