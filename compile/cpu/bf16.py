@@ -26,10 +26,13 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from forgeline.compile.dense_layers import dense_shape
 
 from . import amx, dpbf16
 from .epilogues import GELU
+from .packed_rows import amx_bf16_element, dpbf16_element, rows_kernel
 
 # kernel name -> (PrimFunc factory (k, n, *, residual, emulate), weight packing (K, N) -> panels)
 DENSE_KERNELS = {"amx": (amx.amx_dense, amx.pack_weight),
@@ -50,6 +53,10 @@ class DenseLowering:
     kernel: Callable  # (K, N, residual: bool[, activation: Relax op name]) -> (PrimFunc, name)
     weight_operands: Callable  # (W (K, N) fp32 ndarray) -> list of ndarrays
     activations: tuple[str, ...] = ()  # Relax ops on ``x @ W + bias`` the kernel's epilogue applies
+    # Reads element (row t, column k) of W^T back from the packed operands named by
+    # ``row_operands`` (packed_rows.py): a tied embedding then looks up the head's packed copy.
+    row_element: Callable | None = None
+    row_operands: tuple[int, ...] = (0,)
 
 
 def bf16_lowering(kernel: str, emulate: bool) -> DenseLowering:
@@ -66,7 +73,8 @@ def bf16_lowering(kernel: str, emulate: bool) -> DenseLowering:
 
     return DenseLowering(label=f"bf16: the {kernel} kernel" + (", emulated in TIR loops" if emulate else ""),
                          kernel=build, weight_operands=lambda weight: [pack(weight)],
-                         activations=tuple(GELU) if kernel == "amx" else ())
+                         activations=tuple(GELU) if kernel == "amx" else (),
+                         row_element=amx_bf16_element if kernel == "amx" else dpbf16_element)
 
 
 def amx_lowering(emulate: bool) -> DenseLowering:
@@ -108,7 +116,11 @@ class _Rewriter:
         self.builder = relax.BlockBuilder(mod)  # add_func gives GlobalVars typed as PrimFuncs
         self.lowering = lowering
         self.kernels: dict = {}  # (K, N, residual, activation) -> GlobalVar of its kernel
+        # address of a weight's data -> (the fp32 weight constant, its packed operand constants)
+        self.packed: dict[int, tuple] = {}
+        self.row_readers: dict = {}  # (K, N) -> GlobalVar of the packed-rows reader
         self.count = 0
+        self.tied = 0
 
     def kernel(self, k: int, n: int, residual: bool, activation: str | None):
         key = (k, n, residual, activation)
@@ -120,7 +132,6 @@ class _Rewriter:
 
     def dense(self, x, weight, bias, residual=None, activation: str | None = None):
         """The replacement of ``act(x @ weight + bias) (+ residual)`` (bias a constant or None)."""
-        import numpy as np
         from tvm import relax, tirx
 
         k, n = dense_shape(x, weight)
@@ -129,7 +140,7 @@ class _Rewriter:
         for dim in lead[1:]:
             rows = rows * dim
         bias_const = bias if bias is not None else relax.const(np.zeros(n, np.float32))
-        operands = [relax.const(v) for v in self.lowering.weight_operands(weight.value.numpy())]
+        operands = self.operands(weight)
         flat = relax.op.reshape(x, relax.ShapeExpr([rows, tirx.IntImm("int64", k)]))
         args = [flat, *operands, bias_const]
         if residual is not None:
@@ -138,6 +149,56 @@ class _Rewriter:
                              relax.TensorType([rows, n], "float32"))
         self.count += 1
         return relax.op.reshape(out, relax.ShapeExpr([*lead, tirx.IntImm("int64", n)]))
+
+    def operands(self, weight) -> list:
+        """The packed operand constants of ``weight``, packed once however many layers read it."""
+        from tvm import relax
+
+        key = np.from_dlpack(weight.value).__array_interface__["data"][0]
+        if key not in self.packed:
+            self.packed[key] = (weight, [relax.const(v) for v in self.lowering.weight_operands(weight.value.numpy())])
+        return self.packed[key][1]
+
+    def tied_operands(self, table):
+        """The packed operands of a dense weight equal to ``table.T`` (a tied LM head), or None."""
+        if self.lowering.row_element is None:
+            return None
+        rows = np.from_dlpack(table.value)  # (V, D)
+        for weight, operands in self.packed.values():
+            if tuple(weight.value.shape) == rows.shape[::-1] and _equal_transposed(np.from_dlpack(weight.value), rows):
+                return operands
+        return None
+
+    def rows(self, table, ids, operands):
+        """``take(table, ids, axis=0)`` read from the head's packed ``operands`` instead."""
+        from tvm import relax, tirx
+
+        n, k = (int(d) for d in table.value.shape)
+        lead = list(ids.ty.shape.values)
+        count = lead[0]
+        for dim in lead[1:]:
+            count = count * dim
+        chosen = [operands[i] for i in self.lowering.row_operands]
+        if (k, n) not in self.row_readers:
+            types = [(tuple(int(d) for d in op.value.shape), str(op.value.dtype)) for op in chosen]
+            self.row_readers[(k, n)] = self.builder.add_func(
+                rows_kernel(types, k, n, self.lowering.row_element), f"packed_rows_{k}x{n}")
+        flat = relax.op.reshape(ids, relax.ShapeExpr([count]))
+        out = relax.call_tir(self.row_readers[(k, n)], [*chosen, flat], relax.TensorType([count, k], "float32"))
+        self.tied += 1
+        return relax.op.reshape(out, relax.ShapeExpr([*lead, tirx.IntImm("int64", k)]))
+
+
+TIE_CHUNK_ROWS = 4096  # table rows compared at a time: a few MB of temporaries, not the table's size
+
+
+def _equal_transposed(weight: np.ndarray, rows: np.ndarray) -> bool:
+    """``weight (D, V) == rows (V, D).T``, compared in chunks of rows."""
+    for start in range(0, rows.shape[0], TIE_CHUNK_ROWS):
+        stop = start + TIE_CHUNK_ROWS
+        if not np.array_equal(weight[:, start:stop].T, rows[start:stop]):
+            return False
+    return True
 
 
 def _bias_of(weight, bias) -> bool:
@@ -209,12 +270,35 @@ def rewrite_dense_layers(mod, lowering: DenseLowering):
         func = rewrite_call(with_bias, fuse_bias, func)
         func = rewrite_call(matmul, plain, func)
         rewritten[gvar] = func
+    for gvar, func in rewritten.items():  # every head is packed now, in whichever function
+        rewritten[gvar] = _read_tied_rows(func, rewriter)
     mod = rewriter.builder.get()
     for gvar, func in rewritten.items():
         mod[gvar] = func
-    logger.info("%d dense matmuls on %s (%d kernel shapes).", rewriter.count, lowering.label,
-                len(rewriter.kernels))
+    logger.info("%d dense matmuls on %s (%d kernel shapes)%s.", rewriter.count, lowering.label,
+                len(rewriter.kernels),
+                f"; {rewriter.tied} embedding lookup(s) read the tied head's packed copy" if rewriter.tied else "")
     return relax.transform.DeadCodeElimination()(mod)
+
+
+def _read_tied_rows(func, rewriter: _Rewriter):
+    """Each ``take(E, ids, axis=0)`` whose constant table is a packed head's weight transposed
+    reads its rows from the head's packed operands (packed_rows.py); ``E`` is then unused."""
+    from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+    table, ids = is_const(), wildcard()
+    pattern = is_op("relax.take")(table, ids)
+
+    def lookup(call, matches):
+        const, index = matches[table], matches[ids]
+        info = const.ty
+        if (int(call.attrs.axis) != 0 or info.dtype != "float32" or info.ndim != 2
+                or getattr(index.ty, "dtype", None) != "int64" or index.ty.shape is None):
+            return call
+        operands = rewriter.tied_operands(const)
+        return call if operands is None else rewriter.rows(const, index, operands)
+
+    return rewrite_call(pattern, lookup, func)
 
 
 __all__ = ["DENSE_KERNELS", "DenseLowering", "amx_lowering", "bf16_dense_matmuls", "bf16_lowering",

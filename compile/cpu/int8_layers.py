@@ -25,6 +25,7 @@ from .bf16 import DenseLowering, rewrite_dense_layers
 from .epilogues import GELU
 from .int8 import ISAS, VNNI, int8_dense, pack_weight
 from .int8_moe import grouped_int8_kernel, pack_expert_weights
+from .packed_rows import int8_element
 
 
 def _kernel_name(isa: str, k: int, n: int, residual: bool, activation: str | None) -> str:
@@ -47,7 +48,7 @@ def int8_lowering(isa_name: str, emulate: bool, rows: int | None = None) -> Dens
     label = f"int8: the {isa.name} kernel" + (", emulated in TIR loops" if emulate else "")
     return DenseLowering(label=label, kernel=kernel,
                          weight_operands=lambda weight: list(pack_weight(weight, isa)),
-                         activations=tuple(GELU))
+                         activations=tuple(GELU), row_element=int8_element(isa.lanes), row_operands=(0, 1))
 
 
 def amx_int8_lowering(emulate: bool) -> DenseLowering:
@@ -59,7 +60,7 @@ def amx_int8_lowering(emulate: bool) -> DenseLowering:
 
     label = "int8: the AMX kernel" + (", emulated in TIR loops" if emulate else "")
     return DenseLowering(label=label, kernel=kernel, weight_operands=lambda weight: list(pack_amx_weight(weight)),
-                         activations=tuple(GELU))
+                         activations=tuple(GELU), row_element=int8_element(16), row_operands=(0, 1))
 
 
 def int8_dense_matmuls(mod, precision: str, rows: int | None = None):

@@ -63,11 +63,14 @@ run_tvm_bf16 = run_tvm_precision("bf16")
 
 
 def _run_ort_int8(root: Path, manifest: Manifest, inputs, options) -> Callable[[], Any]:
+    import atexit
+    import shutil
     import tempfile
 
     from .peer_runners import PeerUnavailable, ort_int8_runner
 
     work = Path(tempfile.mkdtemp(prefix="forgeline-ort-int8-"))  # lives as long as the process
+    atexit.register(shutil.rmtree, work, ignore_errors=True)
     try:
         return ort_int8_runner(root, manifest, inputs, work)
     except PeerUnavailable as exc:

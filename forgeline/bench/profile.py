@@ -26,6 +26,9 @@ def profile_tvm_kernels(path: str | Path, options: BenchOptions = BenchOptions()
                         lib: str | None = None) -> list[KernelTime]:
     """Per-kernel time of the artifact's TVM CPU build (or ``lib``, relative to the artifact).
 
+    The build is the one the first TVM backend of ``options.backends`` times: ``tvm-bf16`` or
+    ``tvm-int8`` profile that precision's build, anything else the default CPU build.
+
     Uses the VM's instrument hook, which runs before and after every call instruction, so each
     PrimFunc, each ``forgeline.cpu.matmul`` call and each VM builtin is timed as it runs in the
     real model; the hook itself adds a few microseconds per call. Sorted, slowest first.
@@ -37,14 +40,16 @@ def profile_tvm_kernels(path: str | Path, options: BenchOptions = BenchOptions()
     from forgeline.runtime.backends.tvm_params import bind_params
     from forgeline.runtime.params_file import binding_for
     from forgeline.runtime.host import cpu_core_count
-    from forgeline.runtime.model import select_build
+    from forgeline.runtime.amx import needs_amx, request_amx_permission
 
     root = Path(path)
     manifest = Manifest.load(root)
     allow_tvm_threads(cpu_core_count())  # as TvmExecutor does: else TVM runs serially on 2 cores
     tvm = import_tvm_runtime()
     register_cpu_kernels()
-    build = select_build(manifest, "cpu")
+    build = _profiled_build(manifest, options.backends)
+    if needs_amx(build.requires):
+        request_amx_permission()
     lib_path = root / (lib or build.lib)
     vm = tvm.runtime.vm.VirtualMachine(tvm.runtime.load_module(str(lib_path)), tvm.cpu(0))
     inputs = bench_inputs(manifest, options)
@@ -75,3 +80,16 @@ def profile_tvm_kernels(path: str | Path, options: BenchOptions = BenchOptions()
     rows = [KernelTime(name, calls[name] // options.iters, t / options.iters * 1e3, t / whole)
             for name, t in totals.items()]
     return sorted(rows, key=lambda r: -r.ms)
+
+
+def _profiled_build(manifest: Manifest, backends: tuple[str, ...]):
+    from forgeline.runtime.model import select_build
+
+    from .peers import precision_build
+
+    for backend in backends:
+        if backend in ("tvm-bf16", "tvm-int8"):
+            return precision_build(manifest, backend.removeprefix("tvm-"))
+        if backend.startswith("tvm"):
+            break
+    return select_build(manifest, "cpu")

@@ -53,7 +53,7 @@ def _check_against_eager(bundle, tag: str) -> None:
     assert worst > 1e-5
 
 
-def test_emulated_bf16_build_matches_eager_fp32_within_bf16_tolerance(moe_bundle):
+def test_emulated_bf16_build_matches_eager_fp32_within_bf16_tolerance(moe_bundle, assert_tied_table_stored_once):
     manifest = compile_artifact(moe_bundle, CompileOptions(precision="bf16", emulate_amx=True))
     (tag,) = [t for t, b in manifest.builds.items() if t.endswith("-bf16emu")]  # the AMX emulation
     build = manifest.builds[tag]
@@ -62,6 +62,7 @@ def test_emulated_bf16_build_matches_eager_fp32_within_bf16_tolerance(moe_bundle
     assert manifest.stages[f"tvm/{tag}"].passed
     assert manifest.stages[f"tvm/{tag}"].tolerance == tol
     _check_against_eager(moe_bundle, tag)
+    assert_tied_table_stored_once(moe_bundle, build)
 
 
 def test_bf16_kernel_follows_the_cpu_and_a_cpu_without_either_is_refused():

@@ -38,7 +38,7 @@ def _worst_error(root, tag) -> float:
 
 
 @pytest.mark.skipif(not HAS_AVX2, reason="int8 needs AVX2 (or AVX512-VNNI) on this CPU")
-def test_int8_gpt_with_generation_graphs_via_the_cli(tmp_path, capsys):
+def test_int8_gpt_with_generation_graphs_via_the_cli(tmp_path, capsys, assert_tied_table_stored_once):
     """compile --precision int8 and check, on the host's own kernel; prefill/decode checked too."""
     out = tmp_path / "gpt"
     export_model("gpt", out, ExportOptions())
@@ -55,6 +55,7 @@ def test_int8_gpt_with_generation_graphs_via_the_cli(tmp_path, capsys):
     assert "FAIL" not in capsys.readouterr().out
     # int8 really ran: fp32 kernels match eager to ~1e-6, int8 quantization leaves ~1e-3.
     assert _worst_error(out, tag) > 1e-4
+    assert_tied_table_stored_once(out, build)
 
 
 def test_emulated_int8_bert_moe_matches_eager_fp32(tmp_path):
