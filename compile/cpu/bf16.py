@@ -33,6 +33,7 @@ from forgeline.compile.dense_layers import dense_shape
 from . import amx, dpbf16
 from .epilogues import GELU
 from .packed_rows import amx_bf16_element, dpbf16_element, rows_kernel
+from .tied_rows import equal_transposed
 
 # kernel name -> (PrimFunc factory (k, n, *, residual, emulate), weight packing (K, N) -> panels)
 DENSE_KERNELS = {"amx": (amx.amx_dense, amx.pack_weight),
@@ -165,7 +166,7 @@ class _Rewriter:
             return None
         rows = np.from_dlpack(table.value)  # (V, D)
         for weight, operands in self.packed.values():
-            if tuple(weight.value.shape) == rows.shape[::-1] and _equal_transposed(np.from_dlpack(weight.value), rows):
+            if tuple(weight.value.shape) == rows.shape[::-1] and equal_transposed(np.from_dlpack(weight.value), rows):
                 return operands
         return None
 
@@ -187,18 +188,6 @@ class _Rewriter:
         out = relax.call_tir(self.row_readers[(k, n)], [*chosen, flat], relax.TensorType([count, k], "float32"))
         self.tied += 1
         return relax.op.reshape(out, relax.ShapeExpr([*lead, tirx.IntImm("int64", k)]))
-
-
-TIE_CHUNK_ROWS = 4096  # table rows compared at a time: a few MB of temporaries, not the table's size
-
-
-def _equal_transposed(weight: np.ndarray, rows: np.ndarray) -> bool:
-    """``weight (D, V) == rows (V, D).T``, compared in chunks of rows."""
-    for start in range(0, rows.shape[0], TIE_CHUNK_ROWS):
-        stop = start + TIE_CHUNK_ROWS
-        if not np.array_equal(weight[:, start:stop].T, rows[start:stop]):
-            return False
-    return True
 
 
 def _bias_of(weight, bias) -> bool:

@@ -24,6 +24,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+# Relax's OpPatternKind.kOpaque: FuseOps leaves the reader alone. Its reads depend on the ids'
+# values, and with static shapes FuseOps would otherwise fuse the ids' reshape into it.
+OPAQUE = 8
+
 
 def rows_kernel(operand_types: list[tuple[tuple[int, ...], str]], k: int, n: int,
                 element: Callable):
@@ -48,7 +52,7 @@ def rows_kernel(operand_types: list[tuple[tuple[int, ...], str]], k: int, n: int
                 for c in range(k):
                     Out[r, c] = element((P,), token(Ids, r), c)
 
-        return rows1
+        return rows1.with_attr("op_pattern", OPAQUE)
     ((shape1, dtype1),) = rest
 
     @T.prim_func(private=True)
@@ -63,7 +67,7 @@ def rows_kernel(operand_types: list[tuple[tuple[int, ...], str]], k: int, n: int
             for c in range(k):
                 Out[r, c] = element((P, S), token(Ids, r), c)
 
-    return rows2
+    return rows2.with_attr("op_pattern", OPAQUE)
 
 
 def _widen(bits16):

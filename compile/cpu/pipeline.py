@@ -45,6 +45,7 @@ from .output_views import view_output_reshapes
 from .row_lanes import row_lanes_rule
 from .rules import fallback_rule, row_reduction_rule
 from .shape_defs import hoist_shape_definitions
+from .tied_rows import mark_tied_lookups
 from .weights import fold_packed_weights, mark_weight_operands
 
 logger = logging.getLogger(__name__)
@@ -141,6 +142,9 @@ def precision_graph(mod, precision: str = "fp32", gemm_rows: int | None = None):
         experts = bf16_experts(precision)
         if kernel == "avx512bf16":
             mod = fuse_dense_gelu(mod, emulate=precision.endswith("-emulated"))
+    # A tied table still read by a take (an fp32 head) reads the head's packed panels once the
+    # packing is folded (tied_rows.py; reduced-precision heads did it in their rewrite).
+    mod = mark_tied_lookups(mod)
     return rewrite_graph(mod, experts)
 
 

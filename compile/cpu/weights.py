@@ -12,6 +12,8 @@ from __future__ import annotations
 from forgeline.compile.owned_module import take_module
 from forgeline.runtime.memory import release_freed_memory
 
+from .tied_rows import read_packed_rows
+
 
 def mark_weight_operands(mod):
     """Tag each PrimFunc's constant-weight parameters (``layout_free_buffers``) for packing.
@@ -87,8 +89,8 @@ def fold_packed_weights(mod):
     for gvar, func in others.items():
         split[gvar] = func
     # Anything else constant, then the packing kernels ran at build time and the unpacked
-    # originals are no longer called.
-    return relax.transform.DeadCodeElimination()(relax.transform.FoldConstant()(split))
+    # originals are no longer called; a tied embedding then reads the head's panels (tied_rows.py).
+    return read_packed_rows(relax.transform.DeadCodeElimination()(relax.transform.FoldConstant()(split)))
 
 
 def _constant_calls(mod) -> list:

@@ -8,14 +8,14 @@ import pytest
 onnx = pytest.importorskip("onnx")
 
 
-def _tied_graph(folder):
+def _tied_graph(folder, vocab: int = 10, width: int = 6):
     """``logits = (E[ids] + x @ W.T) @ E.T``: a linear layer and a tied embedding, as torch exports them."""
     from onnx import TensorProto, helper, numpy_helper
     from onnx.external_data_helper import convert_model_to_external_data
 
     rng = np.random.default_rng(0)
-    w = rng.standard_normal((6, 8)).astype(np.float32)  # nn.Linear(8, 6).weight: (out, in)
-    e = rng.standard_normal((10, 6)).astype(np.float32)  # embedding (vocab, d), also the head
+    w = rng.standard_normal((width, 8)).astype(np.float32)  # nn.Linear(8, width).weight: (out, in)
+    e = rng.standard_normal((vocab, width)).astype(np.float32)  # embedding (vocab, d), also the head
     nodes = [helper.make_node("Transpose", ["W"], ["W_t"], perm=[1, 0]),
              helper.make_node("MatMul", ["x", "W_t"], ["proj"]),
              helper.make_node("Gather", ["E", "ids"], ["emb"]),
@@ -26,13 +26,13 @@ def _tied_graph(folder):
         nodes, "tied",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 8]),
          helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 3])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 3, 10])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, 3, vocab])],
         initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(e, "E")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     convert_model_to_external_data(model, location="weights.bin", size_threshold=0)
     onnx.save(model, str(folder / "tied.onnx"))
     x = rng.standard_normal((2, 3, 8)).astype(np.float32)
-    ids = rng.integers(0, 10, (2, 3)).astype(np.int64)
+    ids = np.concatenate([[[0, vocab - 1, 17 % vocab]], rng.integers(0, vocab, (1, 3))]).astype(np.int64)
     return folder / "tied.onnx", {"x": x, "ids": ids}, (e[ids] + x @ w.T) @ e.T
 
 
@@ -102,3 +102,28 @@ def test_packing_folded_one_weight_per_step_matches_numpy(monkeypatch):
     x = rng.standard_normal((5, 16)).astype(np.float32)
     expected = np.maximum(np.maximum(x @ w1, 0) @ w2, 0) @ w3
     np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_tied_embedding_reads_the_packed_head_and_is_not_stored_twice(tmp_path):
+    """fp32: the lookup reads the LM head's packed panels; the table itself leaves the build."""
+    import tvm
+    from tvm import relax
+
+    from forgeline.compile.cpu.pipeline import run_cpu_pipeline
+    from forgeline.compile.owned_module import OwnedModule
+    from forgeline.compile.params_lift import LiftedParams
+    from forgeline.compile.tvm_build import import_relax
+
+    vocab, width = 300, 16  # 19 KB: large enough to leave the library as a parameter
+    path, inputs, expected = _tied_graph(tmp_path, vocab, width)
+    target = tvm.target.Target({"kind": "llvm", "num-cores": 2})
+    lifted = LiftedParams()
+    with target:
+        lowered = run_cpu_pipeline(OwnedModule(import_relax(path)), target, lifted=lifted)
+    shapes = [a.shape for a in lifted.arrays]
+    assert (vocab, width) not in shapes and (width, vocab) not in shapes  # only the packed head holds E
+    assert sum(a.size for a in lifted.arrays) < 1.2 * vocab * width + 8 * width  # E once, W, padding
+    vm = relax.VirtualMachine(tvm.compile(lowered, target=target, relax_pipeline=None), tvm.cpu())
+    params = [tvm.runtime.tensor(a) for a in lifted.arrays]
+    out = vm["main"](tvm.runtime.tensor(inputs["x"]), tvm.runtime.tensor(inputs["ids"]), params).numpy()
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)  # numpy's own E[ids] and E.T
