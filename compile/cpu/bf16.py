@@ -262,6 +262,7 @@ def rewrite_dense_layers(mod, lowering: DenseLowering):
     for gvar, func in rewritten.items():  # every head is packed now, in whichever function
         rewritten[gvar] = _read_tied_rows(func, rewriter)
     mod = rewriter.builder.get()
+    rewriter.packed.clear()  # the rewrite callbacks may outlive this call: they must not hold the weights
     for gvar, func in rewritten.items():
         mod[gvar] = func
     logger.info("%d dense matmuls on %s (%d kernel shapes)%s.", rewriter.count, lowering.label,

@@ -112,9 +112,11 @@ def mark_tied_lookups(mod):
 
     rewritten = {gv: rewrite_call(pattern, lookup, f) for gv, f in mod.functions.items()
                  if isinstance(f, relax.Function)}
+    out = builder.get() if gathers else mod
+    weights.clear()  # as in read_packed_rows: nothing of this frame may keep the weights alive
+    builder = None  # noqa: F841
     if not gathers:
         return mod
-    out = builder.get()
     for gvar, func in rewritten.items():
         out[gvar] = func
     return out
@@ -189,10 +191,13 @@ def read_packed_rows(mod):
             return relax.call_tir(readers[key], [found, ids], call.ty_args[0])
 
     functions = {gv: _Switch().visit_expr(f) for gv, f in mod.functions.items() if isinstance(f, relax.Function)}
-    panels.clear()  # TVM keeps the mutator class, and with it this frame's cells: drop the weights
+    out = builder.get() if switched else mod
+    # TVM keeps the mutator class, and with it this frame's cells: drop what holds weights (the
+    # builder holds the whole module), or every build's weights would outlive it.
+    panels.clear()
+    builder = None  # noqa: F841
     if not switched:
         return mod
-    out = builder.get()
     for gvar, func in functions.items():
         out[gvar] = func
     logger.info("%d embedding lookup(s) read the tied head's packed fp32 panels.", len(switched))
