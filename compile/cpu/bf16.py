@@ -33,7 +33,7 @@ from forgeline.compile.dense_layers import dense_shape
 from . import amx, dpbf16
 from .epilogues import GELU
 from .packed_rows import amx_bf16_element, dpbf16_element, rows_kernel
-from .tied_rows import equal_transposed
+from .tied_rows import call_rows, equal_transposed, is_row_lookup, row_lookup_pattern
 
 # kernel name -> (PrimFunc factory (k, n, *, residual, emulate), weight packing (K, N) -> panels)
 DENSE_KERNELS = {"amx": (amx.amx_dense, amx.pack_weight),
@@ -172,22 +172,14 @@ class _Rewriter:
 
     def rows(self, table, ids, operands):
         """``take(table, ids, axis=0)`` read from the head's packed ``operands`` instead."""
-        from tvm import relax, tirx
-
         n, k = (int(d) for d in table.value.shape)
-        lead = list(ids.ty.shape.values)
-        count = lead[0]
-        for dim in lead[1:]:
-            count = count * dim
         chosen = [operands[i] for i in self.lowering.row_operands]
         if (k, n) not in self.row_readers:
             types = [(tuple(int(d) for d in op.value.shape), str(op.value.dtype)) for op in chosen]
             self.row_readers[(k, n)] = self.builder.add_func(
                 rows_kernel(types, k, n, self.lowering.row_element), f"packed_rows_{k}x{n}")
-        flat = relax.op.reshape(ids, relax.ShapeExpr([count]))
-        out = relax.call_tir(self.row_readers[(k, n)], [*chosen, flat], relax.TensorType([count, k], "float32"))
         self.tied += 1
-        return relax.op.reshape(out, relax.ShapeExpr([*lead, tirx.IntImm("int64", k)]))
+        return call_rows(self.row_readers[(k, n)], chosen, ids, k)
 
 
 def _bias_of(weight, bias) -> bool:
@@ -274,16 +266,13 @@ def rewrite_dense_layers(mod, lowering: DenseLowering):
 def _read_tied_rows(func, rewriter: _Rewriter):
     """Each ``take(E, ids, axis=0)`` whose constant table is a packed head's weight transposed
     reads its rows from the head's packed operands (packed_rows.py); ``E`` is then unused."""
-    from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+    from tvm.relax.dpl import rewrite_call
 
-    table, ids = is_const(), wildcard()
-    pattern = is_op("relax.take")(table, ids)
+    pattern, table, ids = row_lookup_pattern()
 
     def lookup(call, matches):
         const, index = matches[table], matches[ids]
-        info = const.ty
-        if (int(call.attrs.axis) != 0 or info.dtype != "float32" or info.ndim != 2
-                or getattr(index.ty, "dtype", None) != "int64" or index.ty.shape is None):
+        if not is_row_lookup(call, const, index):
             return call
         operands = rewriter.tied_operands(const)
         return call if operands is None else rewriter.rows(const, index, operands)

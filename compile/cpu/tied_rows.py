@@ -40,6 +40,35 @@ def equal_transposed(weight: np.ndarray, rows: np.ndarray) -> bool:
     return True
 
 
+def row_lookup_pattern():
+    """``take(table, ids)`` with a constant table: (pattern, table, ids) for ``rewrite_call``."""
+    from tvm.relax.dpl import is_const, is_op, wildcard
+
+    table, ids = is_const(), wildcard()
+    return is_op("relax.take")(table, ids), table, ids
+
+
+def is_row_lookup(call, table, ids) -> bool:
+    """Whether a matched ``take`` is an embedding lookup this module can read from a head: rows
+    (axis 0) of a 2-D fp32 table, by int64 ids of known rank."""
+    info = table.ty
+    return (int(call.attrs.axis) == 0 and info.dtype == "float32" and info.ndim == 2
+            and getattr(ids.ty, "dtype", None) == "int64" and ids.ty.shape is not None)
+
+
+def call_rows(reader, operands: list, ids, k: int):
+    """``reader(*operands, ids flattened)`` reshaped to ``(*ids.shape, k)``: the lookup's result."""
+    from tvm import relax, tirx
+
+    lead = list(ids.ty.shape.values)
+    count = lead[0]
+    for dim in lead[1:]:
+        count = count * dim
+    flat = relax.op.reshape(ids, relax.ShapeExpr([count]))
+    out = relax.call_tir(reader, [*operands, flat], relax.TensorType([count, k], "float32"))
+    return relax.op.reshape(out, relax.ShapeExpr([*lead, tirx.IntImm("int64", k)]))
+
+
 def _table_element(ops, t, c):
     (table,) = ops
     return table[t, c]
@@ -76,16 +105,15 @@ def _matmul_weights(mod) -> list:
 
 def mark_tied_lookups(mod):
     """Step 1: tied ``take``s become marked row gathers on their table (see the module doc)."""
-    from tvm import relax, tirx
-    from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+    from tvm import relax
+    from tvm.relax.dpl import rewrite_call
 
     weights = _matmul_weights(mod)
     if not weights:
         return mod
     builder = relax.BlockBuilder(mod.clone())
     gathers: dict = {}
-    table, ids = is_const(), wildcard()
-    pattern = is_op("relax.take")(table, ids)
+    pattern, table, ids = row_lookup_pattern()
 
     def tied(const) -> bool:
         rows = np.from_dlpack(const.value)
@@ -94,21 +122,13 @@ def mark_tied_lookups(mod):
 
     def lookup(call, matches):
         const, index = matches[table], matches[ids]
-        info = const.ty
-        if (int(call.attrs.axis) != 0 or info.dtype != "float32" or info.ndim != 2
-                or getattr(index.ty, "dtype", None) != "int64" or index.ty.shape is None or not tied(const)):
+        if not (is_row_lookup(call, const, index) and tied(const)):
             return call
         n, k = (int(d) for d in const.value.shape)
         if (k, n) not in gathers:
             func = rows_kernel([((n, k), "float32")], k, n, _table_element).with_attr(TIED_ROWS_ATTR, True)
             gathers[(k, n)] = builder.add_func(func, f"tied_rows_{k}x{n}")
-        lead = list(index.ty.shape.values)
-        count = lead[0]
-        for dim in lead[1:]:
-            count = count * dim
-        flat = relax.op.reshape(index, relax.ShapeExpr([count]))
-        out = relax.call_tir(gathers[(k, n)], [const, flat], relax.TensorType([count, k], "float32"))
-        return relax.op.reshape(out, relax.ShapeExpr([*lead, tirx.IntImm("int64", k)]))
+        return call_rows(gathers[(k, n)], [const], index, k)
 
     rewritten = {gv: rewrite_call(pattern, lookup, f) for gv, f in mod.functions.items()
                  if isinstance(f, relax.Function)}
@@ -125,7 +145,9 @@ def mark_tied_lookups(mod):
 def _panels_hold(panels: np.ndarray, rows: np.ndarray) -> bool:
     """Whether ``panels (1.., V/cols, D, cols)`` hold ``rows (V, D)`` as column panels."""
     v, d = rows.shape
-    flat = panels.reshape(-1, *panels.shape[-2:])  # (V/cols, D, cols)
+    if any(dim != 1 for dim in panels.shape[:-3]):  # a stack of weights (experts): not one head
+        return False
+    flat = panels.reshape(panels.shape[-3:])  # (V/cols, D, cols)
     cols = flat.shape[-1]
     if flat.shape[1] != d or flat.shape[0] * cols < v or flat.shape[0] * cols - v >= cols:
         return False
@@ -204,4 +226,5 @@ def read_packed_rows(mod):
     return relax.transform.DeadCodeElimination()(out)
 
 
-__all__ = ["TIED_ROWS_ATTR", "equal_transposed", "mark_tied_lookups", "read_packed_rows"]
+__all__ = ["TIED_ROWS_ATTR", "call_rows", "equal_transposed", "is_row_lookup", "mark_tied_lookups",
+           "read_packed_rows", "row_lookup_pattern"]

@@ -13,6 +13,7 @@ from forgeline.bench import BenchOptions, bench_artifact, estimate_flops, profil
 from forgeline.bench.timing import add_ratios, summarize_samples
 from forgeline.cli.app import main
 from forgeline.runtime.errors import ConfigError
+from forgeline.runtime.host import read_cpu_features
 
 BATCH, SEQ = 2, 8
 
@@ -84,6 +85,19 @@ def test_kernel_profile_names_the_packed_matmuls_and_shares_sum_to_one(tiny_arti
     assert packed and all(k.calls > 0 for k in packed)  # GEMM schedule on packed weights
     assert sum(k.share for k in kernels) == pytest.approx(1.0)
     assert all(k.ms >= 0 for k in kernels)
+
+
+@pytest.mark.skipif("avx2" not in read_cpu_features(), reason="a native int8 build needs AVX2 on this CPU")
+def test_kernel_profile_follows_the_precision_of_the_backend_asked_for(artifact_copy):
+    from forgeline.compile import CompileOptions, compile_artifact
+
+    root = artifact_copy("gpt")
+    compile_artifact(root, CompileOptions(precision="int8"))
+    options = dict(batch=1, seq=SEQ, warmup=1, iters=2)
+    int8 = {k.name for k in profile_tvm_kernels(root, BenchOptions(backends=("ort", "tvm-int8"), **options))}
+    fp32 = {k.name for k in profile_tvm_kernels(root, BenchOptions(backends=("tvm",), **options))}
+    assert any(name.startswith("int8_") for name in int8)
+    assert not any(name.startswith("int8_") for name in fp32)
 
 
 def test_bad_options_are_one_sentence_errors(tiny_artifact, capsys):

@@ -110,7 +110,7 @@ def test_mcpu_cross_compiles_bf16_for_the_other_kind_of_host():
         resolve_precision_plan(CompileOptions(precision="bf16", mcpu="x86-64-v3"))
 
 
-def test_avx512_bf16_build_matches_eager_fp32_within_bf16_tolerance(moe_bundle):
+def test_avx512_bf16_build_matches_eager_fp32_within_bf16_tolerance(moe_bundle, assert_tied_table_stored_once):
     """The vdpbf16ps kernel where the CPU has it, its TIR emulation elsewhere."""
     options = CompileOptions(precision="bf16", bf16_kernel="avx512bf16", emulate_amx=not HAS_DPBF16)
     manifest = compile_artifact(moe_bundle, options)
@@ -121,6 +121,7 @@ def test_avx512_bf16_build_matches_eager_fp32_within_bf16_tolerance(moe_bundle):
         asm = subprocess.run(["objdump", "-d", str(lib)], capture_output=True, text=True).stdout
         assert "vdpbf16ps" in asm
     _check_against_eager(moe_bundle, tag)
+    assert_tied_table_stored_once(moe_bundle, manifest.builds[tag])
 
 
 def test_cross_compiled_amx_build_is_recorded_and_gated_by_the_host(moe_bundle):
