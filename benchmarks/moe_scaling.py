@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     text += "\n\n" + "\n".join(f"- {c.key()}: median {c.median:.1f} ms, fastest {c.best:.1f} ms" for c in extras)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = result_stem(f"moe_scaling-{args.models.replace(',', '-')}", args.precision or "fp32")  # the label is stored in the file, not in its name
+    stem = result_stem(f"moe_scaling-{args.models.replace(',', '-')}", args.precision or "fp32", folder=args.out)  # the label is stored in the file, not in its name
     record = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "host": host_info(),
               "label": args.label, "capacity_factor": args.capacity_factor, "rounds": args.rounds,
               "iters": args.iters, "table": text,

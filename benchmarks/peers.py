@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(reports)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / result_stem(f"peers-{reports[0].model}-{reports[0].preset}", precision=None)
+    stem = args.out / result_stem(f"peers-{reports[0].model}-{reports[0].preset}", precision=None, folder=args.out)
     stem.with_suffix(".json").write_text(json.dumps([r.to_dict() for r in reports], indent=2))
     stem.with_suffix(".md").write_text(table + "\n")
     wrote_png = plot(reports, stem.with_suffix(".png"))

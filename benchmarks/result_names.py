@@ -14,11 +14,18 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
 def result_stem(what: str, precision: str | None = "fp32", *, host: str | None = None,
-                when: datetime | None = None) -> str:
-    """``what-host[-precision]-YYYY-MM-DD``; ``host`` defaults to this machine's LLVM CPU name."""
+                when: datetime | None = None, folder: Path | None = RESULTS_DIR) -> str:
+    """``what-host[-precision]-YYYY-MM-DD``; ``host`` defaults to this machine's LLVM CPU name.
+
+    Where ``folder`` already holds a result of that name (an earlier run the same day), the time
+    is added, ``…-YYYY-MM-DDTHHMM``, so that a run never overwrites another's results.
+    """
     if host is None:
         from forgeline.compile.targets import host_cpu_name
 
         host = host_cpu_name()
-    date = (when or datetime.now(timezone.utc)).strftime("%Y-%m-%d")
-    return "-".join([what, host, *([precision] if precision else []), date])
+    now = when or datetime.now(timezone.utc)
+    stem = "-".join([what, host, *([precision] if precision else []), now.strftime("%Y-%m-%d")])
+    if folder is not None and any(Path(folder).glob(f"{stem}.*")):
+        stem += now.strftime("T%H%M")
+    return stem

@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                "host": host_info(), "batch": args.batch, "seq": args.seq, "iters": args.iters,
                "seconds": round(time.perf_counter() - started, 1), "models": models}
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = result_stem("run_benchmarks")
+    stem = result_stem("run_benchmarks", folder=args.out)
     (args.out / f"{stem}.json").write_text(json.dumps(results, indent=2))
     table = markdown(results)
     (args.out / f"{stem}.md").write_text(table)
