@@ -80,9 +80,13 @@ def import_state(layout: Layout, hf_state: dict[str, torch.Tensor], model: Forge
     """Load ``hf_state`` into ``model`` through ``layout``; returns the optional parts it lacked.
 
     Raises ArtifactError naming every missing and unexpected key, and every shape that differs.
+    ``hf_state`` is consumed (emptied): each checkpoint tensor is converted and copied into the
+    model one at a time and then dropped, so the import holds the model, the file's tensors not
+    yet copied and one converted tensor, not a second model's worth of converted weights.
     """
     n_layers = layer_count(model.config)
     state = _normalise_keys(layout, hf_state)
+    hf_state.clear()  # ``state`` alone holds the file's tensors now: each goes once it is copied
     _, aliases = unique_state(model)
     ours = set(model.state_dict()) - set(aliases)  # what this configuration has: no switched-off biases
     table = {hf: names for hf, names in mapping_table(layout, n_layers).items() if set(names) <= ours}
@@ -105,16 +109,27 @@ def import_state(layout: Layout, hf_state: dict[str, torch.Tensor], model: Forge
             f"unexpected keys {unexpected} (names without the prefixes {list(layout.strip_prefixes)}); "
             "pass an unmodified checkpoint of a supported architecture."
         )
-    converted = _convert(layout, state, table, model.config)
-    converted.update(_stack_experts(stacks, state, source))
-    _check_shapes(converted, model.state_dict(), source)
-    _check_tied(tied, state, converted, source)
+    targets = model.state_dict()  # views of the parameters: copying into them loads the model
+    meta = {hf: tensor.to("meta") for hf, tensor in state.items()}  # shapes only, no bytes
+    shapes = {**_convert(layout, meta, table, model.config), **_stack_experts(stacks, meta, source)}
+    _check_shapes(shapes, targets, source)  # every misfit named before anything is copied
     buffers = {name for name, _ in model.named_buffers()}
-    unloaded = sorted(set(model.state_dict()) - set(converted) - set(aliases) - buffers)
+    unloaded = sorted(set(targets) - set(shapes) - set(aliases) - buffers)
     unloaded = [n for n in unloaded if not fresh(n)]
     if unloaded:  # a gap in the table itself, not in the checkpoint
         raise ConfigError(f"the {layout.family} import table fills no tensor for {unloaded}.")
-    model.load_state_dict(converted, strict=False)
+    with torch.no_grad():
+        for hf in [hf for hf in table if hf in state]:
+            for name, tensor in _convert(layout, {hf: state.pop(hf)}, {hf: table[hf]}, model.config).items():
+                targets[name].copy_(tensor)
+        for name, per_expert in stacks.items():
+            stacked = _stack_experts({name: per_expert}, state, source)[name]
+            targets[name].copy_(stacked)
+            del stacked
+            for keys in per_expert:
+                for key in keys:
+                    state.pop(key, None)
+    _check_tied(tied, state, targets, source)
     return absent
 
 

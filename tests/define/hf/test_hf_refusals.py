@@ -84,3 +84,18 @@ def test_missing_tensor_and_wrong_shape(llama_copy, tmp_path, capsys):
     state["model.layers.0.self_attn.k_proj.weight"] = torch.zeros(32, 32)  # a full-width k: not 2 KV heads
     save_file(state, str(path))
     _refused(llama_copy, tmp_path, capsys, "h.0.attn.key.weight (32, 32) (model expects (16, 32))")
+
+
+def test_a_saved_head_that_differs_from_its_tied_embedding(hf_decoder, tmp_path):  # noqa: F811
+    """Qwen2 here ties its head; a file whose saved head differs cannot be imported exactly."""
+    _, folder = hf_decoder("qwen2")
+    dst = tmp_path / "ckpt"
+    shutil.copytree(folder, dst)
+    path = dst / "model.safetensors"
+    state = load_file(str(path))
+    embedding = state["model.embed_tokens.weight"]
+    assert load_hf_checkpoint(dst).lm_head.weight.equal(embedding.float())  # a matching copy imports
+    state["lm_head.weight"] = embedding + 1
+    save_file(state, str(path))
+    with pytest.raises(ConfigError, match="has an untied lm_head.weight that differs from wte.weight"):
+        load_hf_checkpoint(dst)
