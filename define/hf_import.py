@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -88,7 +89,8 @@ def import_state(layout: Layout, hf_state: dict[str, torch.Tensor], model: Forge
     state = _normalise_keys(layout, hf_state)
     hf_state.clear()  # ``state`` alone holds the file's tensors now: each goes once it is copied
     _, aliases = unique_state(model)
-    ours = set(model.state_dict()) - set(aliases)  # what this configuration has: no switched-off biases
+    targets = model.state_dict()  # views of the parameters: copying into them loads the model
+    ours = set(targets) - set(aliases)  # what this configuration has: no switched-off biases
     table = {hf: names for hf, names in mapping_table(layout, n_layers).items() if set(names) <= ours}
     ignored = {k for t in layout.ignore for k in _expand(t, n_layers)}
     tied = {hf: name for hf, name in layout.tied if hf not in table}  # an untied head is a rename instead
@@ -109,9 +111,8 @@ def import_state(layout: Layout, hf_state: dict[str, torch.Tensor], model: Forge
             f"unexpected keys {unexpected} (names without the prefixes {list(layout.strip_prefixes)}); "
             "pass an unmodified checkpoint of a supported architecture."
         )
-    targets = model.state_dict()  # views of the parameters: copying into them loads the model
     meta = {hf: tensor.to("meta") for hf, tensor in state.items()}  # shapes only, no bytes
-    shapes = {**_convert(layout, meta, table, model.config), **_stack_experts(stacks, meta, source)}
+    shapes = dict(_convert(layout, meta, table, model.config)) | dict(_stack_experts(stacks, meta, source))
     _check_shapes(shapes, targets, source)  # every misfit named before anything is copied
     buffers = {name for name, _ in model.named_buffers()}
     unloaded = sorted(set(targets) - set(shapes) - set(aliases) - buffers)
@@ -119,16 +120,10 @@ def import_state(layout: Layout, hf_state: dict[str, torch.Tensor], model: Forge
     if unloaded:  # a gap in the table itself, not in the checkpoint
         raise ConfigError(f"the {layout.family} import table fills no tensor for {unloaded}.")
     with torch.no_grad():
-        for hf in [hf for hf in table if hf in state]:
-            for name, tensor in _convert(layout, {hf: state.pop(hf)}, {hf: table[hf]}, model.config).items():
-                targets[name].copy_(tensor)
-        for name, per_expert in stacks.items():
-            stacked = _stack_experts({name: per_expert}, state, source)[name]
-            targets[name].copy_(stacked)
-            del stacked
-            for keys in per_expert:
-                for key in keys:
-                    state.pop(key, None)
+        for name, tensor in _convert(layout, state, table, model.config, consume=True):
+            targets[name].copy_(tensor)
+        for name, tensor in _stack_experts(stacks, state, source, consume=True):
+            targets[name].copy_(tensor)
     _check_tied(tied, state, targets, source)
     return absent
 
@@ -151,31 +146,35 @@ def expert_table(layout: Layout, config, ours: set[str]) -> dict[str, list[tuple
     return table
 
 
-def _stack_experts(stacks: dict[str, list[tuple[str, ...]]], state: dict, source: str) -> dict[str, torch.Tensor]:
-    """Each expert's Linear weights (out, in), transposed to (in, out), side by side, stacked: (E, in, out)."""
-    out = {}
+def _stack_experts(stacks: dict[str, list[tuple[str, ...]]], state: dict, source: str, *,
+                   consume: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, (E, in, out)): each expert's Linear weights (out, in), transposed to (in, out), side
+    by side, stacked. With ``consume`` each stack's source tensors leave ``state`` once it is made."""
     for name, per_expert in stacks.items():
         try:
-            out[name] = torch.stack([torch.cat([state[k].float().t() for k in keys], dim=-1) for keys in per_expert])
+            stacked = torch.stack([torch.cat([state[k].float().t() for k in keys], dim=-1) for keys in per_expert])
         except RuntimeError as exc:  # experts of unequal shapes
             raise ArtifactError(f"{source} has expert weights for {name} whose shapes differ: {exc}") from exc
-    return out
+        if consume:
+            for key in (k for keys in per_expert for k in keys):
+                state.pop(key, None)
+        yield name, stacked
 
 
-def _convert(layout: Layout, state: dict[str, torch.Tensor], table: dict[str, list[str]], config):
-    """Our state dict: renamed, transposed and split tensors, as contiguous fp32."""
+def _convert(layout: Layout, state: dict[str, torch.Tensor], table: dict[str, list[str]], config, *,
+             consume: bool = False) -> Iterator[tuple[str, torch.Tensor]]:
+    """(our name, tensor): renamed, transposed and split tensors, as contiguous fp32, one checkpoint
+    tensor at a time. With ``consume`` each checkpoint tensor leaves ``state`` as it is converted."""
     transpose = {k for t in layout.transpose for k in _expand(t, layer_count(config))}
-    out: dict[str, torch.Tensor] = {}
     for hf, names in table.items():
         if hf not in state:
             continue
-        tensor = state[hf].float()
+        tensor = (state.pop(hf) if consume else state[hf]).float()
         if hf in transpose:
             tensor = tensor.t()  # Conv1D (in, out) -> Linear (out, in)
         chunks = _split(tensor, len(names), config.n_heads if layout.splits_per_head else 0)
         for name, chunk in zip(names, chunks):
-            out[name] = chunk.contiguous()
-    return out
+            yield name, chunk.contiguous()
 
 
 def _split(tensor: torch.Tensor, parts: int, per_head: int) -> tuple[torch.Tensor, ...]:

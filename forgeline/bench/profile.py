@@ -24,7 +24,8 @@ class KernelTime:
 
 def profile_tvm_kernels(path: str | Path, options: BenchOptions = BenchOptions(),
                         lib: str | None = None) -> list[KernelTime]:
-    """Per-kernel time of the artifact's TVM CPU build (or ``lib``, relative to the artifact).
+    """Per-kernel time of the artifact's TVM CPU build (or of ``lib``, one of that build's
+    libraries such as a tuned bucket, relative to the artifact; it takes that build's weights).
 
     The build is the one the first TVM backend of ``options.backends`` times: ``tvm-bf16`` or
     ``tvm-int8`` profile that precision's build, anything else the default CPU build.
