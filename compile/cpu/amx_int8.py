@@ -16,9 +16,9 @@ kernel (int8.py), for a symbolic row count ``m`` and a constant weight packed at
   into a zero-padded ``(m rounded up to 32, K padded)`` s8 copy.
 - **Tiles** (amx_int8_tiles.py): one 32x32 block keeps four int32 C tiles while k runs and
   loads two A and two B tiles per 64-deep step, each feeding two ``tdpbssd`` (16x16x64).
-- **Epilogue.** A whole block stores its int32 tiles into C's own memory and converts them in
-  place while they are in L1 (dequantize, bias, then the layer's GELU or residual add); a block
-  on the edge of m or N goes through a 4 KB scratch and writes only its real rows and columns.
+- **Epilogue.** Each block stores its int32 tiles to a 4 KB scratch (one per task, in L1) and
+  converts them into C (dequantize, bias, then the layer's GELU or residual add); a block on the
+  edge of m or N writes only its real rows and columns.
 - **Tasks** are (chunk of up to 4 row blocks, 32-column panel pair), pairs inner, as in amx.py;
   ``ldtilecfg`` once per task.
 
@@ -85,29 +85,25 @@ def amx_int8_dense(k: int, n: int, *, residual: bool = False, emulate: bool = Fa
         return out + R[row, col] if residual else out
 
     @T.macro
-    def in_place(C, Sa, Sw, Bias, R, row0, col0):
-        for r in range(BLOCK_ROWS):  # the block just stored, in L1
-            for j in T.vectorized(BLOCK_COLS):
-                C[row0 + r, col0 + j] = value(C[row0 + r, col0 + j], Sa, Sw, Bias, R, row0 + r, col0 + j)
-
-    @T.macro
     def from_scratch(C, Sa, Sw, Bias, R, scratch, row0, col0, m):
-        for r in range(BLOCK_ROWS):  # an edge block: only its real rows and columns
-            if row0 + r < m:
-                for j in range(BLOCK_COLS):
-                    if col0 + j < n:
-                        C[row0 + r, col0 + j] = value(scratch[r, j], Sa, Sw, Bias, R, row0 + r, col0 + j)
+        # Through a contiguous scratch, as amx.py: stored straight into C, a block's rows sit
+        # N * 4 bytes apart and share one or two L1 sets at N = 512, 1024, ...
+        if row0 + BLOCK_ROWS <= m and col0 + BLOCK_COLS <= n:
+            for r in range(BLOCK_ROWS):
+                for j in T.vectorized(BLOCK_COLS):
+                    C[row0 + r, col0 + j] = value(scratch[r, j], Sa, Sw, Bias, R, row0 + r, col0 + j)
+        else:
+            for r in range(BLOCK_ROWS):  # an edge block: only its real rows and columns
+                if row0 + r < m:
+                    for j in range(BLOCK_COLS):
+                        if col0 + j < n:
+                            C[row0 + r, col0 + j] = value(scratch[r, j], Sa, Sw, Bias, R, row0 + r, col0 + j)
 
     @T.macro
-    def block(Aq, W, Sa, Sw, Bias, R, C, b, pair, m):
+    def block(Aq, W, Sa, Sw, Bias, R, C, scratch, b, pair, m):
         # No let-bound names in the task body (heap allocations per parallel iteration).
-        if b * BLOCK_ROWS + BLOCK_ROWS <= m and pair * BLOCK_COLS + BLOCK_COLS <= n:
-            ops.block(Aq, W, C, b * BLOCK_ROWS, pair * BLOCK_COLS, n, b * BLOCK_ROWS, pair * 2, k_pad)
-            in_place(C, Sa, Sw, Bias, R, b * BLOCK_ROWS, pair * BLOCK_COLS)
-        else:
-            scratch = T.decl_buffer((BLOCK_ROWS, BLOCK_COLS), "float32", scope="local")  # int32 bits
-            ops.block(Aq, W, scratch, 0, 0, BLOCK_COLS, b * BLOCK_ROWS, pair * 2, k_pad)
-            from_scratch(C, Sa, Sw, Bias, R, scratch, b * BLOCK_ROWS, pair * BLOCK_COLS, m)
+        ops.block(Aq, W, scratch, 0, 0, BLOCK_COLS, b * BLOCK_ROWS, pair * 2, k_pad)
+        from_scratch(C, Sa, Sw, Bias, R, scratch, b * BLOCK_ROWS, pair * BLOCK_COLS, m)
 
     @T.macro
     def body(A, W, Sw, Bias, R, C, m):
@@ -118,10 +114,12 @@ def amx_int8_dense(k: int, n: int, *, residual: bool = False, emulate: bool = Fa
         cfg = T.decl_buffer((64,), "uint8")  # filled once, read by every task's ldtilecfg
         ops.fill_config(cfg)
         for task in T.parallel(row_chunks(m) * pairs):
+            scratch = T.decl_buffer((BLOCK_ROWS, BLOCK_COLS), "float32", scope="local")  # int32 bits
             ops.load_config(cfg)
             for inner in range(CHUNK_BLOCKS):
                 if task // pairs * CHUNK_BLOCKS + inner < row_blocks(m):
-                    block(Aq, W, Sa, Sw, Bias, R, C, task // pairs * CHUNK_BLOCKS + inner, task % pairs, m)
+                    block(Aq, W, Sa, Sw, Bias, R, C, scratch, task // pairs * CHUNK_BLOCKS + inner,
+                          task % pairs, m)
             ops.release()
 
     @T.prim_func(private=True)
