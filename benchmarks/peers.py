@@ -10,14 +10,14 @@ each backend's top-1 agreement with eager fp32 beside its latency. Prints a mark
 writes ``benchmarks/results/peers-<model>-<preset>-<host>-<date>.json``, ``.md`` and ``.png``.
 
     python benchmarks/peers.py gpt --preset small --batch 1,8 --seq 128 [--tune-minutes N] [--artifact DIR]
-        [--precisions auto|bf16,int8|none] [--bf16-kernels auto,avx512bf16] [--int8-kernels auto,amx]
+        [--precisions auto|bf16,int8|none] [--bf16-kernels auto,avx512bf16] [--int8-kernels auto,vnni]
         [--attention-precision fp32,reduced]
 
 Without ``--artifact`` the model is exported and compiled into a temporary folder first, in fp32
 and in every reduced CPU precision forgeline has (``--precisions auto``: bf16, and int8 where
 it exists) that this host can run; ``--bf16-kernels auto,avx512bf16`` on an AMX host adds the
-AVX512-BF16 kernel's build beside the AMX one, and ``--int8-kernels auto,amx`` the AMX int8 build
-beside the VNNI one (tag ``...-int8-amx``). ``--attention-precision fp32,reduced`` builds each
+AVX512-BF16 kernel's build beside the AMX one, and ``--int8-kernels auto,vnni`` the VNNI int8
+build beside the AMX one (tag ``...-int8-vnni``). ``--attention-precision fp32,reduced`` builds each
 reduced precision twice, with attention's batched matmuls in fp32 (``tvm-int8``) and with bf16
 operands (``tvm-int8-attnbf16``). The machine this runs on may be shared: read the ratios, which
 come from one interleaved run.

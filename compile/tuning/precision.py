@@ -38,7 +38,9 @@ def _dense_kernels(build: BuildRecord) -> str:
     emulated = build.tag.endswith("emu")
     if build.precision == "int8":
         spec = TargetSpec(tag=build.tag, kind=build.kind, target=build.target, requires=build.requires)
-        kernel = "amx" if "-int8-amx" in build.tag else "auto"  # AMX is only ever a forced kernel, named in the tag
+        # the features a build requires name its kernel (AMX-INT8 where they hold amx_int8); a
+        # forced AMX build on a host without it (an emulated one) names AMX in its tag
+        kernel = "amx" if "-int8-amx" in build.tag else "auto"
         return kernel_precision("int8", emulated, spec, kernel)
     if build.precision != "bf16":
         raise ConfigError(f"Build {build.tag} has precision {build.precision!r}, which tuning does not know.")

@@ -104,6 +104,8 @@ def _record(tag: str, precision: str, features: list[str]) -> BuildRecord:
     ("cpu-x", "fp32", ["avx2"], "fp32"),
     ("cpu-x-int8", "int8", ["avx2", "avx512f", "avx512bw", "avx512_vnni"], "int8-vnni"),
     ("cpu-x-int8", "int8", ["avx2", "fma"], "int8-avx2"),
+    ("cpu-x-int8", "int8", ["avx2", "avx512f", "avx512bw", "avx512_vnni", "amx_int8", "amx_tile"], "int8-amx"),
+    ("cpu-x-int8-vnni", "int8", ["avx2", "avx512f", "avx512bw", "avx512_vnni"], "int8-vnni"),
     ("cpu-x-int8emu", "int8", ["avx2"], "int8-vnni-emulated"),
     ("cpu-x-bf16", "bf16", ["avx512f", "avx512_bf16", "amx_bf16", "amx_tile"], "bf16"),
     ("cpu-x-bf16", "bf16", ["avx512f", "avx512_bf16"], "bf16-avx512bf16"),
