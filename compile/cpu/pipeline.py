@@ -33,6 +33,7 @@ from forgeline.compile.params_lift import lift_constants
 from forgeline.compile.symbolic_rows import name_compound_rows
 from forgeline.runtime.backends.cpu_kernels import MATMUL_FUNC
 
+from .attention import fuse_attention
 from .attention_bf16 import bf16_attention_matmuls, split_attention
 from .bf16 import bf16_dense_matmuls
 from .bf16_moe import bf16_experts
@@ -127,11 +128,14 @@ def precision_graph(mod, precision: str = "fp32", gemm_rows: int | None = None):
     ("int8-<isa>[-emulated]", "bf16[-avx512bf16][-emulated]": compile/precision.py) became calls of
     their hand-scheduled kernels. The tuned and the untuned builds both start here, so a tuned
     bucket runs the same reduced-precision kernels as the dynamic build beside it. A switch ending
-    in ``+attention-bf16`` also gives attention's batched matmuls bf16 operands (attention_bf16.py)."""
+    in ``+attention-bf16`` also gives attention's batched matmuls bf16 operands (attention_bf16.py);
+    otherwise multi-head attention runs on one fused fp32 kernel (attention.py)."""
     precision, bf16_attention = split_attention(precision)
     mod = combine_parallel_dense(mod)  # one GEMM per sibling group before the dense rewrites
     if bf16_attention:
         mod = bf16_attention_matmuls(mod)
+    else:
+        mod = fuse_attention(mod)  # attention's core as one kernel (attention.py), in every precision
     experts = None
     if precision.startswith("int8"):
         mod = int8_dense_matmuls(mod, precision, rows=gemm_rows)

@@ -32,15 +32,13 @@ LANES = 16  # one AVX-512 register of fp32; LLVM splits it into halves or quarte
 UNDERFLOW_TO_ZERO = -64.0
 
 
-def softmax_rows_kernel():
-    """The PrimFunc ``y = softmax(x, axis=-1)`` for ``x, y: (d0, d1, d2, n)``, all symbolic."""
+def vector_exp_macro(lanes: int = LANES, underflow: float = UNDERFLOW_TO_ZERO):
+    """The macro ``vector_exp(out, row, col, src)``: ``out[row, col : col + lanes] = e^src`` for a
+    ``lanes``-wide fp32 vector ``src``, and exactly 0 where ``src`` is below ``underflow``."""
     from tvm.script import tirx as T
 
-    lanes = LANES
-    underflow = UNDERFLOW_TO_ZERO
-
     @T.macro
-    def vector_exp(out, row, src):
+    def vector_exp(out, row, col, src):
         # e^v = 2^k * e^r with k = round(v / ln2), r = v - k ln2 (ln2 in two parts, so r is
         # exact to fp32); e^r by its Taylor series to r^6 / 6!; 2^k built in the exponent bits.
         v: T.let[T.float32x16] = T.max(src, T.Broadcast(T.float32(-87.0), lanes))
@@ -58,8 +56,19 @@ def softmax_rows_kernel():
         two_k: T.let[T.float32x16] = T.reinterpret(f"float32x{lanes}", T.shift_left(
             T.Cast(f"int32x{lanes}", k) + T.Broadcast(T.int32(127), lanes),
             T.Broadcast(T.int32(23), lanes)))
-        out[row, T.Ramp(0, 1, lanes)] = T.Select(src < T.Broadcast(T.float32(underflow), lanes),
-                                                 T.Broadcast(T.float32(0.0), lanes), p0 * two_k)
+        out[row, T.Ramp(col, 1, lanes)] = T.Select(src < T.Broadcast(T.float32(underflow), lanes),
+                                                   T.Broadcast(T.float32(0.0), lanes), p0 * two_k)
+
+    return vector_exp
+
+
+def softmax_rows_kernel():
+    """The PrimFunc ``y = softmax(x, axis=-1)`` for ``x, y: (d0, d1, d2, n)``, all symbolic."""
+    from tvm.script import tirx as T
+
+    lanes = LANES
+    underflow = UNDERFLOW_TO_ZERO
+    vector_exp = vector_exp_macro(lanes, underflow)
 
     @T.prim_func(private=True, s_tir=True)
     def softmax_rows(var_x: T.handle, var_y: T.handle):
@@ -89,7 +98,7 @@ def softmax_rows_kernel():
                 top: T.let[T.float32] = red[row]
                 acc[row, T.Ramp(0, 1, lanes)] = T.Broadcast(T.float32(0.0), lanes)
                 for j in range(n // lanes):
-                    vector_exp(e, row, x[i0, i1, i2, T.Ramp(j * lanes, T.int64(1), lanes)]
+                    vector_exp(e, row, 0, x[i0, i1, i2, T.Ramp(j * lanes, T.int64(1), lanes)]
                                - T.Broadcast(top, lanes))
                     y[i0, i1, i2, T.Ramp(j * lanes, T.int64(1), lanes)] = e[row, T.Ramp(0, 1, lanes)]
                     acc[row, T.Ramp(0, 1, lanes)] = acc[row, T.Ramp(0, 1, lanes)] + e[row, T.Ramp(0, 1, lanes)]
@@ -144,4 +153,4 @@ def lanes_softmax(mod):
     return builder.get()
 
 
-__all__ = ["LANES", "lanes_softmax", "softmax_rows_kernel"]
+__all__ = ["LANES", "UNDERFLOW_TO_ZERO", "lanes_softmax", "softmax_rows_kernel", "vector_exp_macro"]
