@@ -54,6 +54,7 @@ class AttentionShape:
     v_first: int
     scale: float
     masked: bool  # an additive (b, h, q, k) mask, each of its first three dims 1 or full
+    causal: bool = False  # the mask is a constant causal table: keys past a query block are skipped
 
     @property
     def pv_rows(self) -> int:
@@ -78,6 +79,13 @@ def attention_kernel(shape: AttentionShape):
     def padded_keys(tk):
         return (tk + block - 1) // block * block
 
+    def key_end(q0, tk):
+        """Keys the block of queries from ``q0`` computes, in whole key blocks: all of them, or
+        with a causal mask those up to its last query (the rest have weight exactly 0)."""
+        if shape.causal:
+            return T.min(padded_keys(tk), (q0 + rows + block - 1) // block * block)
+        return padded_keys(tk)
+
     def query(q, tq):  # a query row, clamped: the last block's extra rows are computed, not stored
         return T.min(q, tq - 1)
 
@@ -96,7 +104,7 @@ def attention_kernel(shape: AttentionShape):
     @T.macro
     def scores(Xq, Kt, S, b, h, q0, tq, tk):
         # S[r, :] = Q[q0 + r] . K^T * scale over whole key blocks (padding keys give 0)
-        for jb in range(padded_keys(tk) // block):
+        for jb in range(key_end(q0, tk) // block):
             acc = T.decl_buffer((rows, block), "float32")  # 512 B: registers
             for r in T.unroll(rows):
                 for jj in T.vectorized(block):
@@ -113,30 +121,30 @@ def attention_kernel(shape: AttentionShape):
     def mask_scores(S, M, mb, mh, mq, b, h, q0, tq, tk, with_mask):
         for r in range(rows):
             if with_mask:
-                for j in range(tk):  # a plain loop over a symbolic length: LLVM vectorizes it
+                for j in range(T.min(tk, key_end(q0, tk))):  # a plain loop: LLVM vectorizes it
                     S[r, j] = S[r, j] + mask_value(M, mb, mh, mq, b, h, query(q0 + r, tq), j)
-            for j in range(padded_keys(tk) - tk):
+            for j in range(key_end(q0, tk) - T.min(tk, key_end(q0, tk))):
                 S[r, tk + j] = T.float32(MASKED)
 
     @T.macro
-    def softmax_rows(S, E, top, total, tk):
+    def softmax_rows(S, E, top, total, q0, tk):
         # in place over each padded row: whole vectors only
         for r in range(rows):
             E[0, T.Ramp(0, 1, lanes)] = T.Broadcast(T.min_value("float32"), lanes)
-            for jv in range(padded_keys(tk) // lanes):
+            for jv in range(key_end(q0, tk) // lanes):
                 E[0, T.Ramp(0, 1, lanes)] = T.max(E[0, T.Ramp(0, 1, lanes)], S[r, T.Ramp(jv * lanes, 1, lanes)])
             top[0] = T.min_value("float32")
             for lane in range(lanes):
                 top[0] = T.max(top[0], E[0, lane])
             E[1, T.Ramp(0, 1, lanes)] = T.Broadcast(T.float32(0), lanes)
-            for jv in range(padded_keys(tk) // lanes):
+            for jv in range(key_end(q0, tk) // lanes):
                 vector_exp(S, r, jv * lanes, S[r, T.Ramp(jv * lanes, 1, lanes)] - T.Broadcast(top[0], lanes))
                 E[1, T.Ramp(0, 1, lanes)] = E[1, T.Ramp(0, 1, lanes)] + S[r, T.Ramp(jv * lanes, 1, lanes)]
             total[0] = T.float32(0)
             for lane in range(lanes):
                 total[0] = total[0] + E[1, lane]
             top[0] = T.float32(1) / total[0]  # the row's scale from here on
-            for jv in range(padded_keys(tk) // lanes):
+            for jv in range(key_end(q0, tk) // lanes):
                 S[r, T.Ramp(jv * lanes, 1, lanes)] = S[r, T.Ramp(jv * lanes, 1, lanes)] * T.Broadcast(top[0], lanes)
 
     @T.macro
@@ -146,7 +154,7 @@ def attention_kernel(shape: AttentionShape):
             for p in T.unroll(pv_rows):
                 for d in T.vectorized(dim):
                     acc[p, d] = T.float32(0)
-            for j in range(tk):
+            for j in range(T.min(tk, key_end(q0, tk))):
                 for p in T.unroll(pv_rows):
                     for d in T.vectorized(dim):
                         acc[p, d] = acc[p, d] + S[rp * pv_rows + p, j] * Xv[b, j, shape.v_first + h, d]
@@ -167,7 +175,7 @@ def attention_kernel(shape: AttentionShape):
             for qb in range((tq + rows - 1) // rows):
                 scores(Xq, Kt, S, task // heads, task % heads, qb * rows, tq, tk)
                 mask_scores(S, M, mb, mh, mq, task // heads, task % heads, qb * rows, tq, tk, with_mask)
-                softmax_rows(S, E, top, total, tk)
+                softmax_rows(S, E, top, total, qb * rows, tk)
                 weighted_values(Xv, S, O, task // heads, task % heads, qb * rows, tq, tk)
 
     @T.prim_func(private=True)
@@ -250,6 +258,36 @@ def _mask_ok(mask, scores_shape) -> bool:
     return all(_static(d) == 1 or tvm_ffi.structural_equal(d, full) for d, full in zip(shape[:-1], aligned[:-1]))
 
 
+CAUSAL_FLOOR = -1.0e8  # a causal table's masked entries are at most this (NEG_INF is -1e9)
+
+
+def _is_causal_table(mask, var2val) -> bool:
+    """Whether ``mask`` is ``C[:Tq, :Tk]`` of a constant square table that is 0 on and below the
+    diagonal and at most CAUSAL_FLOOR above it (GPT's causal bias): row i then gives every key
+    past i a weight of exactly 0, and key 0 a live score."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    expr = mask
+    for _ in range(4):  # a slice per axis, or one for both
+        value = var2val.get(expr, expr) if isinstance(expr, relax.Var) else expr
+        if isinstance(value, tvm.ir.GenericConst):
+            table = np.from_dlpack(value.value)
+            if table.ndim != 2 or table.shape[0] != table.shape[1] or table.dtype != np.float32:
+                return False
+            below = np.tril(np.ones(table.shape, bool))
+            return bool((table[below] == 0).all() and (table[~below] <= CAUSAL_FLOOR).all())
+        if not isinstance(value, relax.Call) or value.op.name != "relax.strided_slice":
+            return False
+        begin = _const_ints(value.args[2])
+        strides = _const_ints(value.args[4]) if len(value.args) > 4 else [1]
+        if begin is None or any(begin) or strides is None or any(s != 1 for s in strides):
+            return False
+        expr = value.args[0]
+    return False
+
+
 def fuse_attention(mod):
     """``mod`` with each multi-head attention core of its Relax functions as one ``call_tir`` of
     ``attention_kernel``; attention that does not fit the pattern keeps its kernels."""
@@ -318,7 +356,8 @@ def _match(call, matches, var2val, parts):
     shape = AttentionShape(heads=heads, head_dim=dim, q_heads=_static(sources[0][0].ty.shape[2]),
                            k_heads=_static(sources[1][0].ty.shape[2]), v_heads=_static(sources[2][0].ty.shape[2]),
                            q_first=sources[0][1], k_first=sources[1][1], v_first=sources[2][1],
-                           scale=factor, masked=has_mask)
+                           scale=factor, masked=has_mask,
+                           causal=has_mask and _is_causal_table(matches[mask], var2val))
     args = [source for source, _ in sources]
     if has_mask:
         m = matches[mask]

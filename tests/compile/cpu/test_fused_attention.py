@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tvm.script import tirx as T  # noqa: N812 - TVMScript's name for symbolic sizes
 
 RNG = np.random.default_rng(11)
 LOWEST = np.finfo(np.float32).min  # what the exported BERT mask adds at padded keys
@@ -51,6 +52,21 @@ def test_kernel_reads_q_k_v_from_one_tensor(batch, seq, heads, dim, mask_kind):
                            q_first=0, k_first=heads, v_first=2 * heads, scale=dim ** -0.5, masked=mask is not None)
     got = _run_kernel(shape, x, x, x, mask, (batch, seq, heads, dim))
     want = _reference(x[:, :, :heads], x[:, :, heads:2 * heads], x[:, :, 2 * heads:], dim ** -0.5, mask)
+    np.testing.assert_allclose(got, want, atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("seq", [1, 5, 33, 128])
+def test_causal_kernel_skips_only_keys_of_weight_zero(seq):
+    """With a causal table the kernel computes keys up to each block of queries only; the keys it
+    skips are those the mask gives weight 0, so it matches the full computation."""
+    from forgeline.compile.cpu.attention import AttentionShape
+
+    x = RNG.standard_normal((2, seq, 6, 16)).astype(np.float32)
+    mask = np.triu(np.full((seq, seq), -1e9, np.float32), 1)[None, None]
+    shape = AttentionShape(heads=2, head_dim=16, q_heads=6, k_heads=6, v_heads=6, q_first=0, k_first=2,
+                           v_first=4, scale=0.25, masked=True, causal=True)
+    got = _run_kernel(shape, x, x, x, mask, (2, seq, 2, 16))
+    want = _reference(x[:, :, :2], x[:, :, 2:4], x[:, :, 4:], 0.25, mask)
     np.testing.assert_allclose(got, want, atol=2e-6, rtol=1e-5)
 
 
@@ -122,3 +138,30 @@ def test_a_mask_broadcast_along_the_keys_keeps_the_separate_kernels():
 
     fused = fuse_attention(_importer_module(mask_shape=("b", 1, "t", 1)))
     assert not any(gv.name_hint.startswith("fused_attention") for gv in fused.get_global_vars())
+
+
+@pytest.mark.parametrize("table,causal", [
+    (np.triu(np.full((16, 16), -1e9, np.float32), 1), True),  # GPT's causal bias
+    (np.triu(np.full((16, 16), -1e9, np.float32), 2), False),  # one key past the diagonal is live
+    (np.triu(np.full((16, 16), -1e3, np.float32), 1), False),  # too mild to give weight 0
+])
+def test_only_a_causal_table_skips_keys(table, causal):
+    from tvm import relax
+    from tvm.script import ir as I, relax as R
+
+    from forgeline.compile.cpu.attention import _is_causal_table
+
+    @I.ir_module
+    class Module:
+        @R.function
+        def main(n: R.Shape(["t"])):
+            t = T.int64()
+            with R.dataflow():
+                rows = R.strided_slice(R.const(table), (0,), (0,), (t,))
+                mask = R.strided_slice(rows, (1,), (0,), (t,))
+                R.output(mask)
+            return mask
+
+    func = Module["main"]
+    mask = func.body.blocks[0].bindings[-1].var
+    assert _is_causal_table(mask, relax.analysis.get_var2val(func)) is causal
