@@ -8,11 +8,12 @@ Q, K and V where the GEMM wrote them, ``(batch, seq, heads, head_dim)`` with the
 side by side in one tensor, and writes the output in the layout the next dense layer reads:
 
 - one parallel task per (batch, head): K's rows of the head are copied once, transposed, into a
-  zero-padded ``(head_dim, keys rounded up to KEY_BLOCK)`` scratch;
-- for each block of ``QUERY_ROWS`` queries: the scores against every key, ``QUERY_ROWS x
-  KEY_BLOCK`` accumulators at a time (8 zmm at AVX-512), scaled and masked; softmax over the
-  padded row (padding scores are -inf-like, so their weights are 0), the exp as softmax.py's;
-  then ``P V`` with ``PV_ROWS`` queries' outputs held in registers while the keys stream past.
+  zero-padded ``(head_dim, keys rounded up to the key block)`` scratch;
+- for each block of ``QUERY_ROWS`` queries: the scores against every key, ``QUERY_ROWS x key
+  block`` accumulators at a time (the key block is two SIMD registers of the target: 8
+  accumulator registers at AVX-512 and at AVX2), scaled and masked; softmax over the padded row
+  (padding scores are -inf-like, so their weights are 0), the exp as softmax.py's; then ``P V``
+  with up to two queries' outputs held in registers while the keys stream past.
 
 All in fp32, in every precision: scores and softmax stay fp32 anyway (docs/precision.md), and
 the head dims here (16-128) give GEMMs too thin for the reduced-precision kernels' packing.
@@ -26,16 +27,17 @@ keeps the separate kernels.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
-from .moe_rows import _const_ints
+from .moe_rows import const_ints
 from .softmax import LANES, UNDERFLOW_TO_ZERO, vector_exp_macro
 
 logger = logging.getLogger(__name__)
 
-QUERY_ROWS = 4  # queries per score block: 4 x KEY_BLOCK accumulators
-KEY_BLOCK = 2 * LANES  # keys per score block, and the padding of the key axis
+QUERY_ROWS = 4  # queries per score block: 4 x key_block accumulators
+ACCUMULATORS = 8  # SIMD registers a register tile may take (AVX2 has 16 in all, AVX-512 32)
 MASKED = -3.0e38  # a padding key's score: its weight underflows to exactly 0
 STACK_BYTES = 1024  # TVM keeps a constant local buffer on the stack (in registers) only below this
 
@@ -55,11 +57,19 @@ class AttentionShape:
     scale: float
     masked: bool  # an additive (b, h, q, k) mask, each of its first three dims 1 or full
     causal: bool = False  # the mask is a constant causal table: keys past a query block are skipped
+    lanes: int = LANES  # fp32 lanes of the target's SIMD registers (16 AVX-512, 8 AVX2)
+
+    @property
+    def key_block(self) -> int:
+        """Keys per score tile: two registers, and a whole number of the softmax's 16-lane vectors."""
+        return max(2 * self.lanes, LANES)
 
     @property
     def pv_rows(self) -> int:
-        """Queries whose ``P V`` rows stay in registers together (their accumulators < 1 KiB)."""
-        return 2 if 2 * self.head_dim * 4 < STACK_BYTES else 1
+        """Queries whose ``P V`` rows stay in registers together: two where their accumulators fit
+        ACCUMULATORS registers and under 1 KiB, else one."""
+        fits = 2 * -(-self.head_dim // self.lanes) <= ACCUMULATORS and 2 * self.head_dim * 4 < STACK_BYTES
+        return 2 if fits else 1
 
 
 def attention_kernel(shape: AttentionShape):
@@ -72,7 +82,7 @@ def attention_kernel(shape: AttentionShape):
     from tvm.script import tirx as T
 
     heads, dim = shape.heads, shape.head_dim
-    rows, block, pv_rows = QUERY_ROWS, KEY_BLOCK, shape.pv_rows
+    rows, block, pv_rows = QUERY_ROWS, shape.key_block, shape.pv_rows
     lanes = LANES
     vector_exp = vector_exp_macro(lanes, UNDERFLOW_TO_ZERO)
 
@@ -105,7 +115,7 @@ def attention_kernel(shape: AttentionShape):
     def scores(Xq, Kt, S, b, h, q0, tq, tk):
         # S[r, :] = Q[q0 + r] . K^T * scale over whole key blocks (padding keys give 0)
         for jb in range(key_end(q0, tk) // block):
-            acc = T.decl_buffer((rows, block), "float32")  # 512 B: registers
+            acc = T.decl_buffer((rows, block), "float32")  # at most 512 B: registers
             for r in T.unroll(rows):
                 for jj in T.vectorized(block):
                     acc[r, jj] = T.float32(0)
@@ -203,9 +213,6 @@ def attention_kernel(shape: AttentionShape):
     return masked_attention if shape.masked else attention
 
 
-__all__ = ["AttentionShape", "KEY_BLOCK", "QUERY_ROWS", "attention_kernel"]
-
-
 def _axes(call) -> list[int] | None:
     axes = call.attrs.axes
     return None if axes is None else [int(a) for a in axes]
@@ -232,8 +239,8 @@ def _heads_source(var, var2val, heads: int, dim: int):
     value = var2val.get(var, var) if isinstance(var, relax.Var) else var  # matched through its binding or not
     if not isinstance(value, relax.Call) or value.op.name != "relax.strided_slice":
         return var, 0
-    source, axes, begin = value.args[0], _const_ints(value.args[1]), _const_ints(value.args[2])
-    strides = _const_ints(value.args[4]) if len(value.args) > 4 else [1]
+    source, axes, begin = value.args[0], const_ints(value.args[1]), const_ints(value.args[2])
+    strides = const_ints(value.args[4]) if len(value.args) > 4 else [1]
     shape = getattr(source.ty, "shape", None)
     if (axes == [2] and strides == [1] and begin is not None and begin[0] >= 0 and shape is not None
             and len(shape) == 4 and _static(shape[2]) is not None and _static(shape[3]) == dim):
@@ -280,17 +287,18 @@ def _is_causal_table(mask, var2val) -> bool:
             return bool((table[below] == 0).all() and (table[~below] <= CAUSAL_FLOOR).all())
         if not isinstance(value, relax.Call) or value.op.name != "relax.strided_slice":
             return False
-        begin = _const_ints(value.args[2])
-        strides = _const_ints(value.args[4]) if len(value.args) > 4 else [1]
+        begin = const_ints(value.args[2])
+        strides = const_ints(value.args[4]) if len(value.args) > 4 else [1]
         if begin is None or any(begin) or strides is None or any(s != 1 for s in strides):
             return False
         expr = value.args[0]
     return False
 
 
-def fuse_attention(mod):
+def fuse_attention(mod, lanes: int = LANES):
     """``mod`` with each multi-head attention core of its Relax functions as one ``call_tir`` of
-    ``attention_kernel``; attention that does not fit the pattern keeps its kernels."""
+    ``attention_kernel`` (register tiles for ``lanes``-wide fp32 SIMD); attention that does not
+    fit the pattern keeps its kernels."""
     from tvm import relax
     from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
@@ -309,7 +317,7 @@ def fuse_attention(mod):
         found = _match(call, matches, var2val, (q, kt, v, scaled, p, q4, k4, v4, mask, scale, masked))
         if found is None:
             return call
-        shape, args = found
+        shape, args = dataclasses.replace(found[0], lanes=lanes), found[1]
         if shape not in kernels:
             kernels[shape] = builder.add_func(attention_kernel(shape), "fused_attention")
         fused[0] += 1
@@ -364,3 +372,6 @@ def _match(call, matches, var2val, parts):
         rank = m.ty.ndim
         args.append(m if rank == 4 else relax.op.reshape(m, [1] * (4 - rank) + list(m.ty.shape)))
     return shape, args
+
+
+__all__ = ["AttentionShape", "QUERY_ROWS", "attention_kernel", "fuse_attention"]

@@ -290,7 +290,7 @@ def _is_op(expr, name: str) -> bool:
     return isinstance(expr, relax.Call) and isinstance(expr.op, ir.Op) and expr.op.name == name
 
 
-def _const_ints(values) -> list[int] | None:
+def const_ints(values) -> list[int] | None:
     """The ints of a Relax tuple of constants (a strided_slice's axes, begins, ...), None if any is not."""
     out = []
     for x in values:
@@ -404,8 +404,8 @@ def _mutator():
             """(a1, F) when node is a1[..., :F] (or a1[..., F:] with ``second``) of a 2F-wide a1."""
             if not (_is_op(node, "relax.strided_slice") and len(node.args) >= 4):
                 return None
-            axes, begins, ends = (_const_ints(a) for a in node.args[1:4])
-            strides = _const_ints(node.args[4]) if len(node.args) > 4 else [1]
+            axes, begins, ends = (const_ints(a) for a in node.args[1:4])
+            strides = const_ints(node.args[4]) if len(node.args) > 4 else [1]
             a1 = self._bound(node.args[0])
             if axes != [2] or strides != [1] or a1 is None or a1.ty.ndim != 3:
                 return None
@@ -491,5 +491,5 @@ def _ExpertRows(module, kernel, experts=None):  # noqa: N802 - builds the mutato
     return _mutator()(module, kernel, experts)
 
 
-__all__ = ["combine_rows_kernel", "compact_expert_rows", "expert_counts_kernel", "grouped_matmul_kernel", "pack_rows_kernel",
+__all__ = ["combine_rows_kernel", "const_ints", "compact_expert_rows", "expert_counts_kernel", "grouped_matmul_kernel", "pack_rows_kernel",
            "packed_panels", "unpack_rows_kernel"]

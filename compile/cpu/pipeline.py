@@ -44,8 +44,9 @@ from .matmul import matmul_rule
 from .moe_rows import compact_expert_rows
 from .output_views import view_output_reshapes
 from .row_lanes import row_lanes_rule
-from .rules import fallback_rule, row_reduction_rule
+from .rules import fallback_rule, row_reduction_rule, vector_lanes
 from .shape_defs import hoist_shape_definitions
+from .softmax import LANES
 from .tied_rows import mark_tied_lookups
 from .weights import fold_packed_weights, mark_weight_operands
 
@@ -123,7 +124,7 @@ def rewrite_graph(mod, experts=None):
     return fast_math(compact_expert_rows(combine_parallel_dense(mod), experts))
 
 
-def precision_graph(mod, precision: str = "fp32", gemm_rows: int | None = None):
+def precision_graph(mod, precision: str = "fp32", gemm_rows: int | None = None, lanes: int = LANES):
     """``rewrite_graph`` after the dense layers (and MoE experts) of a reduced ``precision``
     ("int8-<isa>[-emulated]", "bf16[-avx512bf16][-emulated]": compile/precision.py) became calls of
     their hand-scheduled kernels. The tuned and the untuned builds both start here, so a tuned
@@ -135,7 +136,7 @@ def precision_graph(mod, precision: str = "fp32", gemm_rows: int | None = None):
     if bf16_attention:
         mod = bf16_attention_matmuls(mod)
     else:
-        mod = fuse_attention(mod)  # attention's core as one kernel (attention.py), in every precision
+        mod = fuse_attention(mod, lanes)  # attention's core as one kernel (attention.py), in every precision
     experts = None
     if precision.startswith("int8"):
         mod = int8_dense_matmuls(mod, precision, rows=gemm_rows)
@@ -179,7 +180,7 @@ def apply_cpu_defaults(mod, target, *, offload_matmul: bool = False, gemm_rows: 
     mod = combine_parallel_dense(mod)  # before the dense-layer rewrites: one GEMM per sibling group
     if offload_matmul:
         mod = offload_matmuls(mod)
-    mod = precision_graph(mod, precision, gemm_rows)
+    mod = precision_graph(mod, precision, gemm_rows, vector_lanes(target))
     with target:
         mod = tvm.transform.Sequential(cpu_generic.library_dispatch_passes(target)
                                        + cpu_generic.legalize_passes(target))(mod)

@@ -33,6 +33,7 @@ from forgeline.runtime.host import cpu_core_count
 from forgeline.runtime.progress import stage
 
 from ..cpu.pipeline import precision_graph, schedule_cpu_kernels, schedule_matmul_kernels
+from ..cpu.rules import vector_lanes
 from ..cpu.weights import fold_packed_weights
 from ..params_lift import LiftedParams, lift_constants
 from .database import TuningDatabase
@@ -84,7 +85,7 @@ def prepare(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
 def tune_module(mod: tvm.IRModule, target: Target, db: TuningDatabase,
                 settings: SearchSettings) -> TunedModule:
     """Tune what the database does not cover yet, then compile with every record it holds."""
-    fused = prepare(precision_graph(mod, settings.kernels), target)
+    fused = prepare(precision_graph(mod, settings.kernels, lanes=vector_lanes(target)), target)
     gemm = []
     if not settings.tune_matmuls:
         hand_written = _scheduled_kernels(fused)  # softmax_rows, the MoE row kernels

@@ -70,6 +70,21 @@ def test_causal_kernel_skips_only_keys_of_weight_zero(seq):
     np.testing.assert_allclose(got, want, atol=2e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("lanes", [8, 4])
+def test_kernel_with_avx2_and_sse_register_tiles(lanes):
+    """Tiles sized for narrower SIMD (key blocks of 16, one P V row at a time) compute the same."""
+    from forgeline.compile.cpu.attention import AttentionShape
+
+    x = RNG.standard_normal((2, 45, 6, 64)).astype(np.float32)
+    mask = np.triu(np.full((45, 45), -1e9, np.float32), 1)[None, None]
+    shape = AttentionShape(heads=2, head_dim=64, q_heads=6, k_heads=6, v_heads=6, q_first=0, k_first=2,
+                           v_first=4, scale=0.125, masked=True, causal=True, lanes=lanes)
+    assert shape.key_block == 16 and shape.pv_rows == 1
+    got = _run_kernel(shape, x, x, x, mask, (2, 45, 2, 64))
+    np.testing.assert_allclose(got, _reference(x[:, :, :2], x[:, :, 2:4], x[:, :, 4:], 0.125, mask),
+                               atol=2e-6, rtol=1e-5)
+
+
 def test_kernel_with_more_keys_than_queries():
     """Cross-attention: Q from one tensor, K and V from another, other lengths."""
     from forgeline.compile.cpu.attention import AttentionShape
@@ -90,8 +105,11 @@ def _importer_module(mask_shape=("b", 1, 1, "t")):
     heads, kv_heads, dim = 2, 2, 16
     total = heads + 2 * kv_heads
 
+    if mask_shape is None:
+        return _unmasked_module(heads, kv_heads, dim)
+
     @I.ir_module
-    class Module:
+    class Masked:
         @R.function
         def main(x: R.Tensor(("b", "t", total, dim), "float32"), mask: R.Tensor(mask_shape, "float32")):
             with R.dataflow():
@@ -103,7 +121,29 @@ def _importer_module(mask_shape=("b", 1, 1, "t")):
                 R.output(out)
             return out
 
-    return Module
+    return Masked
+
+
+def _unmasked_module(heads: int, kv_heads: int, dim: int):
+    """The same attention without a mask, its scale a division."""
+    from tvm.script import ir as I, relax as R
+
+    total = heads + 2 * kv_heads
+
+    @I.ir_module
+    class Unmasked:
+        @R.function
+        def main(x: R.Tensor(("b", "t", total, dim), "float32")):
+            with R.dataflow():
+                q = R.permute_dims(R.strided_slice(x, (2,), (0,), (heads,)), [0, 2, 1, 3])
+                k = R.permute_dims(R.strided_slice(x, (2,), (heads,), (heads + kv_heads,)), [0, 2, 3, 1])
+                v = R.permute_dims(R.strided_slice(x, (2,), (heads + kv_heads,), (total,)), [0, 2, 1, 3])
+                scores = R.divide(R.matmul(q, k), R.const(4.0, "float32"))
+                out = R.permute_dims(R.matmul(R.nn.softmax(scores, axis=-1), v), [0, 2, 1, 3])
+                R.output(out)
+            return out
+
+    return Unmasked
 
 
 def _build(module):
@@ -118,18 +158,19 @@ def _build(module):
     return names, relax.VirtualMachine(executable, tvm.cpu())
 
 
-@pytest.mark.parametrize("batch,seq", [(1, 7), (3, 40)])
-def test_importer_pattern_runs_fused_and_matches_numpy(batch, seq):
+@pytest.mark.parametrize("batch,seq,masked", [(1, 7, True), (3, 40, True), (2, 19, False)])
+def test_importer_pattern_runs_fused_and_matches_numpy(batch, seq, masked):
     import tvm
 
-    names, vm = _build(_importer_module())
+    names, vm = _build(_importer_module(("b", 1, 1, "t") if masked else None))
     assert any(n.startswith("fused_attention") for n in names)
     assert not any("softmax" in n for n in names)  # the whole core is one kernel
     x = RNG.standard_normal((batch, seq, 6, 16)).astype(np.float32)
     mask = np.where(RNG.random((batch, 1, 1, seq)) < 0.3, LOWEST, 0).astype(np.float32)
     mask[:, :, :, 0] = 0  # every row keeps a key
-    got = vm["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(mask)).numpy()
-    want = _reference(x[:, :, :2], x[:, :, 2:4], x[:, :, 4:], 0.25, mask)
+    args = [tvm.runtime.tensor(x)] + ([tvm.runtime.tensor(mask)] if masked else [])
+    got = vm["main"](*args).numpy()
+    want = _reference(x[:, :, :2], x[:, :, 2:4], x[:, :, 4:], 0.25, mask if masked else None)
     np.testing.assert_allclose(got, want, atol=2e-6, rtol=1e-5)
 
 
