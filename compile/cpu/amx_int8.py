@@ -19,8 +19,8 @@ kernel (int8.py), for a symbolic row count ``m`` and a constant weight packed at
 - **Epilogue.** Each block stores its int32 tiles to a 4 KB scratch (one per task, in L1) and
   converts them into C (dequantize, bias, then the layer's GELU or residual add); a block on the
   edge of m or N writes only its real rows and columns.
-- **Tasks** are (chunk of up to 4 row blocks, 32-column panel pair), pairs inner, as in amx.py;
-  ``ldtilecfg`` once per task.
+- **Tasks** are (chunk of up to 4 row blocks, 32-column panel pair), pairs inner, run in groups
+  with one ``ldtilecfg`` each, as in amx.py.
 
 ``emulate=True`` replaces the tile instructions with TIR loops of the same semantics over the
 same buffers and addresses (amx_int8_tiles.py): the integer sums are exact either way, so the
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .amx import BLOCK_COLS, BLOCK_ROWS, CHUNK_BLOCKS, row_blocks, row_chunks, padded
+from .amx import BLOCK_COLS, BLOCK_ROWS, CHUNK_BLOCKS, padded, row_blocks, row_chunks, task_group
 from .amx_int8_tiles import TILE_K
 from .int8 import VNNI, Int8Isa, quantize_rows
 from .int8 import pack_weight as pack_vnni_weight
@@ -105,6 +105,9 @@ def amx_int8_dense(k: int, n: int, *, residual: bool = False, emulate: bool = Fa
         ops.block(Aq, W, scratch, 0, 0, BLOCK_COLS, b * BLOCK_ROWS, pair * 2, k_pad)
         from_scratch(C, Sa, Sw, Bias, R, scratch, b * BLOCK_ROWS, pair * BLOCK_COLS, m)
 
+    def group_size(m):  # tasks per ldtilecfg
+        return task_group(row_chunks(m) * pairs)
+
     @T.macro
     def body(A, W, Sw, Bias, R, C, m):
         # Sizes in terms of the parameters (FlattenBuffer wants them so), not let-bound.
@@ -113,13 +116,17 @@ def amx_int8_dense(k: int, n: int, *, residual: bool = False, emulate: bool = Fa
         quantize_rows(k, k_pad, row_blocks(m) * BLOCK_ROWS, signed=True)(A, Aq, Sa, m)
         cfg = T.decl_buffer((64,), "uint8")  # filled once, read by every task's ldtilecfg
         ops.fill_config(cfg)
-        for task in T.parallel(row_chunks(m) * pairs):
+        # tasks as in amx.py, in groups that load the tile configuration once
+        for group in T.parallel((row_chunks(m) * pairs + group_size(m) - 1) // group_size(m)):
             scratch = T.decl_buffer((BLOCK_ROWS, BLOCK_COLS), "float32", scope="local")  # int32 bits
             ops.load_config(cfg)
-            for inner in range(CHUNK_BLOCKS):
-                if task // pairs * CHUNK_BLOCKS + inner < row_blocks(m):
-                    block(Aq, W, Sa, Sw, Bias, R, C, scratch, task // pairs * CHUNK_BLOCKS + inner,
-                          task % pairs, m)
+            for t in range(group_size(m)):
+                if group * group_size(m) + t < row_chunks(m) * pairs:
+                    for inner in range(CHUNK_BLOCKS):
+                        if (group * group_size(m) + t) // pairs * CHUNK_BLOCKS + inner < row_blocks(m):
+                            block(Aq, W, Sa, Sw, Bias, R, C, scratch,
+                                  (group * group_size(m) + t) // pairs * CHUNK_BLOCKS + inner,
+                                  (group * group_size(m) + t) % pairs, m)
             ops.release()
 
     @T.prim_func(private=True)

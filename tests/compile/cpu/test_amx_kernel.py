@@ -77,6 +77,12 @@ def test_emulated_kernel_matches_numpy(k, n):
     _check_shapes(lib, k, n, rows=[1, 16, 31, 32, 37, 70, 200])  # 200: two row chunks
 
 
+def test_emulated_kernel_runs_every_task_of_a_partial_group():
+    """200 rows x 35 panel pairs are 70 tasks, run in groups of 4: the last group holds 2."""
+    lib = _build(64, 1100, emulate=True, target={"kind": "llvm", "num-cores": 2})
+    _check_shapes(lib, 64, 1100, rows=[200, 129])
+
+
 def test_emulated_kernel_adds_the_residual():
     lib = _build(40, 48, emulate=True, target={"kind": "llvm", "num-cores": 2}, residual=True)
     _check_shapes(lib, 40, 48, rows=[5, 33], residual=True)
