@@ -41,9 +41,10 @@ _TARGET_KIND = {"bf16": "llvm", "int8": "llvm", "fp16": "cuda"}  # where each re
 BF16_KERNELS = {"amx": (AMX_CPU_FEATURES, AMX_LLVM_ATTRS),
                 "avx512bf16": (DPBF16_CPU_FEATURES, DPBF16_LLVM_ATTRS)}
 INT8_KERNELS = {isa.name: isa for isa in (AMX_INT8, VNNI, AVX_VNNI, AVX2)}  # every int8 kernel, by name
-# The kernels "auto" picks from, the fastest first. On a 2-core Emerald Rapids gpt-small ran 10%
-# faster on the AMX int8 kernel than on VNNI at 1x128 and 23% at 8x128 once the tiles went through
-# a contiguous scratch (docs/precision.md; stored straight into the output they had run 7-11% slower).
+# The kernels "auto" picks from, the fastest first. On a 2-core Emerald Rapids gpt-small and
+# bert-small ran 11-22% faster on the AMX int8 kernel than on VNNI at 1x128 and 8x128 once its
+# tiles went through a contiguous scratch (one run; an earlier one had gpt 1x128 3% slower, the
+# other cells faster). Stored straight into the output they had run 7-11% slower than VNNI.
 INT8_AUTO_ORDER = (AMX_INT8, VNNI, AVX_VNNI, AVX2)
 
 
