@@ -139,7 +139,7 @@ def amx_dense(k: int, n: int, *, residual: bool = False, emulate: bool = False,
         # The tiles were stored to a contiguous scratch in L1; the epilogue writes each output
         # row once. Stored straight into C, a block's 32 rows sit N * 4 bytes apart, which at
         # N = 512, 1024, ... maps them all to one or two L1 sets, and the epilogue then reads
-        # them back from L2: that cost a 128x256x1024 layer a third of its time.
+        # them back from L2 (a 128x256x1024 layer runs 26% faster through the scratch).
         if row0 + BLOCK_ROWS <= m and col0 + BLOCK_COLS <= n:
             for r in range(BLOCK_ROWS):
                 for j in T.vectorized(BLOCK_COLS):
@@ -174,7 +174,7 @@ def amx_dense(k: int, n: int, *, residual: bool = False, emulate: bool = False,
                         to_bf16(A[T.min(i, m - 1), T.min(kc * 16 + kv, k - 1)]), T.uint16(0))
         # One task per (chunk of CHUNK_BLOCKS row blocks, 32-column panel pair), pairs inner: a
         # thread's consecutive tasks reuse one chunk of A from L2 while B's panels stream past.
-        cfg = T.decl_buffer((64,), "uint8")  # filled once, read by every task's ldtilecfg
+        cfg = T.decl_buffer((64,), "uint8")  # filled once, read by every group's ldtilecfg
         ops.fill_config(cfg)
         for group in T.parallel((row_chunks(m) * pairs + group_size(m) - 1) // group_size(m)):
             scratch = T.decl_buffer((BLOCK_ROWS, BLOCK_COLS), "float32", scope="local")  # 4 KB, per group

@@ -114,7 +114,7 @@ def amx_int8_dense(k: int, n: int, *, residual: bool = False, emulate: bool = Fa
         Aq = T.decl_buffer((row_blocks(m) * BLOCK_ROWS, k_pad), "int8")  # (m padded, K padded) s8 codes
         Sa = T.decl_buffer((row_blocks(m) * BLOCK_ROWS,), "float32")  # row scales, 0 on padding rows
         quantize_rows(k, k_pad, row_blocks(m) * BLOCK_ROWS, signed=True)(A, Aq, Sa, m)
-        cfg = T.decl_buffer((64,), "uint8")  # filled once, read by every task's ldtilecfg
+        cfg = T.decl_buffer((64,), "uint8")  # filled once, read by every group's ldtilecfg
         ops.fill_config(cfg)
         # tasks as in amx.py, in groups that load the tile configuration once
         for group in T.parallel((row_chunks(m) * pairs + group_size(m) - 1) // group_size(m)):
