@@ -15,8 +15,8 @@ side by side in one tensor, and writes the output in the layout the next dense l
   (padding scores are -inf-like, so their weights are 0), the exp as softmax.py's; then ``P V``
   with up to two queries' outputs held in registers while the keys stream past.
 
-All in fp32, in every precision: scores and softmax stay fp32 anyway (docs/precision.md), and
-the head dims here (16-128) give GEMMs too thin for the reduced-precision kernels' packing.
+All in fp32, in every precision: softmax stays fp32 anyway (docs/precision.md), and neither
+operand of ``Q K^T`` or ``P V`` is a constant, so nothing could be packed at build time.
 
 ``fuse_attention`` rewrites the pattern the ONNX importer produces for multi-head attention
 (``permute_dims`` into heads, ``matmul``, ``multiply`` or ``divide`` by a constant, an optional
@@ -27,10 +27,10 @@ keeps the separate kernels.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 
+from .matmul import ACCUMULATOR_BYTES
 from .moe_rows import const_ints
 from .softmax import LANES, UNDERFLOW_TO_ZERO, vector_exp_macro
 
@@ -39,7 +39,6 @@ logger = logging.getLogger(__name__)
 QUERY_ROWS = 4  # queries per score block: 4 x key_block accumulators
 ACCUMULATORS = 8  # SIMD registers a register tile may take (AVX2 has 16 in all, AVX-512 32)
 MASKED = -3.0e38  # a padding key's score: its weight underflows to exactly 0
-STACK_BYTES = 1024  # TVM keeps a constant local buffer on the stack (in registers) only below this
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ class AttentionShape:
     def pv_rows(self) -> int:
         """Queries whose ``P V`` rows stay in registers together: two where their accumulators fit
         ACCUMULATORS registers and under 1 KiB, else one."""
-        fits = 2 * -(-self.head_dim // self.lanes) <= ACCUMULATORS and 2 * self.head_dim * 4 < STACK_BYTES
+        fits = 2 * -(-self.head_dim // self.lanes) <= ACCUMULATORS and 2 * self.head_dim * 4 < ACCUMULATOR_BYTES
         return 2 if fits else 1
 
 
@@ -314,10 +313,10 @@ def fuse_attention(mod, lanes: int = LANES):
     fused = [0]
 
     def rewrite(call, matches, var2val):
-        found = _match(call, matches, var2val, (q, kt, v, scaled, p, q4, k4, v4, mask, scale, masked))
+        found = _match(call, matches, var2val, (q, kt, v, scaled, p, q4, k4, v4, mask, scale, masked), lanes)
         if found is None:
             return call
-        shape, args = dataclasses.replace(found[0], lanes=lanes), found[1]
+        shape, args = found
         if shape not in kernels:
             kernels[shape] = builder.add_func(attention_kernel(shape), "fused_attention")
         fused[0] += 1
@@ -332,7 +331,7 @@ def fuse_attention(mod, lanes: int = LANES):
     return builder.get()
 
 
-def _match(call, matches, var2val, parts):
+def _match(call, matches, var2val, parts, lanes: int):
     """``(AttentionShape, call_tir args)`` for a matched attention, or None where a check fails."""
     from tvm import relax
 
@@ -365,7 +364,7 @@ def _match(call, matches, var2val, parts):
                            k_heads=_static(sources[1][0].ty.shape[2]), v_heads=_static(sources[2][0].ty.shape[2]),
                            q_first=sources[0][1], k_first=sources[1][1], v_first=sources[2][1],
                            scale=factor, masked=has_mask,
-                           causal=has_mask and _is_causal_table(matches[mask], var2val))
+                           causal=has_mask and _is_causal_table(matches[mask], var2val), lanes=lanes)
     args = [source for source, _ in sources]
     if has_mask:
         m = matches[mask]
