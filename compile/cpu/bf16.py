@@ -32,7 +32,7 @@ from forgeline.compile.dense_layers import dense_shape
 
 from . import amx, dpbf16
 from .epilogues import GELU
-from .packed_rows import amx_bf16_element, dpbf16_element, rows_kernel
+from .packed_rows import amx_bf16_element, bf16_residual, dpbf16_element, rows_kernel, with_residual
 from .tied_rows import call_rows, equal_transposed, is_row_lookup, row_lookup_pattern
 
 # kernel name -> (PrimFunc factory (k, n, *, residual, emulate), weight packing (K, N) -> panels)
@@ -58,6 +58,9 @@ class DenseLowering:
     # ``row_operands`` (packed_rows.py): a tied embedding then looks up the head's packed copy.
     row_element: Callable | None = None
     row_operands: tuple[int, ...] = (0,)
+    # bf16: the lookup also reads the table's rounding residual (packed_rows.bf16_residual), so
+    # the embedding keeps fp32's values although the head multiplies by bf16 ones.
+    row_residual: bool = False
 
 
 def bf16_lowering(kernel: str, emulate: bool) -> DenseLowering:
@@ -75,7 +78,8 @@ def bf16_lowering(kernel: str, emulate: bool) -> DenseLowering:
     return DenseLowering(label=f"bf16: the {kernel} kernel" + (", emulated in TIR loops" if emulate else ""),
                          kernel=build, weight_operands=lambda weight: [pack(weight)],
                          activations=tuple(GELU) if kernel == "amx" else (),
-                         row_element=amx_bf16_element if kernel == "amx" else dpbf16_element)
+                         row_element=amx_bf16_element if kernel == "amx" else dpbf16_element,
+                         row_residual=True)
 
 
 def amx_lowering(emulate: bool) -> DenseLowering:
@@ -120,6 +124,7 @@ class _Rewriter:
         # address of a weight's data -> (the fp32 weight constant, its packed operand constants)
         self.packed: dict[int, tuple] = {}
         self.row_readers: dict = {}  # (K, N) -> GlobalVar of the packed-rows reader
+        self.residuals: dict = {}  # id of a head's packed operands -> its tied table's bf16 residual
         self.count = 0
         self.tied = 0
 
@@ -172,12 +177,21 @@ class _Rewriter:
 
     def rows(self, table, ids, operands):
         """``take(table, ids, axis=0)`` read from the head's packed ``operands`` instead."""
+        from tvm import relax
+
         n, k = (int(d) for d in table.value.shape)
         chosen = [operands[i] for i in self.lowering.row_operands]
+        element = self.lowering.row_element
+        if self.lowering.row_residual:  # one residual per head, however many functions look it up
+            key = id(operands)
+            if key not in self.residuals:
+                self.residuals[key] = relax.const(bf16_residual(np.from_dlpack(table.value)))
+            chosen.append(self.residuals[key])
+            element = with_residual(element)
         if (k, n) not in self.row_readers:
             types = [(tuple(int(d) for d in op.value.shape), str(op.value.dtype)) for op in chosen]
             self.row_readers[(k, n)] = self.builder.add_func(
-                rows_kernel(types, k, n, self.lowering.row_element), f"packed_rows_{k}x{n}")
+                rows_kernel(types, k, n, element), f"packed_rows_{k}x{n}")
         self.tied += 1
         return call_rows(self.row_readers[(k, n)], chosen, ids, k)
 
@@ -255,6 +269,7 @@ def rewrite_dense_layers(mod, lowering: DenseLowering):
         rewritten[gvar] = _read_tied_rows(func, rewriter)
     mod = rewriter.builder.get()
     rewriter.packed.clear()  # the rewrite callbacks may outlive this call: they must not hold the weights
+    rewriter.residuals.clear()
     for gvar, func in rewritten.items():
         mod[gvar] = func
     logger.info("%d dense matmuls on %s (%d kernel shapes)%s.", rewriter.count, lowering.label,

@@ -9,10 +9,14 @@ packed ``(D, V)`` weight, converted to fp32 (bf16 bits widened; int8 codes times
 scale). A tied table is then stored once, at the build's precision, as llama.cpp's row lookup
 reads quantized tables and ONNX Runtime's ``quantize_dynamic`` quantizes the Gather's table.
 
-The rows are what the head multiplies by: the embedding takes the precision's rounding (bf16:
-8 significant bits; int8: 1/254 of the row's largest magnitude), inside the precision's
-tolerance like every other reduced-precision weight. Ids are clamped to the table, as the
-runtime refuses ids out of range before a call (runtime/validate.py).
+int8 rows are what the head multiplies by: the embedding takes int8's rounding (1/254 of the
+row's largest magnitude), as ONNX Runtime's int8 does. bf16 rows add a second table, the bf16
+rounding of what the head's rounding lost (``bf16_residual``, ``(V, D)`` uint16): hi + lo keeps
+about 16 significant bits, so the embedding is fp32 for every practical purpose (OpenVINO's bf16
+keeps its Gather in fp32 too), and the tied table still costs 4 bytes per value, the fp32
+table's size. Without it bf16 rounding of the embedding alone was the largest error of a bf16
+BERT (docs/benchmarks.md). Ids are clamped to the table, as the runtime refuses ids out of range
+before a call (runtime/validate.py).
 
 Each reader is one PrimFunc ``(operands..., ids (count,) int64, out (count, D) f32)``, ``count``
 symbolic; rows run in parallel and each reads its ``D`` values with the panel stride (one cache
@@ -23,6 +27,8 @@ dense kernels read per layer).
 from __future__ import annotations
 
 from collections.abc import Callable
+
+import numpy as np
 
 # Relax's OpPatternKind.kOpaque: FuseOps leaves the reader alone. Its reads depend on the ids'
 # values, and with static shapes FuseOps would otherwise fuse the ids' reshape into it.
@@ -77,6 +83,31 @@ def _widen(bits16):
     return T.reinterpret("float32", T.Cast("uint32", bits16) << T.uint32(16))
 
 
+RESIDUAL_CHUNK_ROWS = 4096  # table rows converted at a time: a few MB of temporaries
+
+
+def bf16_residual(table: np.ndarray) -> np.ndarray:
+    """``bf16(E - bf16(E))`` as uint16 bits, ``(V, D)`` row-major: what a bf16 head's rounding of
+    the tied table ``E`` lost, rounded to bf16 in turn. ``E - bf16(E)`` is exact in fp32."""
+    from .amx import bf16_bits, bf16_round
+
+    out = np.empty(table.shape, np.uint16)
+    for start in range(0, table.shape[0], RESIDUAL_CHUNK_ROWS):
+        rows = np.asarray(table[start:start + RESIDUAL_CHUNK_ROWS], np.float32)
+        out[start:start + RESIDUAL_CHUNK_ROWS] = bf16_bits(rows - bf16_round(rows))
+    return out
+
+
+def with_residual(element: Callable) -> Callable:
+    """``element`` on the packed operand plus the widened residual ``R[t, c]`` (last operand)."""
+
+    def corrected(ops, t, c):
+        *packed, residual = ops
+        return element(tuple(packed), t, c) + _widen(residual[t, c])
+
+    return corrected
+
+
 def amx_bf16_element(ops, t, c):
     """The AMX kernel's panels ``(N/16, K/2, 16, 2)``: ``[p, kk, j, e] = bf16(W[2kk+e, 16p+j])``."""
     (P,) = ops
@@ -104,4 +135,5 @@ def int8_element(lanes: int) -> Callable:
     return element
 
 
-__all__ = ["amx_bf16_element", "dpbf16_element", "int8_element", "rows_kernel"]
+__all__ = ["amx_bf16_element", "bf16_residual", "dpbf16_element", "int8_element", "rows_kernel",
+           "with_residual"]

@@ -1,5 +1,7 @@
-"""One loader per peer runtime: each returns a no-argument callable that runs the artifact's own
-model.onnx (or forgeline build) once and returns its outputs in the manifest's output order.
+"""One loader per peer runtime: each returns a callable that runs the artifact's own model.onnx
+(or forgeline build) once and returns its outputs in the manifest's output order. Called with no
+argument it runs the inputs it was loaded with (the timed runs); given a feed of the same shapes
+it runs that instead (the held-out inputs that accuracy is measured on).
 
 A loader raises ``PeerUnavailable`` with one sentence when its runtime is not installed or the
 artifact has nothing for it to run; ``benchmarks/peers.py`` reports that instead of crashing.
@@ -22,7 +24,7 @@ from forgeline.runtime.format import ONNX_FILE, Manifest
 
 log = logging.getLogger(__name__)
 
-Runner = Callable[[], list[np.ndarray]]
+Runner = Callable[..., list[np.ndarray]]  # (feed: dict[str, ndarray] | None = None) -> outputs
 
 
 class PeerUnavailable(ForgelineError):
@@ -42,7 +44,7 @@ def ort_runner(root: Path, manifest: Manifest, inputs: dict[str, np.ndarray], wo
     options = ort.SessionOptions()
     options.log_severity_level = 3  # unused-initializer warnings on every load
     session = ort.InferenceSession(str(root / ONNX_FILE), options, providers=["CPUExecutionProvider"])
-    return lambda: [np.asarray(o) for o in session.run(None, inputs)]
+    return lambda feed=None: [np.asarray(o) for o in session.run(None, feed or inputs)]
 
 
 def quantized_onnx(root: Path, work: Path) -> Path:
@@ -104,8 +106,8 @@ def ort_int8_runner(root: Path, manifest: Manifest, inputs: dict[str, np.ndarray
     names = [o.name for o in session.get_outputs()]
     order = [names.index(n) for n in manifest.output_names()]  # the manifest's output order
 
-    def run() -> list[np.ndarray]:
-        got = session.run(None, inputs)
+    def run(feed=None) -> list[np.ndarray]:
+        got = session.run(None, feed or inputs)
         return [np.asarray(got[i]) for i in order]
 
     return run
@@ -129,8 +131,8 @@ def openvino_runner(precision: str | None) -> Callable[..., Runner]:
         log.info("openvino %s: inference precision %s", precision or "default",
                  compiled.get_property("INFERENCE_PRECISION_HINT"))
 
-        def run() -> list[np.ndarray]:
-            result = request.infer(inputs)
+        def run(feed=None) -> list[np.ndarray]:
+            result = request.infer(feed or inputs)
             return [np.array(result[o]) for o in outputs]
 
         return run
@@ -158,8 +160,8 @@ def iree_runner(root: Path, manifest: Manifest, inputs: dict[str, np.ndarray], w
     main = context.modules.module["main_graph"]
     ordered = [inputs[name] for name in manifest.input_names()]
 
-    def run() -> list[np.ndarray]:
-        result = main(*ordered)
+    def run(feed=None) -> list[np.ndarray]:
+        result = main(*(ordered if feed is None else [feed[name] for name in manifest.input_names()]))
         results = result if isinstance(result, (list, tuple)) else [result]
         return [np.asarray(r.to_host()) for r in results]
 
@@ -207,8 +209,9 @@ def tvm_runner(which: str) -> Callable[..., Runner]:
                 raise PeerUnavailable(f"no tuned build for {shape} in {build.tag} (pass --tune-minutes)")
             lib = bucket["lib"]
         executor = library_executor(root, build, lib, device="cpu")
-        ordered = [inputs[name] for name in manifest.input_names()]
-        return lambda: executor.run(ordered)
+        names = manifest.input_names()
+        ordered = [inputs[name] for name in names]
+        return lambda feed=None: executor.run(ordered if feed is None else [feed[name] for name in names])
 
     return load
 

@@ -8,8 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from forgeline.compile.cpu import amx, amx_int8, dpbf16, int8  # noqa: E402
-from forgeline.compile.cpu.packed_rows import (amx_bf16_element, dpbf16_element, int8_element,  # noqa: E402
-                                               rows_kernel)
+from forgeline.compile.cpu.packed_rows import (amx_bf16_element, bf16_residual, dpbf16_element,  # noqa: E402
+                                               int8_element, rows_kernel, with_residual)
 
 K, N = 20, 37  # neither a whole panel nor a whole k step: the padding must not leak into the rows
 IDS = np.array([0, 36, 5, 17, 16, 31, 32, 5], np.int64)  # panel edges, repeats, the last row
@@ -60,6 +60,21 @@ def test_rows_read_from_the_packed_head_equal_the_rounded_table(layout):
     got = _read(pack(weight), element)
     np.testing.assert_allclose(got, expected(weight), rtol=1e-6, atol=1e-7)
     assert not np.array_equal(got, weight.T[IDS])  # the precision's rounding is really there
+
+
+@pytest.mark.parametrize("layout", ["amx-bf16", "avx512bf16"])
+def test_bf16_rows_with_the_residual_keep_the_fp32_table(layout):
+    """hi (the head's bf16 panels) + lo (bf16 of what hi lost) holds about 16 significant bits."""
+    pack, element, rounded = CASES[layout]
+    weight = _weight()
+    table = np.ascontiguousarray(weight.T)  # (N, K): the embedding E
+    hi = torch.from_numpy(table).to(torch.bfloat16).float()
+    lo = (torch.from_numpy(table) - hi).to(torch.bfloat16)  # torch's own rounding of the residual
+    np.testing.assert_array_equal(bf16_residual(table), lo.view(torch.int16).numpy().view(np.uint16))
+    got = _read([*pack(weight), bf16_residual(table)], with_residual(element))
+    np.testing.assert_array_equal(got, (hi + lo.float()).numpy()[IDS])
+    np.testing.assert_allclose(got, table[IDS], rtol=2.0 ** -15, atol=0)
+    assert np.abs(got - table[IDS]).max() < np.abs(rounded(weight) - table[IDS]).max() / 100
 
 
 def test_ids_past_the_table_are_clamped_not_read_out_of_bounds():
