@@ -1,16 +1,55 @@
-"""Shared fixtures: tiny artifacts are built once per test session and reused read-only."""
+"""Shared fixtures: tiny artifacts are built once per test run and reused read-only.
+
+The suite runs on several pytest-xdist workers, each with its own session; a session-scoped
+fixture alone would build the same artifact once per worker. ``built_once`` builds it once for
+the whole run: the first worker to ask builds it under a file lock, the others wait and reuse it.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+
+def built_once(root: Path, name: str, build: Callable[[Path], None]) -> Path:
+    """``root / name``, made by ``build(path)`` once per test run whichever worker asks first."""
+    from filelock import FileLock
+
+    out, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(out, ignore_errors=True)  # what a failed earlier try left
+            build(out)
+            done.touch()
+    return out
+
+
 @pytest.fixture(scope="session")
-def artifact_root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("artifacts")
+def shared_root(tmp_path_factory) -> Path:
+    """A folder every worker of this run sees: under xdist each worker's base temp folder
+    (``.../pytest-N/popen-gwK``) sits in the run's own, which is removed with old runs."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-builds"
+    root.mkdir(exist_ok=True)
+    return root
+
+
+@pytest.fixture(scope="session")
+def build_once() -> Callable[[Path, str, Callable[[Path], None]], Path]:
+    """``built_once`` for fixtures in other folders (the test folders are not packages)."""
+    return built_once
+
+
+@pytest.fixture(scope="session")
+def artifact_root(shared_root) -> Path:
+    root = shared_root / "artifacts"
+    root.mkdir(exist_ok=True)
+    return root
 
 
 @pytest.fixture(scope="session")
@@ -19,19 +58,13 @@ def tiny_artifact(artifact_root):
     from forgeline.compile import compile_artifact
     from forgeline.export import ExportOptions, export_model
 
-    built: dict[str, Path] = {}
+    def build(out: Path) -> None:
+        # The KV-cache graphs have their own fixtures (tests/generate); leaving them out here keeps
+        # these shared artifacts to one graph each and the suite within its time budget.
+        export_model(out.name, out, ExportOptions(generation_graphs=False))
+        compile_artifact(out)
 
-    def get(name: str) -> Path:
-        if name not in built:
-            out = artifact_root / name
-            # The KV-cache graphs have their own fixtures (tests/generate); leaving them out here keeps
-            # these shared artifacts to one graph each and the suite within its time budget.
-            export_model(name, out, ExportOptions(generation_graphs=False))
-            compile_artifact(out)
-            built[name] = out
-        return built[name]
-
-    return get
+    return lambda name: built_once(artifact_root, name, build)
 
 
 @pytest.fixture

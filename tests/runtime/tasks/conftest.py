@@ -15,23 +15,20 @@ GEN_INIT_STD = 0.3
 
 
 @pytest.fixture(scope="session")
-def gen_artifact(tmp_path_factory):
-    """name -> path of a tiny exported + compiled artifact (with generation graphs), built once."""
+def gen_artifact(shared_root, build_once):
+    """name -> path of a tiny exported + compiled artifact (with generation graphs), built once
+    per test run (tests/conftest.py's ``built_once``)."""
     from forgeline.compile import compile_artifact
     from forgeline.define import build_model, get_config, save_checkpoint
     from forgeline.export import ExportOptions, export_model
 
-    root = tmp_path_factory.mktemp("gen-artifacts")
-    built: dict[str, Path] = {}
+    root = shared_root / "gen-artifacts"
+    root.mkdir(exist_ok=True)
 
-    def get(name: str) -> Path:
-        if name not in built:
-            weights = root / f"{name}.safetensors"
-            save_checkpoint(build_model(get_config(name, "tiny", init_std=GEN_INIT_STD), seed=3), weights)
-            out = root / name
-            export_model(name, out, ExportOptions(weights=weights, golden_cases=1))
-            compile_artifact(out)
-            built[name] = out
-        return built[name]
+    def build(out: Path) -> None:
+        weights = root / f"{out.name}.safetensors"
+        save_checkpoint(build_model(get_config(out.name, "tiny", init_std=GEN_INIT_STD), seed=3), weights)
+        export_model(out.name, out, ExportOptions(weights=weights, golden_cases=1))
+        compile_artifact(out)
 
-    return get
+    return lambda name: build_once(root, name, build)

@@ -1,6 +1,7 @@
 """Bounded generation: every symbolic dim is limited, max_new_tokens is a positive int, bad text is refused.
 
-These checks come before any graph runs, so exported bundles on ONNX Runtime are enough here;
+These checks come before any graph runs, so the shared generation artifacts on ONNX Runtime are
+enough here;
 ``past`` is also checked on the compiled TVM decode graph, where an over-long cache read out of
 bounds (garbage at 64-1000, a segfault at 100,000) before.
 """
@@ -17,19 +18,14 @@ from forgeline.runtime.errors import ConfigError, InputError
 
 
 @pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    """Tiny gpt and transformer bundles with their generation graphs (export only, no compile)."""
-    from forgeline.export import ExportOptions, export_model
-
-    root = tmp_path_factory.mktemp("bounds")
-    for name in ("gpt", "transformer"):
-        export_model(name, root / name, ExportOptions(golden_cases=1))
-    return root
+def bundles(gen_artifact):
+    """name -> a tiny gpt or transformer artifact with its generation graphs (read-only)."""
+    return gen_artifact
 
 
 @pytest.mark.parametrize("bad", [0, -1, 3.5, None, True, "8"])
 def test_max_new_tokens_must_be_a_positive_int(bundles, bad):
-    with rt.load(bundles / "gpt", backend="ort") as gpt, rt.load(bundles / "transformer", backend="ort") as tr:
+    with rt.load(bundles("gpt"), backend="ort") as gpt, rt.load(bundles("transformer"), backend="ort") as tr:
         with pytest.raises(ConfigError, match="max_new_tokens"):
             gpt.generate([1, 2, 3], bad)
         with pytest.raises(ConfigError, match="max_new_tokens"):
@@ -37,7 +33,7 @@ def test_max_new_tokens_must_be_a_positive_int(bundles, bad):
 
 
 def test_prompt_plus_new_tokens_must_fit_the_position_table(bundles):
-    with rt.load(bundles / "gpt", backend="ort") as gpt:
+    with rt.load(bundles("gpt"), backend="ort") as gpt:
         limit = gpt.manifest.config["max_positions"]
         with pytest.raises(InputError, match=f"exceed the model's {limit} positions"):
             gpt.generate([1] * 10, limit - 9)
@@ -46,24 +42,24 @@ def test_prompt_plus_new_tokens_must_fit_the_position_table(bundles):
 
 @pytest.mark.parametrize("temperature", [float("nan"), float("inf"), -1.0])
 def test_temperature_must_be_finite(bundles, temperature):
-    with rt.load(bundles / "gpt", backend="ort") as gpt, pytest.raises(ConfigError, match="temperature"):
+    with rt.load(bundles("gpt"), backend="ort") as gpt, pytest.raises(ConfigError, match="temperature"):
         gpt.generate([1, 2], 4, temperature=temperature)
 
 
 @pytest.mark.parametrize("prompt", [b"ok \xff\xfe", "bad \udcff surrogate", [b"fine", b"\xc3"]])
 def test_prompt_that_is_not_utf8_is_a_sentence(bundles, prompt):
-    with rt.load(bundles / "gpt", backend="ort") as gpt, pytest.raises(InputError, match="not valid UTF-8"):
+    with rt.load(bundles("gpt"), backend="ort") as gpt, pytest.raises(InputError, match="not valid UTF-8"):
         gpt.generate(prompt, 2)
 
 
 def test_bytes_prompt_that_is_utf8_is_text(bundles):
-    with rt.load(bundles / "gpt", backend="ort") as gpt:
+    with rt.load(bundles("gpt"), backend="ort") as gpt:
         assert gpt.generate(b"hi", 3).ids == gpt.generate("hi", 3).ids
 
 
 def test_every_graph_dim_has_a_limit_in_the_manifest(bundles):
     for name, dims in (("gpt", {"batch", "seq", "past"}), ("transformer", {"batch", "src_seq", "tgt_seq", "past"})):
-        manifest = rt.Manifest.load(bundles / name)
+        manifest = rt.Manifest.load(bundles(name))
         assert dims <= set(manifest.dim_limits), name
         positions = manifest.config["max_positions"]
         assert manifest.dim_limits["past"] == positions - 1  # the new token takes position `past`
@@ -92,7 +88,7 @@ def test_old_manifest_without_graph_limits_is_bounded_too(bundles, tmp_path):
     import shutil
 
     art = tmp_path / "old"
-    shutil.copytree(bundles / "gpt", art)
+    shutil.copytree(bundles("gpt"), art)
     data = json.loads((art / "manifest.json").read_text())
     data["dim_limits"].pop("past")  # as exported before graph dims had limits
     (art / "manifest.json").write_text(json.dumps(data))
