@@ -38,7 +38,9 @@ from .targets import TargetSpec
 PRECISIONS = ("fp32", "bf16", "int8", "fp16")
 _TARGET_KIND = {"bf16": "llvm", "int8": "llvm", "fp16": "cuda"}  # where each reduced precision is built
 # bf16 kernels, in order of preference: (cpu features, LLVM attributes)
-BF16_KERNELS = {"amx": (AMX_CPU_FEATURES, AMX_LLVM_ATTRS),
+# An AMX build's decode graphs run the AVX512-BF16 kernel (cpu/bf16.py, amx_rows_lowering): every
+# AMX CPU has it, and the build requires it.
+BF16_KERNELS = {"amx": (AMX_CPU_FEATURES + DPBF16_CPU_FEATURES, AMX_LLVM_ATTRS + DPBF16_LLVM_ATTRS),
                 "avx512bf16": (DPBF16_CPU_FEATURES, DPBF16_LLVM_ATTRS)}
 INT8_KERNELS = {isa.name: isa for isa in (AMX_INT8, VNNI, AVX_VNNI, AVX2)}  # every int8 kernel, by name
 # The kernels "auto" picks from, the fastest first. On a 2-core Emerald Rapids gpt-small and

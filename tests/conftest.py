@@ -40,12 +40,6 @@ def shared_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def build_once() -> Callable[[Path, str, Callable[[Path], None]], Path]:
-    """``built_once`` for fixtures in other folders (the test folders are not packages)."""
-    return built_once
-
-
-@pytest.fixture(scope="session")
 def artifact_root(shared_root) -> Path:
     root = shared_root / "artifacts"
     root.mkdir(exist_ok=True)
@@ -67,6 +61,18 @@ def tiny_artifact(artifact_root):
     return lambda name: built_once(artifact_root, name, build)
 
 
+@pytest.fixture(scope="session")
+def generation_bundle(artifact_root):
+    """name -> a tiny bundle exported with its generation graphs (default init, not compiled),
+    once per test run; a test copies it before compiling into it."""
+    from forgeline.export import ExportOptions, export_model
+
+    def build(out: Path) -> None:
+        export_model(out.name.removesuffix("-exported"), out, ExportOptions())
+
+    return lambda name: built_once(artifact_root, f"{name}-exported", build)
+
+
 @pytest.fixture
 def artifact_copy(tiny_artifact, tmp_path):
     """A private copy of a tiny artifact that a test may damage."""
@@ -82,3 +88,30 @@ def artifact_copy(tiny_artifact, tmp_path):
 @pytest.fixture(autouse=True)
 def _quiet_logs(caplog):
     caplog.set_level(logging.WARNING)
+
+
+# Generation artifacts: tiny models with a wide init. The default init (std 0.02) gives a tiny
+# model near-uniform logits whose greedy continuation is one token repeated; a wide init makes
+# greedy decoding walk through many tokens with clear argmax margins, so token-identical
+# comparisons test something.
+GEN_INIT_STD = 0.3
+
+
+@pytest.fixture(scope="session")
+def gen_artifact(shared_root):
+    """name -> path of a tiny exported + compiled artifact (with generation graphs), built once
+    per test run."""
+    from forgeline.compile import compile_artifact
+    from forgeline.define import build_model, get_config, save_checkpoint
+    from forgeline.export import ExportOptions, export_model
+
+    root = shared_root / "gen-artifacts"
+    root.mkdir(exist_ok=True)
+
+    def build(out: Path) -> None:
+        weights = root / f"{out.name}.safetensors"
+        save_checkpoint(build_model(get_config(out.name, "tiny", init_std=GEN_INIT_STD), seed=3), weights)
+        export_model(out.name, out, ExportOptions(weights=weights, golden_cases=1))
+        compile_artifact(out)
+
+    return lambda name: built_once(root, name, build)

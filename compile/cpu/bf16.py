@@ -86,6 +86,27 @@ def amx_lowering(emulate: bool) -> DenseLowering:
     return bf16_lowering("amx", emulate)
 
 
+# The GELU forms of dpbf16_dense's ``gelu`` argument, by the Relax op fused into the epilogue
+_GELU_KIND = {"relax.nn.gelu": "erf", "relax.nn.gelu_tanh": "tanh"}
+
+
+def amx_rows_lowering(emulate: bool) -> DenseLowering:
+    """An AMX build's graphs of fixed few rows (decode: one per sequence): the ``vdpbf16ps``
+    kernel reading the AMX kernel's own packed weights (``dpbf16_dense(amx_panels=True)``), so
+    every graph of the build shares one copy. A 32-row tile block would compute 32 rows for
+    one; every AMX CPU has AVX512-BF16, and an AMX bf16 build requires it."""
+
+    def build(k: int, n: int, residual: bool, activation: str | None = None):
+        name = f"avx512bf16_amx_panels_dense_{k}x{n}" + ("_residual" if residual else "")
+        gelu = _GELU_KIND[activation] if activation else None
+        func = dpbf16.dpbf16_dense(k, n, residual=residual, gelu=gelu, emulate=emulate, amx_panels=True)
+        return func, name + (f"_{activation.split('.')[-1]}" if activation else "")
+
+    label = "bf16: the avx512bf16 kernel on AMX panels" + (", emulated in TIR loops" if emulate else "")
+    return DenseLowering(label=label, kernel=build, weight_operands=lambda weight: [amx.pack_weight(weight)],
+                         activations=tuple(_GELU_KIND), row_element=amx_bf16_element, row_residual=True)
+
+
 def _router_matmuls(func) -> list:
     """The matmul calls whose result feeds a softmax, directly or through one bias add."""
     from tvm import relax
@@ -211,8 +232,11 @@ def _is_skip(call, other) -> bool:
             and call.ty.shape is not None and tvm_ffi.structural_equal(info.shape, call.ty.shape))
 
 
-def bf16_dense_matmuls(mod, *, emulate: bool = False, kernel: str = "amx"):
-    """Rewrite the dense layers of every Relax function in ``mod`` to the bf16 ``kernel``."""
+def bf16_dense_matmuls(mod, *, emulate: bool = False, kernel: str = "amx", rows: int | None = None):
+    """Rewrite the dense layers of every Relax function in ``mod`` to the bf16 ``kernel``; an AMX
+    build's graphs with a fixed tile height ``rows`` (decode) take ``amx_rows_lowering``."""
+    if kernel == "amx" and rows is not None:
+        return rewrite_dense_layers(mod, amx_rows_lowering(emulate))
     return rewrite_dense_layers(mod, bf16_lowering(kernel, emulate))
 
 

@@ -99,13 +99,21 @@ def bf16_pair(A, row, kk, k: int):
     return _bf16_word(A[row, 2 * kk]) | (high << T.uint32(16))
 
 
-def tile_sums(rows: int, pairs: int, emulate: bool):
+def tile_sums(rows: int, pairs: int, emulate: bool, amx_panels: bool = False):
     """Macro ``(acc0, acc1, Apk, W, row0, panel)``: the fp32 sums of a ``rows`` x 32 register tile,
     rows ``row0..`` of the bf16 pairs Apk against 32-column panel ``panel`` of W, over all
-    ``pairs`` k-pairs, into ``acc0`` (columns 0-15) and ``acc1`` (16-31), rows * 16 floats each."""
+    ``pairs`` k-pairs, into ``acc0`` (columns 0-15) and ``acc1`` (16-31), rows * 16 floats each.
+    With ``amx_panels`` W is the AMX kernel's packing seen as words ``(N/16, K/2, 16)``: columns
+    0-15 of the panel are 16-column panel ``2 panel``, columns 16-31 panel ``2 panel + 1``."""
     from tvm.script import tirx as T
 
     dot = _emulated_dot if emulate else _native_dot
+
+    def low(W, panel, kk):
+        return W[2 * panel, kk, T.ramp(0, 1, LANES)] if amx_panels else W[panel, kk, T.ramp(0, 1, LANES)]
+
+    def high(W, panel, kk):
+        return W[2 * panel + 1, kk, T.ramp(0, 1, LANES)] if amx_panels else W[panel, kk, T.ramp(LANES, 1, LANES)]
 
     @T.macro
     def sums(acc0, acc1, Apk, W, row0, panel):
@@ -116,10 +124,10 @@ def tile_sums(rows: int, pairs: int, emulate: bool):
             for r in T.unroll(rows):
                 acc0[T.ramp(r * LANES, 1, LANES)] = dot(
                     acc0[T.ramp(r * LANES, 1, LANES)], T.Broadcast(Apk[row0 + r, kk], LANES),
-                    W[panel, kk, T.ramp(0, 1, LANES)])
+                    low(W, panel, kk))
                 acc1[T.ramp(r * LANES, 1, LANES)] = dot(
                     acc1[T.ramp(r * LANES, 1, LANES)], T.Broadcast(Apk[row0 + r, kk], LANES),
-                    W[panel, kk, T.ramp(LANES, 1, LANES)])
+                    high(W, panel, kk))
 
     return sums
 
@@ -146,22 +154,31 @@ def _emulated_dot(acc, a, b):
     return (acc + high(a) * high(b)) + low(a) * low(b)
 
 
-def dpbf16_dense(k: int, n: int, *, residual: bool = False, gelu: str | None = None, emulate: bool = False):
+def dpbf16_dense(k: int, n: int, *, residual: bool = False, gelu: str | None = None, emulate: bool = False,
+                 amx_panels: bool = False):
     """The PrimFunc ``(A (m, k) f32, W packed, bias (n,) f32, [R (m, n) f32,] C (m, n) f32)``.
 
     ``m`` is symbolic. ``C = A @ W + bias (+ R)``, the argument order of amx.amx_dense, so the
     Relax rewrite (bf16.py) calls either kernel the same way. ``gelu`` ("erf" or "tanh", not with
     ``residual``) gives ``C = GELU(A @ W + bias)`` (dense_gelu.py fuses it).
+
+    ``amx_panels``: W is packed for the AMX kernel (amx.pack_weight, ``(N/16, K/2, 16, 2)`` uint16).
+    Its words are this kernel's pairs, even k in the low half, in 16-column panels, so the kernel
+    reads them in place through a uint32 view: an AMX build's decode graphs (one row per
+    sequence, where a 32-row tile block would be 31/32 padding) run here on the weights the
+    build's other graphs use, stored once.
     """
     from tvm.script import tirx as T
 
+    from . import amx
     from .epilogues import gelu as gelu_of
 
     if gelu is not None and residual:
         raise ValueError("a dense kernel fuses GELU or a residual, not both.")
     pairs = padded(k, 2) // 2
     panels = padded(n, PANEL_COLS) // PANEL_COLS
-    w_shape = packed_shape(k, n)
+    w_shape, w_dtype = (amx.packed_shape(k, n), "uint16") if amx_panels else (packed_shape(k, n), "uint32")
+    words = (w_shape[0], w_shape[1], w_shape[2])  # the view the tiles read: (panels, k-pairs, words)
     vec_chunks, vec_tail = divmod(pairs, LANES)
 
     def _epilogue(value, bias, res, row, col):  # resolved as the kernel is built
@@ -174,7 +191,7 @@ def dpbf16_dense(k: int, n: int, *, residual: bool = False, gelu: str | None = N
         return bf16_pair(A, row, kk, k)
 
     def tile(rows: int):
-        sums = tile_sums(rows, pairs, emulate)
+        sums = tile_sums(rows, pairs, emulate, amx_panels)
 
         @T.macro
         def _tile(Apk, W, Bias, R, C, row0, panel):
@@ -236,23 +253,25 @@ def dpbf16_dense(k: int, n: int, *, residual: bool = False, gelu: str | None = N
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         m = T.int64()
         A = T.match_buffer(a, (m, k), "float32")
-        W = T.match_buffer(w, w_shape, "uint32")
+        W = T.match_buffer(w, w_shape, w_dtype)
         Bias = T.match_buffer(b, (n,), "float32")
         C = T.match_buffer(c, (m, n), "float32")
+        Wv = T.decl_buffer(words, "uint32", data=W.data)
         with T.attr(0, "pragma_import_llvm", DPBF16_IR):
-            _body(A, W, Bias, C, C, m)  # R unused without a residual
+            _body(A, Wv, Bias, C, C, m)  # R unused without a residual
 
     @T.prim_func(private=True)
     def dense_residual(a: T.handle, w: T.handle, b: T.handle, r: T.handle, c: T.handle):
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         m = T.int64()
         A = T.match_buffer(a, (m, k), "float32")
-        W = T.match_buffer(w, w_shape, "uint32")
+        W = T.match_buffer(w, w_shape, w_dtype)
         Bias = T.match_buffer(b, (n,), "float32")
         R = T.match_buffer(r, (m, n), "float32")
         C = T.match_buffer(c, (m, n), "float32")
+        Wv = T.decl_buffer(words, "uint32", data=W.data)
         with T.attr(0, "pragma_import_llvm", DPBF16_IR):
-            _body(A, W, Bias, R, C, m)
+            _body(A, Wv, Bias, R, C, m)
 
     return dense_residual if residual else dense
 

@@ -143,7 +143,7 @@ def precision_graph(mod, precision: str = "fp32", gemm_rows: int | None = None, 
         experts = int8_experts(precision)
     elif precision != "fp32":
         kernel = "avx512bf16" if "avx512bf16" in precision else "amx"
-        mod = bf16_dense_matmuls(mod, emulate=precision.endswith("-emulated"), kernel=kernel)
+        mod = bf16_dense_matmuls(mod, emulate=precision.endswith("-emulated"), kernel=kernel, rows=gemm_rows)
         experts = bf16_experts(precision)
         if kernel == "avx512bf16":
             mod = fuse_dense_gelu(mod, emulate=precision.endswith("-emulated"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 
 import numpy as np
@@ -63,6 +64,27 @@ def test_emulated_bf16_build_matches_eager_fp32_within_bf16_tolerance(moe_bundle
     assert manifest.stages[f"tvm/{tag}"].tolerance == tol
     _check_against_eager(moe_bundle, tag)
     assert_tied_table_stored_once(moe_bundle, build)
+
+
+def test_amx_decode_graph_runs_vdpbf16ps_on_the_amx_panels_stored_once(generation_bundle, tmp_path):
+    """An AMX bf16 build (emulated here, so on any host) keeps AMX tiles for main and prefill and
+    gives its decode graph (one row per sequence) the vdpbf16ps kernel reading the same packed
+    weights; checked against eager fp32, generation included, and every weight stored once."""
+    from safetensors.numpy import load_file
+
+    out = tmp_path / "gpt"
+    shutil.copytree(generation_bundle("gpt"), out)
+    manifest = compile_artifact(out, CompileOptions(precision="bf16", emulate_amx=True))
+    (tag,) = [t for t in manifest.builds if t.endswith("-bf16emu")]
+    build = manifest.builds[tag]
+    stage = manifest.stages[f"tvm/{tag}"]
+    assert stage.passed and any(row.case.endswith("/generation") for row in stage.parity)
+    decode = (out / build.graph_libs["decode"]).read_bytes()
+    assert b"avx512bf16_amx_panels_dense" in decode and b"amx_dense" not in decode
+    assert b"amx_dense" in (out / build.lib).read_bytes()
+    stored = {k: v for k, v in load_file(str(out / build.params_file)).items() if not k.startswith("__pad")}
+    assert len({(a.dtype.str, a.shape, a.tobytes()) for a in stored.values()}) == len(stored)
+    assert set(build.lib_params[build.graph_libs["decode"]]) <= set(build.lib_params[build.lib])
 
 
 def test_bf16_kernel_follows_the_cpu_and_a_cpu_without_either_is_refused():

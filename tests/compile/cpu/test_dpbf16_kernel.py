@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from forgeline.compile.cpu import amx
 from forgeline.compile.cpu.dpbf16 import TILE_ROWS, dpbf16_dense, pack_weight
 from forgeline.runtime.host import read_cpu_features
 
@@ -23,10 +24,11 @@ ROWS = [1, 3, 4, 5, TILE_ROWS, TILE_ROWS + 1, 29, 128]
 
 
 def _build(k: int, n: int, *, emulate: bool, residual: bool = False, gelu: str | None = None,
-           target: dict = PLAIN_TARGET):
+           target: dict = PLAIN_TARGET, amx_panels: bool = False):
     import tvm
 
-    func = dpbf16_dense(k, n, residual=residual, gelu=gelu, emulate=emulate).with_attr("global_symbol", "main")
+    func = dpbf16_dense(k, n, residual=residual, gelu=gelu, emulate=emulate, amx_panels=amx_panels)
+    func = func.with_attr("global_symbol", "main")
     return tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target(target))
 
 
@@ -35,24 +37,24 @@ def _torch_bf16(values: np.ndarray) -> np.ndarray:
     return torch.from_numpy(values).to(torch.bfloat16).to(torch.float64).numpy()
 
 
-def _run(lib, a, w, bias, skip=None):
+def _run(lib, a, w, bias, skip=None, pack=pack_weight):
     import tvm
 
     out = tvm.runtime.tensor(np.full((a.shape[0], w.shape[1]), np.nan, np.float32))
     extra = [] if skip is None else [tvm.runtime.tensor(skip)]
-    lib["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(pack_weight(w)), tvm.runtime.tensor(bias),
+    lib["main"](tvm.runtime.tensor(a), tvm.runtime.tensor(pack(w)), tvm.runtime.tensor(bias),
                 *extra, out)
     return out.numpy()
 
 
-def _check(lib, k: int, n: int, *, residual: bool = False) -> None:
+def _check(lib, k: int, n: int, *, residual: bool = False, pack=pack_weight) -> None:
     rng = np.random.default_rng(k * 1000 + n)
     w = rng.standard_normal((k, n)).astype(np.float32)
     bias = rng.standard_normal(n).astype(np.float32)
     for m in ROWS:  # one build serves every row count: m is symbolic
         a = rng.standard_normal((m, k)).astype(np.float32)
         skip = rng.standard_normal((m, n)).astype(np.float32) if residual else None
-        got = _run(lib, a, w, bias, skip)
+        got = _run(lib, a, w, bias, skip, pack)
         want = _torch_bf16(a) @ _torch_bf16(w) + bias + (0 if skip is None else skip)
         # fp32 accumulation of k exact bf16 products: error ~ k * 2^-24 * sum|a w|
         scale = np.abs(_torch_bf16(a)) @ np.abs(_torch_bf16(w)) + 1
@@ -87,6 +89,14 @@ def test_emulated_kernel_adds_bias_and_residual():
     _check(_build(64, 48, emulate=True, residual=True), 64, 48, residual=True)
 
 
+@pytest.mark.parametrize("residual", [False, True])
+def test_emulated_kernel_reads_the_amx_kernels_panels(residual):
+    """An AMX build's decode graphs: the same sums from amx.pack_weight's (N/16, K/2, 16, 2) panels,
+    K padded to 32 there (51 -> 64) and N to 32 (70 -> 96)."""
+    _check(_build(51, 70, emulate=True, residual=residual, amx_panels=True), 51, 70, residual=residual,
+           pack=amx.pack_weight)
+
+
 def test_native_kernel_is_built_on_vdpbf16ps(native_51x70):
     asm = native_51x70.mod.inspect_source("asm")
     mnemonics = {line.split()[0] for line in asm.splitlines() if line.strip()}
@@ -101,6 +111,12 @@ NO_DPBF16 = pytest.mark.skipif(not HAS_DPBF16, reason="this CPU has no AVX512-BF
 @NO_DPBF16
 def test_native_kernel_matches_numpy(native_51x70):
     _check(native_51x70, 51, 70)
+
+
+@NO_DPBF16
+def test_native_kernel_reads_the_amx_kernels_panels():
+    lib = _build(256, 96, emulate=False, residual=True, target=NATIVE_TARGET, amx_panels=True)
+    _check(lib, 256, 96, residual=True, pack=amx.pack_weight)
 
 
 @NO_DPBF16

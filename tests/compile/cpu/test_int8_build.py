@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -38,10 +40,11 @@ def _worst_error(root, tag) -> float:
 
 
 @pytest.mark.skipif(not HAS_AVX2, reason="int8 needs AVX2 (or AVX512-VNNI) on this CPU")
-def test_int8_gpt_with_generation_graphs_via_the_cli(tmp_path, capsys, assert_tied_table_stored_once):
+def test_int8_gpt_with_generation_graphs_via_the_cli(generation_bundle, tmp_path, capsys,
+                                                     assert_tied_table_stored_once):
     """compile --precision int8 and check, on the host's own kernel; prefill/decode checked too."""
     out = tmp_path / "gpt"
-    export_model("gpt", out, ExportOptions())
+    shutil.copytree(generation_bundle("gpt"), out)
     assert main(["-q", "compile", str(out), "--precision", "int8"]) == 0
     manifest = Manifest.load(out)
     (tag,) = [t for t, b in manifest.builds.items() if b.precision == "int8"]
