@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,7 +82,11 @@ def _import_onnx(onnx_path: Path, shape_dict: dict[str, list[int]] | None = None
     transposed = fold_weight_transposes(model)
     op_types = sorted({node.op_type for node in model.graph.node})
     try:
-        with external_data_from(onnx_path.parent, transposed):
+        with external_data_from(onnx_path.parent, transposed), warnings.catch_warnings():
+            # from_onnx runs the ONNX checker on the graph loaded without its weights, which then
+            # reports each external tensor as "not regular file" (a UserWarning per weight); the
+            # export already checked the model with its weights (export/onnx_export.py, onnx_source.py).
+            warnings.filterwarnings("ignore", message="Data of TensorProto", category=UserWarning)
             mod = from_onnx(model, shape_dict=shape_dict, keep_params_in_input=False)
     except Exception as exc:  # noqa: BLE001 - the importer raises many TVM/Python error types
         reraise_if_interrupted(exc)

@@ -5,8 +5,9 @@ Every backend runs in this one process on the same inputs, interleaved in rounds
 from the artifact's weights.safetensors: max abs diff, the fp32 tolerance (runtime/format.py),
 and top-1 agreement of the first output (the logits). Accuracy is measured on the timed inputs
 and ``heldout`` more random inputs of the same shape (other seeds): at 1x128 the timed inputs
-alone are 128 positions, where one near-tie moves top-1 by 0.8%. Ratios are p50 / ONNX Runtime's p50 and
-p50 / OpenVINO f32's p50 (lower is faster). A peer that is not installed is reported as such.
+alone are 128 positions, where one near-tie moves top-1 by 0.8%. Ratios are p50 / ONNX
+Runtime's p50 and p50 / OpenVINO f32's p50 (lower is faster). A peer that is not installed is
+reported as such.
 """
 
 from __future__ import annotations
