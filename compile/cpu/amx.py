@@ -104,6 +104,18 @@ def task_group(tasks):
     return T.max(T.int64(1), tasks // GROUPS)
 
 
+def task_groups(tasks):
+    """Parallel groups that cover ``tasks`` tasks."""
+    return (tasks + task_group(tasks) - 1) // task_group(tasks)
+
+
+def group_end(group, tasks):
+    """One past the last task of ``group`` (the last group may be partial)."""
+    from tvm.script import tirx as T
+
+    return T.min((group + 1) * task_group(tasks), tasks)
+
+
 def row_chunks(rows):
     """Chunks of CHUNK_BLOCKS row blocks that cover ``rows``."""
     return (row_blocks(rows) + CHUNK_BLOCKS - 1) // CHUNK_BLOCKS
@@ -158,8 +170,8 @@ def amx_dense(k: int, n: int, *, residual: bool = False, emulate: bool = False,
         ops.block(Abf, W, scratch, 0, 0, BLOCK_COLS, block * BLOCK_ROWS, pair * 2, k_pad)
         _from_scratch(C, Bias, R, scratch, block * BLOCK_ROWS, pair * BLOCK_COLS, m)
 
-    def group_size(m):  # tasks per ldtilecfg
-        return task_group(row_chunks(m) * pairs)
+    def tasks(m):  # (chunk of row blocks, panel pair)
+        return row_chunks(m) * pairs
 
     @T.macro
     def _body(A, W, Bias, R, C, m):
@@ -176,16 +188,13 @@ def amx_dense(k: int, n: int, *, residual: bool = False, emulate: bool = False,
         # thread's consecutive tasks reuse one chunk of A from L2 while B's panels stream past.
         cfg = T.decl_buffer((64,), "uint8")  # filled once, read by every group's ldtilecfg
         ops.fill_config(cfg)
-        for group in T.parallel((row_chunks(m) * pairs + group_size(m) - 1) // group_size(m)):
+        for group in T.parallel(task_groups(tasks(m))):
             scratch = T.decl_buffer((BLOCK_ROWS, BLOCK_COLS), "float32", scope="local")  # 4 KB, per group
             ops.load_config(cfg)
-            for t in range(group_size(m)):
-                if group * group_size(m) + t < row_chunks(m) * pairs:
-                    for inner in range(CHUNK_BLOCKS):
-                        if (group * group_size(m) + t) // pairs * CHUNK_BLOCKS + inner < row_blocks(m):
-                            _block(Abf, W, Bias, R, C, scratch,
-                                   (group * group_size(m) + t) // pairs * CHUNK_BLOCKS + inner,
-                                   (group * group_size(m) + t) % pairs, m)
+            for task in range(group * task_group(tasks(m)), group_end(group, tasks(m))):
+                for inner in range(CHUNK_BLOCKS):
+                    if task // pairs * CHUNK_BLOCKS + inner < row_blocks(m):
+                        _block(Abf, W, Bias, R, C, scratch, task // pairs * CHUNK_BLOCKS + inner, task % pairs, m)
             ops.release()
 
     @T.prim_func(private=True)
@@ -213,4 +222,5 @@ def amx_dense(k: int, n: int, *, residual: bool = False, emulate: bool = False,
 
 
 __all__ = ["AMX_CPU_FEATURES", "AMX_LLVM_ATTRS", "amx_dense", "bf16_bits", "bf16_round",
-           "pack_weight", "packed_shape", "padded", "row_blocks", "row_chunks", "task_group"]
+           "pack_weight", "packed_shape", "padded", "row_blocks", "row_chunks", "group_end",
+           "task_group", "task_groups"]

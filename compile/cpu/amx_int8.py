@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .amx import BLOCK_COLS, BLOCK_ROWS, CHUNK_BLOCKS, padded, row_blocks, row_chunks, task_group
+from .amx import (BLOCK_COLS, BLOCK_ROWS, CHUNK_BLOCKS, group_end, padded, row_blocks, row_chunks, task_group,
+                  task_groups)
 from .amx_int8_tiles import TILE_K
 from .int8 import VNNI, Int8Isa, quantize_rows
 from .int8 import pack_weight as pack_vnni_weight
@@ -105,8 +106,8 @@ def amx_int8_dense(k: int, n: int, *, residual: bool = False, emulate: bool = Fa
         ops.block(Aq, W, scratch, 0, 0, BLOCK_COLS, b * BLOCK_ROWS, pair * 2, k_pad)
         from_scratch(C, Sa, Sw, Bias, R, scratch, b * BLOCK_ROWS, pair * BLOCK_COLS, m)
 
-    def group_size(m):  # tasks per ldtilecfg
-        return task_group(row_chunks(m) * pairs)
+    def tasks(m):  # (chunk of row blocks, panel pair)
+        return row_chunks(m) * pairs
 
     @T.macro
     def body(A, W, Sw, Bias, R, C, m):
@@ -117,16 +118,14 @@ def amx_int8_dense(k: int, n: int, *, residual: bool = False, emulate: bool = Fa
         cfg = T.decl_buffer((64,), "uint8")  # filled once, read by every group's ldtilecfg
         ops.fill_config(cfg)
         # tasks as in amx.py, in groups that load the tile configuration once
-        for group in T.parallel((row_chunks(m) * pairs + group_size(m) - 1) // group_size(m)):
+        for group in T.parallel(task_groups(tasks(m))):
             scratch = T.decl_buffer((BLOCK_ROWS, BLOCK_COLS), "float32", scope="local")  # int32 bits
             ops.load_config(cfg)
-            for t in range(group_size(m)):
-                if group * group_size(m) + t < row_chunks(m) * pairs:
-                    for inner in range(CHUNK_BLOCKS):
-                        if (group * group_size(m) + t) // pairs * CHUNK_BLOCKS + inner < row_blocks(m):
-                            block(Aq, W, Sa, Sw, Bias, R, C, scratch,
-                                  (group * group_size(m) + t) // pairs * CHUNK_BLOCKS + inner,
-                                  (group * group_size(m) + t) % pairs, m)
+            for task in range(group * task_group(tasks(m)), group_end(group, tasks(m))):
+                for inner in range(CHUNK_BLOCKS):
+                    if task // pairs * CHUNK_BLOCKS + inner < row_blocks(m):
+                        block(Aq, W, Sa, Sw, Bias, R, C, scratch, task // pairs * CHUNK_BLOCKS + inner,
+                              task % pairs, m)
             ops.release()
 
     @T.prim_func(private=True)

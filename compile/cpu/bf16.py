@@ -31,7 +31,7 @@ import numpy as np
 from forgeline.compile.dense_layers import dense_shape
 
 from . import amx, dpbf16
-from .epilogues import GELU
+from .epilogues import GELU, GELU_OPS
 from .packed_rows import amx_bf16_element, bf16_residual, dpbf16_element, rows_kernel, with_residual
 from .tied_rows import call_rows, equal_transposed, is_row_lookup, row_lookup_pattern
 
@@ -86,10 +86,6 @@ def amx_lowering(emulate: bool) -> DenseLowering:
     return bf16_lowering("amx", emulate)
 
 
-# The GELU forms of dpbf16_dense's ``gelu`` argument, by the Relax op fused into the epilogue
-_GELU_KIND = {"relax.nn.gelu": "erf", "relax.nn.gelu_tanh": "tanh"}
-
-
 def amx_rows_lowering(emulate: bool) -> DenseLowering:
     """An AMX build's graphs of fixed few rows (decode: one per sequence): the ``vdpbf16ps``
     kernel reading the AMX kernel's own packed weights (``dpbf16_dense(amx_panels=True)``), so
@@ -98,13 +94,13 @@ def amx_rows_lowering(emulate: bool) -> DenseLowering:
 
     def build(k: int, n: int, residual: bool, activation: str | None = None):
         name = f"avx512bf16_amx_panels_dense_{k}x{n}" + ("_residual" if residual else "")
-        gelu = _GELU_KIND[activation] if activation else None
+        gelu = GELU_OPS[activation] if activation else None
         func = dpbf16.dpbf16_dense(k, n, residual=residual, gelu=gelu, emulate=emulate, amx_panels=True)
         return func, name + (f"_{activation.split('.')[-1]}" if activation else "")
 
     label = "bf16: the avx512bf16 kernel on AMX panels" + (", emulated in TIR loops" if emulate else "")
     return DenseLowering(label=label, kernel=build, weight_operands=lambda weight: [amx.pack_weight(weight)],
-                         activations=tuple(_GELU_KIND), row_element=amx_bf16_element, row_residual=True)
+                         activations=tuple(GELU_OPS), row_element=amx_bf16_element, row_residual=True)
 
 
 def _router_matmuls(func) -> list:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 
 from .dpbf16 import dpbf16_dense
+from .epilogues import GELU_OPS
 
 logger = logging.getLogger(__name__)
 KERNEL_PREFIX = "avx512bf16_dense_"  # the names bf16.py gives this kernel's PrimFuncs
-_GELU_OPS = {"relax.nn.gelu": "erf", "relax.nn.gelu_tanh": "tanh"}
 
 
 def fuse_dense_gelu(mod, *, emulate: bool = False):
@@ -50,7 +50,7 @@ def fuse_dense_gelu(mod, *, emulate: bool = False):
     rewritten = {}
     for gvar, func in list(mod.functions.items()):
         if isinstance(func, relax.Function):
-            for op, kind in _GELU_OPS.items():
+            for op, kind in GELU_OPS.items():
                 func = rewrite_call(is_op(op)(reshape), fuse(kind), func)
             rewritten[gvar] = func
     out = builder.get()

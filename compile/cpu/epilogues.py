@@ -50,7 +50,9 @@ def gelu(x, kind: str):
     return T.float32(0.5) * x * (T.float32(1.0) + inner)
 
 
+# Relax op -> its GELU form: nn.gelu the erf form, nn.gelu_tanh (GPT-2's) the tanh form
+GELU_OPS = {"relax.nn.gelu": "erf", "relax.nn.gelu_tanh": "tanh"}
 # Relax op -> its epilogue form, for lowerings that fuse the GELU after a dense layer (int8.py)
-GELU = {"relax.nn.gelu": lambda x: gelu(x, "erf"), "relax.nn.gelu_tanh": lambda x: gelu(x, "tanh")}
+GELU = {op: (lambda x, kind=kind: gelu(x, kind)) for op, kind in GELU_OPS.items()}
 
-__all__ = ["GELU", "GELU_KINDS", "gelu"]
+__all__ = ["GELU", "GELU_KINDS", "GELU_OPS", "gelu"]

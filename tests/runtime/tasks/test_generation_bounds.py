@@ -1,9 +1,8 @@
 """Bounded generation: every symbolic dim is limited, max_new_tokens is a positive int, bad text is refused.
 
 These checks come before any graph runs, so the shared generation artifacts on ONNX Runtime are
-enough here;
-``past`` is also checked on the compiled TVM decode graph, where an over-long cache read out of
-bounds (garbage at 64-1000, a segfault at 100,000) before.
+enough here; ``past`` is also checked on the compiled TVM decode graph, where an over-long cache
+read out of bounds (garbage at 64-1000, a segfault at 100,000) before.
 """
 
 from __future__ import annotations
@@ -17,23 +16,17 @@ import forgeline.runtime as rt
 from forgeline.runtime.errors import ConfigError, InputError
 
 
-@pytest.fixture(scope="module")
-def bundles(gen_artifact):
-    """name -> a tiny gpt or transformer artifact with its generation graphs (read-only)."""
-    return gen_artifact
-
-
 @pytest.mark.parametrize("bad", [0, -1, 3.5, None, True, "8"])
-def test_max_new_tokens_must_be_a_positive_int(bundles, bad):
-    with rt.load(bundles("gpt"), backend="ort") as gpt, rt.load(bundles("transformer"), backend="ort") as tr:
+def test_max_new_tokens_must_be_a_positive_int(gen_artifact, bad):
+    with rt.load(gen_artifact("gpt"), backend="ort") as gpt, rt.load(gen_artifact("transformer"), backend="ort") as tr:
         with pytest.raises(ConfigError, match="max_new_tokens"):
             gpt.generate([1, 2, 3], bad)
         with pytest.raises(ConfigError, match="max_new_tokens"):
             tr.translate([5, 6, 7], bad, bos_id=1)
 
 
-def test_prompt_plus_new_tokens_must_fit_the_position_table(bundles):
-    with rt.load(bundles("gpt"), backend="ort") as gpt:
+def test_prompt_plus_new_tokens_must_fit_the_position_table(gen_artifact):
+    with rt.load(gen_artifact("gpt"), backend="ort") as gpt:
         limit = gpt.manifest.config["max_positions"]
         with pytest.raises(InputError, match=f"exceed the model's {limit} positions"):
             gpt.generate([1] * 10, limit - 9)
@@ -41,25 +34,25 @@ def test_prompt_plus_new_tokens_must_fit_the_position_table(bundles):
 
 
 @pytest.mark.parametrize("temperature", [float("nan"), float("inf"), -1.0])
-def test_temperature_must_be_finite(bundles, temperature):
-    with rt.load(bundles("gpt"), backend="ort") as gpt, pytest.raises(ConfigError, match="temperature"):
+def test_temperature_must_be_finite(gen_artifact, temperature):
+    with rt.load(gen_artifact("gpt"), backend="ort") as gpt, pytest.raises(ConfigError, match="temperature"):
         gpt.generate([1, 2], 4, temperature=temperature)
 
 
 @pytest.mark.parametrize("prompt", [b"ok \xff\xfe", "bad \udcff surrogate", [b"fine", b"\xc3"]])
-def test_prompt_that_is_not_utf8_is_a_sentence(bundles, prompt):
-    with rt.load(bundles("gpt"), backend="ort") as gpt, pytest.raises(InputError, match="not valid UTF-8"):
+def test_prompt_that_is_not_utf8_is_a_sentence(gen_artifact, prompt):
+    with rt.load(gen_artifact("gpt"), backend="ort") as gpt, pytest.raises(InputError, match="not valid UTF-8"):
         gpt.generate(prompt, 2)
 
 
-def test_bytes_prompt_that_is_utf8_is_text(bundles):
-    with rt.load(bundles("gpt"), backend="ort") as gpt:
+def test_bytes_prompt_that_is_utf8_is_text(gen_artifact):
+    with rt.load(gen_artifact("gpt"), backend="ort") as gpt:
         assert gpt.generate(b"hi", 3).ids == gpt.generate("hi", 3).ids
 
 
-def test_every_graph_dim_has_a_limit_in_the_manifest(bundles):
+def test_every_graph_dim_has_a_limit_in_the_manifest(gen_artifact):
     for name, dims in (("gpt", {"batch", "seq", "past"}), ("transformer", {"batch", "src_seq", "tgt_seq", "past"})):
-        manifest = rt.Manifest.load(bundles(name))
+        manifest = rt.Manifest.load(gen_artifact(name))
         assert dims <= set(manifest.dim_limits), name
         positions = manifest.config["max_positions"]
         assert manifest.dim_limits["past"] == positions - 1  # the new token takes position `past`
@@ -84,11 +77,11 @@ def test_decode_past_beyond_the_position_table_is_refused_on_tvm(gen_artifact):
                 model.run_graph("decode", **_decode_inputs(model.manifest, past))
 
 
-def test_old_manifest_without_graph_limits_is_bounded_too(bundles, tmp_path):
+def test_old_manifest_without_graph_limits_is_bounded_too(gen_artifact, tmp_path):
     import shutil
 
     art = tmp_path / "old"
-    shutil.copytree(bundles("gpt"), art)
+    shutil.copytree(gen_artifact("gpt"), art)
     data = json.loads((art / "manifest.json").read_text())
     data["dim_limits"].pop("past")  # as exported before graph dims had limits
     (art / "manifest.json").write_text(json.dumps(data))
