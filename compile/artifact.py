@@ -35,6 +35,7 @@ from .guards import watch_interrupts
 from .targets import resolve_target
 from .tuning import TuneOptions, tune_artifact
 from .tvm_build import build_tvm
+from .vm_exec import DEFAULT_CPU_VM, check_vm_mode, vm_mode_for
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,9 @@ class CompileOptions:
     # Attention's batched matmuls (QK^T, PV): "fp32", or "reduced" for bf16 operands with fp32 sums
     # in a bf16 or int8 build (cpu/attention_bf16.py); the build's tag then ends in "-attnbf16".
     attention_precision: str = "fp32"
+    # How the Relax VM runs a CPU build's graphs: "compiled" (native code) or "bytecode"
+    # (interpreted, which `forgeline bench --profile` needs); CUDA builds are bytecode (vm_exec.py).
+    vm: str = DEFAULT_CPU_VM
 
     @property
     def emulated(self) -> bool:
@@ -73,6 +77,7 @@ def resolve_precision_plan(options: CompileOptions, tune: TuneOptions | None = N
     if tune is not None and options.precision == "fp16":
         raise ConfigError("Tuning a CUDA build searches fp32 schedules only; build --precision fp16 "
                           "without the tuning flags.")
+    check_vm_mode(options.vm)
     spec = resolve_target(options.target, arch=options.arch, mcpu=options.mcpu, num_cores=options.num_cores)
     host_features = None if options.mcpu else read_cpu_features()  # an explicit mcpu: a cross build
     plan = plan_precision(spec, options.precision, host_features=host_features,
@@ -138,10 +143,11 @@ def _build_into(root: Path, manifest: Manifest, plan: PrecisionPlan, staged: Pat
     from forgeline.runtime.format import sha256_file
 
     spec, precision = plan.spec, plan.kernels
+    vm = vm_mode_for(spec.kind, options.vm)
     rel = lambda name: f"{TVM_DIR}/{staged.name}/{name}"  # noqa: E731 - paths inside the artifact
     store = ParamStoreWriter(staged / PARAMS_FILE)
     try:
-        build, files = _build_libraries(root, manifest, spec, staged, precision, store)
+        build, files = _build_libraries(root, manifest, spec, staged, precision, store, vm)
         written = store.finish()
     except BaseException:
         store.abandon()
@@ -157,23 +163,23 @@ def _build_into(root: Path, manifest: Manifest, plan: PrecisionPlan, staged: Pat
 
 
 def _build_libraries(root: Path, manifest: Manifest, spec, staged: Path, precision: str,
-                     store: ParamStoreWriter) -> tuple[BuildRecord, dict[str, str]]:
+                     store: ParamStoreWriter, vm: str) -> tuple[BuildRecord, dict[str, str]]:
     """The main library and the extra graphs' ones; their weights go to ``store``, each tensor once."""
     from forgeline.runtime.format import sha256_file
 
     with progress.stage(f"compile for {spec.tag}"):
-        result = build_tvm(root / ONNX_FILE, spec, staged, precision=precision, lift=True)
+        result = build_tvm(root / ONNX_FILE, spec, staged, precision=precision, lift=True, vm=vm)
     rel = lambda name: f"{TVM_DIR}/{staged.name}/{name}"  # noqa: E731 - paths inside the artifact
     build = BuildRecord(
         tag=spec.tag, kind=spec.kind, target=spec.target, requires=spec.requires, lib=rel(result.lib_file),
         codegen_only=result.codegen_only, note=result.note, build_seconds=round(result.seconds, 2),
-        unscheduled=result.unscheduled, dense_layers=result.dense_layers,
+        unscheduled=result.unscheduled, dense_layers=result.dense_layers, vm=vm,
     )
     build.lib_params[build.lib] = store.add(result.params)
     files = {rel(name): sha256_file(root / rel(name)) for name in [result.lib_file, *result.extra_files]}
     del result  # its weights are in the store's file now
     release_freed_memory()
-    build.graph_libs = _build_graphs(root, manifest, spec, staged, files, precision, store, build.lib_params)
+    build.graph_libs = _build_graphs(root, manifest, spec, staged, files, precision, store, build.lib_params, vm)
     return build, files
 
 
@@ -216,7 +222,8 @@ def _rebase(build: BuildRecord, files: dict[str, str], old: str, new: str) -> tu
 
 
 def _build_graphs(root: Path, manifest: Manifest, spec, build_dir: Path, files: dict[str, str],
-                  precision: str, store: ParamStoreWriter, lib_params: dict[str, list[str]]) -> dict[str, str]:
+                  precision: str, store: ParamStoreWriter, lib_params: dict[str, list[str]],
+                  vm: str) -> dict[str, str]:
     """Build each extra graph (KV-cache prefill/decode, ...) into <build_dir>/<graph>/; lib paths by name.
 
     A graph that does not compile fails the whole build with a sentence naming it.
@@ -230,7 +237,7 @@ def _build_graphs(root: Path, manifest: Manifest, spec, build_dir: Path, files: 
         try:
             with progress.stage(f"compile the {name} graph"):
                 result = build_tvm(root / graph.onnx, spec, build_dir / name, gemm_rows=rows, precision=precision,
-                                   lift=True)
+                                   lift=True, vm=vm)
         except CompileError as exc:
             raise CompileError(f"The {name} graph of {manifest.name} did not compile for {spec.tag}, so "
                                f"the build is incomplete and was removed: {exc}") from exc

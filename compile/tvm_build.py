@@ -28,6 +28,7 @@ from forgeline.compile.owned_module import OwnedModule
 from forgeline.compile.params_lift import LiftedParams
 from forgeline.compile.shape_division import floor_shape_divisions
 from forgeline.compile.targets import TargetSpec
+from forgeline.compile.vm_exec import DEFAULT_CPU_VM, build_executable, vm_mode_for
 from forgeline.compile.weight_transposes import TransposedWeight, fold_weight_transposes, read_weight
 from forgeline.runtime.memory import release_freed_memory
 from forgeline.runtime.errors import ArtifactError, CompileError, MissingDependencyError, error_summary
@@ -174,7 +175,8 @@ def _codegen_environment(spec: TargetSpec):
 
 
 def _compile(tvm, owned: OwnedModule, spec: TargetSpec, gemm_rows: int | None = None,
-             unscheduled: list[str] | None = None, precision: str = "fp32", lifted: LiftedParams | None = None):
+             unscheduled: list[str] | None = None, precision: str = "fp32", lifted: LiftedParams | None = None,
+             vm: str = DEFAULT_CPU_VM):
     """Run the pipeline on the module ``owned`` holds (taken from it) and generate code."""
     from tvm.target import Target
 
@@ -193,7 +195,7 @@ def _compile(tvm, owned: OwnedModule, spec: TargetSpec, gemm_rows: int | None = 
                 with target:
                     lowered = run_cpu_pipeline(owned, target, gemm_rows=gemm_rows, unscheduled=unscheduled,
                                                precision=precision, lifted=lifted)
-                executable = tvm.compile(lowered, target=target, relax_pipeline=None)
+                executable = build_executable(lowered, target, vm)
     except CompileError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -206,7 +208,8 @@ def _compile(tvm, owned: OwnedModule, spec: TargetSpec, gemm_rows: int | None = 
 
 
 def build_tvm(onnx_path: Path, spec: TargetSpec, out_dir: Path, *,
-              gemm_rows: int | None = None, precision: str = "fp32", lift: bool = False) -> TvmBuildResult:
+              gemm_rows: int | None = None, precision: str = "fp32", lift: bool = False,
+              vm: str = DEFAULT_CPU_VM) -> TvmBuildResult:
     """Compile ``onnx_path`` for ``spec`` into ``out_dir/model.so``.
 
     With ``lift`` the library holds kernels only and its weights come back in ``result.params``
@@ -214,7 +217,8 @@ def build_tvm(onnx_path: Path, spec: TargetSpec, out_dir: Path, *,
 
     ``gemm_rows`` fixes the CPU GEMM tile height (cpu.matmul.DECODE_ROWS for a decode graph);
     ``precision``: "bf16" puts CPU dense layers on AMX (cpu.pipeline.apply_cpu_defaults), "fp16" casts
-    CUDA matmuls to fp16 on tensor cores (fp32 accumulation).
+    CUDA matmuls to fp16 on tensor cores (fp32 accumulation); ``vm`` how the Relax VM runs a CPU
+    build's graph (vm_exec.py; CUDA builds are bytecode).
     """
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     if not onnx_path.is_file():
@@ -223,11 +227,12 @@ def build_tvm(onnx_path: Path, spec: TargetSpec, out_dir: Path, *,
     started = time.perf_counter()
     logger.info("Building %s for %s: %s", onnx_path, spec.tag, spec.target)
     with watch_interrupts(), native_log_to(logger):
-        return _build(onnx_path, spec, out_dir, gemm_rows, precision, started, LiftedParams() if lift else None)
+        return _build(onnx_path, spec, out_dir, gemm_rows, precision, started, LiftedParams() if lift else None,
+                      vm_mode_for(spec.kind, vm))
 
 
 def _build(onnx_path: Path, spec: TargetSpec, out_dir: Path, gemm_rows: int | None, precision: str,
-           started: float, lifted: LiftedParams | None) -> TvmBuildResult:
+           started: float, lifted: LiftedParams | None, vm: str) -> TvmBuildResult:
     tvm, mod = _import_onnx(onnx_path)
     dense = dense_layers(mod) if spec.kind != "cuda" else []
     logger.info("%d dense layer(s) take the %s dense-layer rewrite.", len(dense), precision)
@@ -235,7 +240,7 @@ def _build(onnx_path: Path, spec: TargetSpec, out_dir: Path, gemm_rows: int | No
     owned = OwnedModule(mod)
     del mod  # the pipeline frees the imported weights as it replaces them (owned_module.py)
     release_freed_memory()  # the importer's numpy copies, before the pipeline allocates
-    executable = _compile(tvm, owned, spec, gemm_rows, unscheduled, precision, lifted)
+    executable = _compile(tvm, owned, spec, gemm_rows, unscheduled, precision, lifted, vm)
     # The pipeline's passes (and TVM, which keeps them) still reach ``lifted``: hand its arrays over.
     params = []
     if lifted is not None:

@@ -194,13 +194,14 @@ class BuildRecord:
     graph_libs: dict[str, str] = field(default_factory=dict)  # extra graph name (Manifest.graphs) -> lib path
     note: str = ""
     build_seconds: float = 0.0
-    precision: str = "fp32"  # "fp16" (CUDA): fp16 matmul operands and weights, fp32 accumulation
     # Tuned static-shape builds beside the dynamic lib, keyed "1x128" (sizes in input dim order):
     # {dims, lib, trials, tasks_tuned, tasks_default, tuning_seconds, database_sha256}. The
     # runtime serves one when every symbolic dim of a call equals its dims exactly.
     buckets: dict[str, dict[str, Any]] = field(default_factory=dict)
     unscheduled: list[str] = field(default_factory=list)  # kernels no CPU schedule took (naive loops)
-    precision: str = "fp32"  # of the matmuls: "fp32", "bf16" or "int8" (routers, norms, softmax stay fp32)
+    # Of the matmuls: "fp32", "bf16" or "int8" (CPU; routers, norms, softmax stay fp32), or "fp16"
+    # (CUDA: fp16 matmul operands and weights, fp32 accumulation).
+    precision: str = "fp32"
     tolerance: dict[str, float] = field(default_factory=dict)  # {atol, rtol} this build is held to
     # "KxN" of each matmul with a constant weight that the CPU dense-layer rewrites took (GEMM
     # schedule with packed weights; the reduced-precision kernels), in program order.
@@ -210,6 +211,10 @@ class BuildRecord:
     # ("params"), with "params_file" when it adds tensors the build's file lacks.
     params_file: str = ""
     lib_params: dict[str, list[str]] = field(default_factory=dict)
+    # How the Relax VM runs its libraries' graphs (compile/vm_exec.py): "compiled" (native code, CPU
+    # builds) or "bytecode" (interpreted: CUDA builds, builds made for `forgeline bench --profile`,
+    # and every build from before the field existed).
+    vm: str = "bytecode"
 
     @property
     def parity_tolerance(self) -> Tolerance | None:

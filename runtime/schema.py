@@ -14,6 +14,7 @@ from .errors import ArtifactError
 DTYPES = frozenset({"float32", "float16", "bfloat16", "float64", "int64", "int32", "int16", "int8",
                     "uint8", "bool"})
 BUILD_KINDS = frozenset({"llvm", "cuda"})
+VM_MODES = ("compiled", "bytecode")  # BuildRecord.vm (compile/vm_exec.py)
 SOURCES = ("registry", "module", "onnx")  # format.SOURCE_REFERENCES' keys
 
 
@@ -81,6 +82,8 @@ def check_build(d: Any, where: str) -> None:
         expect(d[key], types, f"{where}.{key}")
     if d["kind"] not in BUILD_KINDS:
         raise _fail(f"{where}.kind", f"is {d['kind']!r}, not one of {', '.join(sorted(BUILD_KINDS))}")
+    if expect(d.get("vm", "bytecode"), str, f"{where}.vm") not in VM_MODES:
+        raise _fail(f"{where}.vm", f"is {d['vm']!r}, not one of {', '.join(VM_MODES)}")
     _str_map(d.get("graph_libs", {}), f"{where}.graph_libs")
     expect(d.get("params_file", ""), str, f"{where}.params_file")
     for lib, keys in expect(d.get("lib_params", {}), dict, f"{where}.lib_params").items():

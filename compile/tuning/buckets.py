@@ -50,7 +50,7 @@ def tune_buckets(root: Path, manifest: Manifest, build: BuildRecord, tuning: Res
 
     settings = SearchSettings(trials=tuning.trials, max_trials_per_task=tuning.max_trials_per_task,
                               timeout_s=tuning.timeout_s, rpc=tuning.rpc, seed=tuning.seed,
-                              tune_matmuls=tuning.tune_matmuls, kernels=build_kernels(build))
+                              tune_matmuls=tuning.tune_matmuls, kernels=build_kernels(build), vm=build.vm)
     db = TuningDatabase(tuning.database)
     for index, dims in enumerate(tuning.buckets, 1):
         logger.info("bucket %d/%d: %s", index, len(tuning.buckets), bucket_key(dims))

@@ -36,6 +36,7 @@ from ..cpu.pipeline import precision_graph, schedule_cpu_kernels, schedule_matmu
 from ..cpu.rules import vector_lanes
 from ..cpu.weights import fold_packed_weights
 from ..params_lift import LiftedParams, lift_constants
+from ..vm_exec import build_executable
 from .database import TuningDatabase
 from .builder import PooledBuilder, WarmupDeferredXGB, make_runner, make_strategy
 from .progress import TuningProgress, quiet_metaschedule_console, reset_metaschedule_loggers
@@ -56,6 +57,7 @@ class SearchSettings:
     # The build's CPU kernel switch (tuning/precision.py): reduced-precision dense layers keep
     # their hand-scheduled kernels, and MetaSchedule tunes what stays fp32 around them.
     kernels: str = "fp32"
+    vm: str = "compiled"  # how the Relax VM runs the bucket's graph: the build's own mode (vm_exec.py)
 
 
 @dataclass
@@ -111,7 +113,7 @@ def tune_module(mod: tvm.IRModule, target: Target, db: TuningDatabase,
     for task, name in zip(tasks, names):
         (result.tasks_tuned if db.has_record(task.dispatched[0]) else result.tasks_default).append(name)
     lifted = LiftedParams()
-    result.executable = compile_with_database(fused, target, db, lifted)
+    result.executable = compile_with_database(fused, target, db, lifted, settings.vm)
     result.params = lifted.arrays
     return result
 
@@ -171,7 +173,7 @@ def run_search(tasks, names: list[str], target: Target, db: TuningDatabase,
 
 
 def compile_with_database(fused: tvm.IRModule, target: Target, db: TuningDatabase,
-                          lifted: LiftedParams | None = None):
+                          lifted: LiftedParams | None = None, vm: str = "compiled"):
     """Swap in the database's best schedules, default ones elsewhere, then lower and build."""
     # relax.pipeline.dataflow_lower_passes is broken for CPU in TVM 0.27 (it looks the passes
     # up on the cpu_generic package, which does not export them); take them from the module.
@@ -185,7 +187,7 @@ def compile_with_database(fused: tvm.IRModule, target: Target, db: TuningDatabas
             mod = lift_constants(mod, lifted)
         # Only lowering from here: fusing again would rename the tuned functions.
         lower = tvm.transform.Sequential([*dataflow_lower_passes(target), *finalize_passes(target)])
-        return tvm.compile(mod, target=target, relax_pipeline=lower)
+        return build_executable(mod, target, vm, relax_pipeline=lower)
 
 
 __all__ = ["SearchSettings", "TunedModule", "compile_with_database", "prepare", "run_search", "tune_module"]

@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from forgeline.runtime.errors import ConfigError
 from forgeline.runtime.format import Manifest
 
 from .timing import BenchOptions
@@ -32,7 +33,9 @@ def profile_tvm_kernels(path: str | Path, options: BenchOptions = BenchOptions()
 
     Uses the VM's instrument hook, which runs before and after every call instruction, so each
     PrimFunc, each ``forgeline.cpu.matmul`` call and each VM builtin is timed as it runs in the
-    real model; the hook itself adds a few microseconds per call. Sorted, slowest first.
+    real model; the hook itself adds a few microseconds per call. Sorted, slowest first. Only a
+    build compiled with ``--vm bytecode`` has the hook (compile/vm_exec.py); any other is refused
+    with a sentence that says so.
     """
     from forgeline.runtime.backends.cpu_kernels import register_cpu_kernels
     from forgeline.runtime.backends.environ import allow_tvm_threads
@@ -48,7 +51,7 @@ def profile_tvm_kernels(path: str | Path, options: BenchOptions = BenchOptions()
     allow_tvm_threads(cpu_core_count())  # as TvmExecutor does: else TVM runs serially on 2 cores
     tvm = import_tvm_runtime()
     register_cpu_kernels()
-    build = _profiled_build(manifest, options.backends)
+    build = profiled_build(root, manifest, options.backends)
     if needs_amx(build.requires):
         request_amx_permission()
     lib_path = root / (lib or build.lib)
@@ -77,13 +80,27 @@ def profile_tvm_kernels(path: str | Path, options: BenchOptions = BenchOptions()
     vm.set_instrument(instrument)
     for _ in range(options.iters):
         main(*args)
-    whole = sum(totals.values()) or 1.0
+    if not totals:
+        raise ConfigError(f"The VM reported no calls while running {lib_path.name}: its graphs run as compiled "
+                          "code; rebuild it with `--vm bytecode` to profile it.")
+    whole = sum(totals.values())
     rows = [KernelTime(name, calls[name] // options.iters, t / options.iters * 1e3, t / whole)
             for name, t in totals.items()]
     return sorted(rows, key=lambda r: -r.ms)
 
 
-def _profiled_build(manifest: Manifest, backends: tuple[str, ...]):
+def profiled_build(root: Path, manifest: Manifest, backends: tuple[str, ...]):
+    """The build that ``backends`` profile; ConfigError, before anything runs, when it has no hook."""
+    build = _selected_build(manifest, backends)
+    if build.vm != "bytecode":
+        raise ConfigError(
+            f"The build {build.tag} runs its graphs as compiled code, which has no hook to time each kernel; "
+            f"compile one to profile with `forgeline compile {root} --vm bytecode --precision "
+            f"{build.precision}`, then profile again.")
+    return build
+
+
+def _selected_build(manifest: Manifest, backends: tuple[str, ...]):
     from forgeline.runtime.model import select_build
 
     from .peers import precision_build

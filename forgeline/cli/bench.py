@@ -24,7 +24,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", type=Path, help="write a latency bar chart (PNG) here; needs matplotlib")
     p.add_argument("--profile", type=int, nargs="?", const=15, metavar="N",
                    help="also print the N slowest kernels of the TVM build that the first tvm backend "
-                        "times (default N: 15)")
+                        "times (default N: 15); the build must be compiled with --vm bytecode")
 
 
 @command("bench", "time eager, ONNX Runtime and TVM side by side on one artifact", _bench_args)
@@ -39,6 +39,11 @@ def _bench(args: argparse.Namespace) -> int:
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
     options = BenchOptions(backends=backends, batch=args.batch, seq=args.seq,
                            warmup=args.warmup, iters=args.iters)
+    if args.profile:  # refused before the benchmark runs, not after
+        from forgeline.bench.profile import profiled_build
+        from forgeline.runtime.format import Manifest
+
+        profiled_build(args.path, Manifest.load(args.path), backends)
     report = bench_artifact(args.path, options)
     print(f"{report.model}/{report.preset} at batch {report.batch} x seq {report.seq} on "
           f"{report.host['cpu']} ({report.host['cores']} cores)")

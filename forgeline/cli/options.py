@@ -36,6 +36,9 @@ def compile_args(p: argparse.ArgumentParser, with_path: bool = True) -> None:
     p.add_argument("--attention-precision", default="fp32", choices=["fp32", "reduced"],
                    help="attention's batched matmuls (QK^T, PV) in a bf16 or int8 build: fp32 (default) or "
                         "reduced (bf16 operands, fp32 sums)")
+    p.add_argument("--vm", default="compiled", choices=["compiled", "bytecode"],
+                   help="how the Relax VM runs a CPU build's graphs: compiled to native code (default) or "
+                        "bytecode, interpreted, which `forgeline bench --profile` needs to time each kernel")
     add_tuning_flags(p)
 
 
@@ -96,7 +99,7 @@ def compile_options(args: argparse.Namespace):
     from forgeline.compile import CompileOptions
 
     return CompileOptions(target=args.target, arch=args.arch, mcpu=args.mcpu, precision=args.precision,
-                          attention_precision=args.attention_precision)
+                          attention_precision=args.attention_precision, vm=args.vm)
 
 
 def add_tuning_flags(p: argparse.ArgumentParser, *, with_switch: bool = True) -> None:

@@ -77,9 +77,59 @@ def test_flop_estimate_matches_a_hand_count():
     assert estimate_flops({"family": "transformer"}, 1, 1) is None
 
 
-def test_kernel_profile_names_the_packed_matmuls_and_shares_sum_to_one(tiny_artifact):
-    kernels = profile_tvm_kernels(tiny_artifact("gpt"), BenchOptions(batch=1, seq=SEQ, warmup=1,
-                                                                     iters=2))
+def test_a_compiled_build_is_refused_for_profiling_before_anything_runs(tiny_artifact, capsys):
+    root = tiny_artifact("gpt")  # built with the default, compiled VM
+    with pytest.raises(ConfigError, match="--vm bytecode"):
+        profile_tvm_kernels(root, BenchOptions(batch=1, seq=SEQ, warmup=1, iters=2))
+    assert main(["bench", str(root), "--backends", "tvm", "--profile"]) == 1
+    captured = capsys.readouterr()
+    assert "--vm bytecode" in captured.err and "p50 ms" not in captured.out  # refused before timing
+
+
+def test_an_unknown_vm_mode_is_refused_before_any_work(tiny_artifact):
+    from forgeline.compile import CompileOptions, compile_artifact
+    from forgeline.runtime.format import Manifest
+
+    root = tiny_artifact("gpt")
+    before = Manifest.load(root).to_dict()
+    with pytest.raises(ConfigError, match="vm='jit' is not one of compiled, bytecode"):
+        compile_artifact(root, CompileOptions(vm="jit"))
+    assert Manifest.load(root).to_dict() == before
+
+
+@pytest.fixture(scope="module")
+def bytecode_builds(tiny_artifact, tmp_path_factory):
+    """A copy of the tiny gpt whose fp32 build (and, on AVX2 hosts, an int8 build) runs bytecode."""
+    import shutil
+
+    from forgeline.compile import CompileOptions, compile_artifact
+
+    root = tmp_path_factory.mktemp("profile") / "gpt"
+    shutil.copytree(tiny_artifact("gpt"), root)
+    compile_artifact(root, CompileOptions(vm="bytecode"))
+    if "avx2" in read_cpu_features():
+        compile_artifact(root, CompileOptions(precision="int8", vm="bytecode"))
+    return root
+
+
+def test_the_vm_mode_is_recorded_and_changes_no_output(tiny_artifact, bytecode_builds):
+    import numpy as np
+
+    from forgeline.runtime import load
+    from forgeline.runtime.format import Manifest
+    from forgeline.runtime.model import select_build
+
+    compiled, bytecode = tiny_artifact("gpt"), bytecode_builds
+    assert select_build(Manifest.load(compiled), "cpu").vm == "compiled"
+    assert select_build(Manifest.load(bytecode), "cpu").vm == "bytecode"
+    ids = np.random.default_rng(3).integers(0, 64, size=(2, 9)).astype(np.int64)
+    outputs = [load(root).run(input_ids=ids) for root in (compiled, bytecode)]
+    for name in outputs[0]:  # the same kernels in the same order: bit for bit
+        np.testing.assert_array_equal(outputs[0][name], outputs[1][name])
+
+
+def test_kernel_profile_names_the_packed_matmuls_and_shares_sum_to_one(bytecode_builds):
+    kernels = profile_tvm_kernels(bytecode_builds, BenchOptions(batch=1, seq=SEQ, warmup=1, iters=2))
     names = {k.name: k for k in kernels}
     packed = [k for name, k in names.items() if "matmul" in name and name.endswith("_prepacked")]
     assert packed and all(k.calls > 0 for k in packed)  # GEMM schedule on packed weights
@@ -88,14 +138,10 @@ def test_kernel_profile_names_the_packed_matmuls_and_shares_sum_to_one(tiny_arti
 
 
 @pytest.mark.skipif("avx2" not in read_cpu_features(), reason="a native int8 build needs AVX2 on this CPU")
-def test_kernel_profile_follows_the_precision_of_the_backend_asked_for(artifact_copy):
-    from forgeline.compile import CompileOptions, compile_artifact
-
-    root = artifact_copy("gpt")
-    compile_artifact(root, CompileOptions(precision="int8"))
+def test_kernel_profile_follows_the_precision_of_the_backend_asked_for(bytecode_builds):
     options = dict(batch=1, seq=SEQ, warmup=1, iters=2)
-    int8 = {k.name for k in profile_tvm_kernels(root, BenchOptions(backends=("ort", "tvm-int8"), **options))}
-    fp32 = {k.name for k in profile_tvm_kernels(root, BenchOptions(backends=("tvm",), **options))}
+    int8 = {k.name for k in profile_tvm_kernels(bytecode_builds, BenchOptions(backends=("ort", "tvm-int8"), **options))}
+    fp32 = {k.name for k in profile_tvm_kernels(bytecode_builds, BenchOptions(backends=("tvm",), **options))}
     assert any(name.startswith("int8_") for name in int8)
     assert not any(name.startswith("int8_") for name in fp32)
 

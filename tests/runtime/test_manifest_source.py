@@ -1,4 +1,4 @@
-"""The manifest's ``source`` (registry, module, onnx) and a build's ``dense_layers``: round trip and refusal."""
+"""The manifest's ``source`` (registry, module, onnx) and a build's ``dense_layers`` and ``vm``: round trip and refusal."""
 
 from __future__ import annotations
 
@@ -29,3 +29,13 @@ def test_a_bad_source_or_dense_layers_is_refused():
              "dense_layers": [32]}
     with pytest.raises(ArtifactError, match=r"dense_layers\[0\] must be a string"):
         Manifest.from_dict({**_manifest(), "builds": {"cpu": build}})
+
+
+def test_a_build_records_its_vm_mode_and_an_older_one_reads_as_bytecode():
+    build = {"tag": "cpu", "kind": "llvm", "target": {}, "requires": {}, "lib": "tvm/cpu/model.so"}
+    older = Manifest.from_dict({**_manifest(), "builds": {"cpu": build}})  # no "vm": before the field
+    assert older.builds["cpu"].vm == "bytecode"
+    compiled = Manifest.from_dict({**_manifest(), "builds": {"cpu": {**build, "vm": "compiled"}}})
+    assert Manifest.from_dict(compiled.to_dict()).builds["cpu"].vm == "compiled"
+    with pytest.raises(ArtifactError, match=r"builds\['cpu'\]\.vm is 'jit', not one of compiled, bytecode"):
+        Manifest.from_dict({**_manifest(), "builds": {"cpu": {**build, "vm": "jit"}}})

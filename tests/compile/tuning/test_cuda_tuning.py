@@ -6,6 +6,9 @@ database round trip, and the refusal when there is neither a GPU nor an RPC trac
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import numpy as np
 import pytest
 import tvm
@@ -60,7 +63,10 @@ def test_search_space_has_thread_bound_candidates_that_build_to_a_fatbin(tasks, 
     if find_nvcc() is None:
         pytest.skip("no nvcc: install forgeline[cuda-build]")
     library = build_cuda_candidate(space[0].mod, TARGET, None)
-    payload = read_cuda_payload(library)
+    try:
+        payload = read_cuda_payload(library)
+    finally:  # its temp folder: in a search, MetaSchedule's RemoveBuildArtifact callback removes it once measured
+        shutil.rmtree(os.path.dirname(library), ignore_errors=True)
     assert payload.fmt == "fatbin"
     sass = [e for e in read_fatbin(payload.code) if e.kind == "sass"]
     assert sass[0].arch == 90 and set(payload.kernels) <= sass[0].kernels
