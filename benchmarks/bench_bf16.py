@@ -17,7 +17,7 @@ import logging
 from pathlib import Path
 
 from forgeline.bench import BenchOptions, bench_artifact, profile_tvm_kernels
-from forgeline.bench.peers import bf16_build, openvino_precision
+from forgeline.bench.peers import openvino_precision
 from forgeline.runtime.errors import ForgelineError
 from forgeline.runtime.format import Manifest
 from forgeline.runtime.host import read_cpu_features
@@ -38,6 +38,8 @@ def prepare(model: str, work: Path) -> Path:
         compile_artifact(root, CompileOptions())
     if "bf16" not in precisions and {"amx_bf16", "amx_tile"} <= read_cpu_features():
         compile_artifact(root, CompileOptions(precision="bf16"))
+        # The same build kept in bytecode beside it: the kernel profile needs the VM's call hook.
+        compile_artifact(root, CompileOptions(precision="bf16", vm="bytecode"))
     return root
 
 
@@ -71,8 +73,7 @@ def main() -> None:
             batch, seq = (int(v) for v in size.split("x"))
             results[f"{root.name}/{size}"] = bench(root, batch, seq, args.iters)
         try:
-            lib = bf16_build(Manifest.load(root)).lib
-            for k in profile_tvm_kernels(root, BenchOptions(iters=10), lib=lib)[:8]:
+            for k in profile_tvm_kernels(root, BenchOptions(backends=("tvm-bf16",), iters=10))[:8]:
                 print(f"  bf16 kernel {k.name:40s} {k.calls:3d} calls {k.ms:7.3f} ms {k.share:6.1%}")
         except ForgelineError as exc:
             print(f"  no bf16 kernel profile: {exc}")

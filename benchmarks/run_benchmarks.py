@@ -124,6 +124,10 @@ def bench_one(name: str, args: argparse.Namespace, work: Path) -> dict:
                          warmup=min(args.warmup, 2), iters=min(args.iters, 10))
     log.info("== %s: bench %s", name, ", ".join(eager.backends))
     entry["eager_report"] = bench_artifact(out, eager).to_dict()
+    # The profile needs the VM's per-call hook: a build kept in bytecode beside the timed one.
+    from forgeline.compile import CompileOptions, compile_artifact
+
+    compile_artifact(out, CompileOptions(target="cpu", vm="bytecode"))
     entry["kernels"] = [vars(k) for k in profile_tvm_kernels(
         out, BenchOptions(batch=args.batch, seq=args.seq, warmup=2, iters=5))[:12]]
     if args.stock_tvm:

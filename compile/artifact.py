@@ -35,7 +35,7 @@ from .guards import watch_interrupts
 from .targets import resolve_target
 from .tuning import TuneOptions, tune_artifact
 from .tvm_build import build_tvm
-from .vm_exec import DEFAULT_CPU_VM, check_vm_mode, vm_mode_for
+from .vm_exec import DEFAULT_CPU_VM, check_vm_mode, vm_mode_for, vm_tag
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,9 @@ def resolve_precision_plan(options: CompileOptions, tune: TuneOptions | None = N
     plan = plan_precision(spec, options.precision, host_features=host_features,
                           emulate=options.emulated, bf16_kernel=options.bf16_kernel,
                           int8_kernel=options.int8_kernel)
-    return _attention_plan(plan, options)
+    plan = _attention_plan(plan, options)
+    tag = vm_tag(plan.spec.tag, plan.spec.kind, options.vm)
+    return PrecisionPlan(dataclasses.replace(plan.spec, tag=tag), plan.kernels) if tag != plan.spec.tag else plan
 
 
 def _attention_plan(plan: PrecisionPlan, options: CompileOptions) -> PrecisionPlan:

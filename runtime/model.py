@@ -300,8 +300,10 @@ def select_build(manifest: Manifest, target: str | None) -> BuildRecord:
         )
     host = describe_host()
     reasons = []
-    # CUDA first when present; fp32 before reduced precision unless a tag asks for one.
-    for build in sorted(candidates, key=lambda b: (b.kind != "cuda", b.precision != "fp32")):
+    # CUDA first when present; fp32 before reduced precision unless a tag asks for one; a CPU
+    # build's VM compiled to native code before one kept in bytecode for profiling.
+    for build in sorted(candidates, key=lambda b: (b.kind != "cuda", b.precision != "fp32",
+                                                   b.kind == "llvm" and b.vm == "bytecode")):
         ok, why = can_run(build.requires, host)
         if ok and not build.codegen_only:
             return build

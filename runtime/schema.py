@@ -15,6 +15,16 @@ DTYPES = frozenset({"float32", "float16", "bfloat16", "float64", "int64", "int32
                     "uint8", "bool"})
 BUILD_KINDS = frozenset({"llvm", "cuda"})
 VM_MODES = ("compiled", "bytecode")  # BuildRecord.vm (compile/vm_exec.py)
+BYTECODE_TAG = "-bytecode"  # ends the tag of a CPU build kept in bytecode (for profiling)
+
+
+def vm_tag(tag: str, kind: str, mode: str) -> str:
+    """The build tag of a ``mode`` build of ``tag``: a CPU bytecode build's ends in -bytecode
+    (before an emulated build's "emu", which the benchmarks look for at the end)."""
+    if kind != "llvm" or mode != "bytecode" or tag.removesuffix("emu").endswith(BYTECODE_TAG):
+        return tag
+    emu = "emu" if tag.endswith("emu") else ""
+    return tag.removesuffix("emu") + BYTECODE_TAG + emu
 SOURCES = ("registry", "module", "onnx")  # format.SOURCE_REFERENCES' keys
 
 

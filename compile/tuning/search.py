@@ -36,7 +36,7 @@ from ..cpu.pipeline import precision_graph, schedule_cpu_kernels, schedule_matmu
 from ..cpu.rules import vector_lanes
 from ..cpu.weights import fold_packed_weights
 from ..params_lift import LiftedParams, lift_constants
-from ..vm_exec import build_executable
+from ..vm_exec import DEFAULT_CPU_VM, build_executable
 from .database import TuningDatabase
 from .builder import PooledBuilder, WarmupDeferredXGB, make_runner, make_strategy
 from .progress import TuningProgress, quiet_metaschedule_console, reset_metaschedule_loggers
@@ -57,7 +57,7 @@ class SearchSettings:
     # The build's CPU kernel switch (tuning/precision.py): reduced-precision dense layers keep
     # their hand-scheduled kernels, and MetaSchedule tunes what stays fp32 around them.
     kernels: str = "fp32"
-    vm: str = "compiled"  # how the Relax VM runs the bucket's graph: the build's own mode (vm_exec.py)
+    vm: str = DEFAULT_CPU_VM  # how the Relax VM runs the bucket's graph: the build's own mode (vm_exec.py)
 
 
 @dataclass
@@ -173,7 +173,7 @@ def run_search(tasks, names: list[str], target: Target, db: TuningDatabase,
 
 
 def compile_with_database(fused: tvm.IRModule, target: Target, db: TuningDatabase,
-                          lifted: LiftedParams | None = None, vm: str = "compiled"):
+                          lifted: LiftedParams | None = None, vm: str = DEFAULT_CPU_VM):
     """Swap in the database's best schedules, default ones elsewhere, then lower and build."""
     # relax.pipeline.dataflow_lower_passes is broken for CPU in TVM 0.27 (it looks the passes
     # up on the cpu_generic package, which does not export them); take them from the module.

@@ -26,9 +26,11 @@ def precision_build(manifest: Manifest, precision: str = "bf16"):
     otherwise."""
     from forgeline.runtime.host import can_run, describe_host
 
-    # Not the emulated ones (CompileOptions.emulate_amx): they are for checking, not timing.
-    builds = [b for b in manifest.builds.values()
-              if b.precision == precision and b.kind == "llvm" and not b.tag.endswith("emu")]
+    # Not the emulated ones (CompileOptions.emulate_amx): they are for checking, not timing; and a
+    # build kept in bytecode for profiling only where it is the only one (compile/vm_exec.py).
+    builds = sorted((b for b in manifest.builds.values()
+                     if b.precision == precision and b.kind == "llvm" and not b.tag.endswith("emu")),
+                    key=lambda b: b.vm == "bytecode")
     if not builds:
         raise ConfigError(f"the artifact has no {precision} build (emulated ones are not timed); "
                           f"compile one with --precision {precision}.")

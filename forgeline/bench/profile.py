@@ -6,8 +6,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from forgeline.runtime.errors import ConfigError
+from forgeline.runtime.errors import ArtifactError, ConfigError
 from forgeline.runtime.format import Manifest
+from forgeline.runtime.schema import vm_tag
 
 from .timing import BenchOptions
 from .workload import bench_inputs
@@ -25,7 +26,7 @@ class KernelTime:
 
 def profile_tvm_kernels(path: str | Path, options: BenchOptions = BenchOptions(),
                         lib: str | None = None) -> list[KernelTime]:
-    """Per-kernel time of the artifact's TVM CPU build (or of ``lib``, one of that build's
+    """Per-kernel time of the artifact's TVM CPU build (or of ``lib``, one of the profiled build's
     libraries such as a tuned bucket, relative to the artifact; it takes that build's weights).
 
     The build is the one the first TVM backend of ``options.backends`` times: ``tvm-bf16`` or
@@ -34,24 +35,30 @@ def profile_tvm_kernels(path: str | Path, options: BenchOptions = BenchOptions()
     Uses the VM's instrument hook, which runs before and after every call instruction, so each
     PrimFunc, each ``forgeline.cpu.matmul`` call and each VM builtin is timed as it runs in the
     real model; the hook itself adds a few microseconds per call. Sorted, slowest first. Only a
-    build compiled with ``--vm bytecode`` has the hook (compile/vm_exec.py); any other is refused
-    with a sentence that says so.
+    build compiled with ``--vm bytecode`` has the hook (compile/vm_exec.py): the profile runs the
+    one compiled beside the timed build (``profiled_build``), and says how to add it when there is
+    none.
     """
+    root = Path(path)
+    manifest = Manifest.load(root)
+    build = profiled_build(root, manifest, options.backends)  # before anything loads or runs
+    libraries = {build.lib, *build.graph_libs.values(), *(b["lib"] for b in build.buckets.values())}
+    if lib is not None and lib not in libraries:
+        raise ConfigError(f"{lib} is not a library of {build.tag}, the build profiled here; pass one of "
+                          f"{', '.join(sorted(libraries))}.")
+
+    from forgeline.runtime.amx import needs_amx, request_amx_permission
     from forgeline.runtime.backends.cpu_kernels import register_cpu_kernels
     from forgeline.runtime.backends.environ import allow_tvm_threads
     from forgeline.runtime.backends.tvm import import_tvm_runtime
     from forgeline.runtime.backends.tvm_io import FfiCpuIO
     from forgeline.runtime.backends.tvm_params import bind_params
-    from forgeline.runtime.params_file import binding_for
     from forgeline.runtime.host import cpu_core_count
-    from forgeline.runtime.amx import needs_amx, request_amx_permission
+    from forgeline.runtime.params_file import binding_for
 
-    root = Path(path)
-    manifest = Manifest.load(root)
     allow_tvm_threads(cpu_core_count())  # as TvmExecutor does: else TVM runs serially on 2 cores
     tvm = import_tvm_runtime()
     register_cpu_kernels()
-    build = profiled_build(root, manifest, options.backends)
     if needs_amx(build.requires):
         request_amx_permission()
     lib_path = root / (lib or build.lib)
@@ -80,9 +87,9 @@ def profile_tvm_kernels(path: str | Path, options: BenchOptions = BenchOptions()
     vm.set_instrument(instrument)
     for _ in range(options.iters):
         main(*args)
-    if not totals:
-        raise ConfigError(f"The VM reported no calls while running {lib_path.name}: its graphs run as compiled "
-                          "code; rebuild it with `--vm bytecode` to profile it.")
+    if not totals:  # the record says bytecode, the library is compiled: they disagree
+        raise ArtifactError(f"{lib_path} ran no VM call the profiler could see, although the build record "
+                            f"of {build.tag} says bytecode; the artifact is inconsistent, rebuild that build.")
     whole = sum(totals.values())
     rows = [KernelTime(name, calls[name] // options.iters, t / options.iters * 1e3, t / whole)
             for name, t in totals.items()]
@@ -90,14 +97,21 @@ def profile_tvm_kernels(path: str | Path, options: BenchOptions = BenchOptions()
 
 
 def profiled_build(root: Path, manifest: Manifest, backends: tuple[str, ...]):
-    """The build that ``backends`` profile; ConfigError, before anything runs, when it has no hook."""
-    build = _selected_build(manifest, backends)
-    if build.vm != "bytecode":
-        raise ConfigError(
-            f"The build {build.tag} runs its graphs as compiled code, which has no hook to time each kernel; "
-            f"compile one to profile with `forgeline compile {root} --vm bytecode --precision "
-            f"{build.precision}`, then profile again.")
-    return build
+    """The bytecode build of the build ``backends`` time: that build when it is one, else the one
+    compiled beside it with ``--vm bytecode`` (its tag + -bytecode); ConfigError, before anything
+    runs, when there is none."""
+    timed = _selected_build(manifest, backends)
+    if timed.vm == "bytecode":
+        return timed
+    profiled = manifest.builds.get(vm_tag(timed.tag, timed.kind, "bytecode"))
+    if profiled is not None and profiled.vm == "bytecode":
+        return profiled
+    # "-attnbf16": compile/cpu/attention_bf16.ATTENTION_TAG (importing compile/ takes seconds)
+    attention = " --attention-precision reduced" if "-attnbf16" in timed.tag else ""
+    raise ConfigError(
+        f"The build {timed.tag} runs its graphs as compiled code, which has no hook to time each kernel; "
+        f"add a build to profile beside it with `forgeline compile {root} --vm bytecode --precision "
+        f"{timed.precision}{attention}` (tag {vm_tag(timed.tag, timed.kind, 'bytecode')}), then profile again.")
 
 
 def _selected_build(manifest: Manifest, backends: tuple[str, ...]):

@@ -39,11 +39,12 @@ def _bench(args: argparse.Namespace) -> int:
     backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
     options = BenchOptions(backends=backends, batch=args.batch, seq=args.seq,
                            warmup=args.warmup, iters=args.iters)
+    profiled = None
     if args.profile:  # refused before the benchmark runs, not after
         from forgeline.bench.profile import profiled_build
         from forgeline.runtime.format import Manifest
 
-        profiled_build(args.path, Manifest.load(args.path), backends)
+        profiled = profiled_build(args.path, Manifest.load(args.path), backends)
     report = bench_artifact(args.path, options)
     print(f"{report.model}/{report.preset} at batch {report.batch} x seq {report.seq} on "
           f"{report.host['cpu']} ({report.host['cores']} cores)")
@@ -59,7 +60,7 @@ def _bench(args: argparse.Namespace) -> int:
         from forgeline.bench import profile_tvm_kernels
 
         kernels = profile_tvm_kernels(args.path, options)
-        print(f"TVM build, per kernel (one forward pass, {args.iters} runs averaged):")
+        print(f"TVM build {profiled.tag}, per kernel (one forward pass, {args.iters} runs averaged):")
         print_table(("kernel", "calls", "ms", "share"),
                      [(k.name, k.calls, f"{k.ms:.3f}", f"{k.share:.1%}")
                       for k in kernels[:args.profile]])

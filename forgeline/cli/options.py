@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from forgeline.runtime.errors import ConfigError
+from forgeline.runtime.schema import VM_MODES
 
 
 def export_args(p: argparse.ArgumentParser) -> None:
@@ -36,9 +37,10 @@ def compile_args(p: argparse.ArgumentParser, with_path: bool = True) -> None:
     p.add_argument("--attention-precision", default="fp32", choices=["fp32", "reduced"],
                    help="attention's batched matmuls (QK^T, PV) in a bf16 or int8 build: fp32 (default) or "
                         "reduced (bf16 operands, fp32 sums)")
-    p.add_argument("--vm", default="compiled", choices=["compiled", "bytecode"],
+    p.add_argument("--vm", default="compiled", choices=list(VM_MODES),
                    help="how the Relax VM runs a CPU build's graphs: compiled to native code (default) or "
-                        "bytecode, interpreted, which `forgeline bench --profile` needs to time each kernel")
+                        "bytecode, interpreted, which `forgeline bench --profile` needs to time each kernel "
+                        "(tag + -bytecode, beside the compiled build); CUDA builds always run bytecode")
     add_tuning_flags(p)
 
 

@@ -78,7 +78,7 @@ def test_flop_estimate_matches_a_hand_count():
 
 
 def test_a_compiled_build_is_refused_for_profiling_before_anything_runs(tiny_artifact, capsys):
-    root = tiny_artifact("gpt")  # built with the default, compiled VM
+    root = tiny_artifact("gpt")  # built with the default, compiled VM, and nothing beside it
     with pytest.raises(ConfigError, match="--vm bytecode"):
         profile_tvm_kernels(root, BenchOptions(batch=1, seq=SEQ, warmup=1, iters=2))
     assert main(["bench", str(root), "--backends", "tvm", "--profile"]) == 1
@@ -99,7 +99,8 @@ def test_an_unknown_vm_mode_is_refused_before_any_work(tiny_artifact):
 
 @pytest.fixture(scope="module")
 def bytecode_builds(tiny_artifact, tmp_path_factory):
-    """A copy of the tiny gpt whose fp32 build (and, on AVX2 hosts, an int8 build) runs bytecode."""
+    """A copy of the tiny gpt with a bytecode build beside its compiled fp32 one (and, on AVX2
+    hosts, an int8 build in bytecode)."""
     import shutil
 
     from forgeline.compile import CompileOptions, compile_artifact
@@ -112,18 +113,19 @@ def bytecode_builds(tiny_artifact, tmp_path_factory):
     return root
 
 
-def test_the_vm_mode_is_recorded_and_changes_no_output(tiny_artifact, bytecode_builds):
+def test_the_bytecode_build_sits_beside_the_compiled_one_and_changes_no_output(bytecode_builds):
     import numpy as np
 
     from forgeline.runtime import load
     from forgeline.runtime.format import Manifest
     from forgeline.runtime.model import select_build
 
-    compiled, bytecode = tiny_artifact("gpt"), bytecode_builds
-    assert select_build(Manifest.load(compiled), "cpu").vm == "compiled"
-    assert select_build(Manifest.load(bytecode), "cpu").vm == "bytecode"
+    manifest = Manifest.load(bytecode_builds)
+    fp32 = [b for b in manifest.builds.values() if b.precision == "fp32"]
+    assert sorted((b.tag.endswith("-bytecode"), b.vm) for b in fp32) == [(False, "compiled"), (True, "bytecode")]
+    assert select_build(manifest, "cpu").vm == "compiled"  # what runs by default
     ids = np.random.default_rng(3).integers(0, 64, size=(2, 9)).astype(np.int64)
-    outputs = [load(root).run(input_ids=ids) for root in (compiled, bytecode)]
+    outputs = [load(bytecode_builds, target=b.tag).run(input_ids=ids) for b in fp32]
     for name in outputs[0]:  # the same kernels in the same order: bit for bit
         np.testing.assert_array_equal(outputs[0][name], outputs[1][name])
 
@@ -144,6 +146,22 @@ def test_kernel_profile_follows_the_precision_of_the_backend_asked_for(bytecode_
     fp32 = {k.name for k in profile_tvm_kernels(bytecode_builds, BenchOptions(backends=("tvm",), **options))}
     assert any(name.startswith("int8_") for name in int8)
     assert not any(name.startswith("int8_") for name in fp32)
+
+
+def test_the_benchmarks_time_the_compiled_build_of_a_precision_before_its_bytecode_sibling():
+    from forgeline.bench.peers import precision_build
+    from forgeline.runtime.format import BuildRecord, Manifest
+
+    def record(tag, vm):
+        return BuildRecord(tag=tag, kind="llvm", target={}, requires={}, lib=f"tvm/{tag}/model.so",
+                           precision="int8", vm=vm)
+
+    manifest = Manifest(name="m", preset="tiny", family="gpt", config={}, inputs=[], outputs=[], dim_limits={})
+    manifest.builds = {"cpu-int8-bytecode": record("cpu-int8-bytecode", "bytecode"),
+                       "cpu-int8": record("cpu-int8", "compiled")}
+    assert precision_build(manifest, "int8").tag == "cpu-int8"
+    del manifest.builds["cpu-int8"]
+    assert precision_build(manifest, "int8").tag == "cpu-int8-bytecode"  # the only one: timed
 
 
 def test_bad_options_are_one_sentence_errors(tiny_artifact, capsys):
