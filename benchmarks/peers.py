@@ -11,7 +11,7 @@ writes ``benchmarks/results/peers-<model>-<preset>-<host>-<date>.json``, ``.md``
 
     python benchmarks/peers.py gpt --preset small --batch 1,8 --seq 128 [--tune-minutes N] [--artifact DIR]
         [--precisions auto|bf16,int8|none] [--bf16-kernels auto,avx512bf16] [--int8-kernels auto,vnni]
-        [--attention-precision fp32,reduced]
+        [--attention-precision fp32,reduced] [--repeat N]
 
 Without ``--artifact`` the model is exported and compiled into a temporary folder first, in fp32
 and in every reduced CPU precision forgeline has (``--precisions auto``: bf16, and int8 where
@@ -20,7 +20,8 @@ AVX512-BF16 kernel's build beside the AMX one, and ``--int8-kernels auto,vnni`` 
 build beside the AMX one (tag ``...-int8-vnni``). ``--attention-precision fp32,reduced`` builds each
 reduced precision twice, with attention's batched matmuls in fp32 (``tvm-int8``) and with bf16
 operands (``tvm-int8-attnbf16``). The machine this runs on may be shared: read the ratios, which
-come from one interleaved run.
+come from one interleaved run; ``--repeat N`` makes N interleaved runs per shape and adds each
+run's ratio of ``tvm-bf16`` to ``openvino`` and ``tvm-int8`` to ``ort-int8``, and their median.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    help="int8 kernels to build: auto (the CPU's best), amx, vnni, avxvnni, avx2, comma-separated")
     p.add_argument("--attention-precision", default="fp32",
                    help="attention's batched matmuls in the reduced builds: fp32, reduced (bf16 operands), or both")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="interleaved runs per shape; with more than one, also print each run's ratio of "
+                        "tvm-bf16 to openvino and tvm-int8 to ort-int8 and their median")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
     return p.parse_args(argv)
 
@@ -109,7 +113,7 @@ def plot(reports, path: Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = _args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from forgeline.bench.peer_report import PeerOptions, bench_peers, markdown_table
+    from forgeline.bench.peer_report import PeerOptions, bench_peers, markdown_table, repeated_ratios, repeated_table
 
     from forgeline.bench.precisions import parse_precisions
 
@@ -124,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.tune_minutes > 0:
             tune(artifact, batches, args.seq, args.tune_minutes)
         reports = [bench_peers(artifact, PeerOptions(batch=b, seq=args.seq, iters=args.iters, warmup=args.warmup))
-                   for b in batches]
+                   for b in batches for _ in range(max(1, args.repeat))]
     table = markdown_table(reports)
+    if args.repeat > 1:
+        table += "\n\nRatios of p50 latency, each from one interleaved run:\n\n" + repeated_table(repeated_ratios(reports))
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / result_stem(f"peers-{reports[0].model}-{reports[0].preset}", precision=None, folder=args.out)

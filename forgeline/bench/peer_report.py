@@ -211,6 +211,35 @@ def peer_versions() -> dict[str, str]:
     return found
 
 
+# (forgeline backend, the peer it is held against): issue 23's aims compare these
+AIM_PAIRS = (("tvm-bf16", "openvino"), ("tvm-int8", "ort-int8"))
+
+
+def repeated_ratios(reports: list[PeerReport], pairs=AIM_PAIRS) -> list[dict[str, Any]]:
+    """For each shape and pair, the ratio p50(ours) / p50(peer) of every run (each from one
+    interleaved run) and their median: on a shared machine one run's batch-1 ratio moves by
+    more than the difference an aim asks about, and the median of runs does not."""
+    rows = []
+    shapes = dict.fromkeys((r.batch, r.seq) for r in reports)
+    for batch, seq in shapes:
+        runs = [r for r in reports if (r.batch, r.seq) == (batch, seq)]
+        for ours, peer in pairs:
+            ratios = [a.p50_ms / b.p50_ms for a, b in ((r.result(ours), r.result(peer)) for r in runs)
+                      if a is not None and b is not None and a.available and b.available]
+            if ratios:
+                rows.append({"shape": f"{batch}x{seq}", "backend": ours, "peer": peer, "ratios": ratios,
+                             "median": float(np.median(ratios))})
+    return rows
+
+
+def repeated_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| shape | backend | against | ratio per run | median |", "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['shape']} | {row['backend']} | {row['peer']} | "
+                     f"{', '.join(f'{v:.2f}' for v in row['ratios'])} | {row['median']:.2f} |")
+    return "\n".join(lines)
+
+
 def markdown_table(reports: list[PeerReport]) -> str:
     """One row per (shape, backend): p50 ms, ratios, and the check against eager."""
     lines = ["| model | shape | backend | p50 ms | vs ORT | vs OpenVINO f32 | max abs diff | top-1 | fp32 tol |",
