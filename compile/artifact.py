@@ -84,8 +84,8 @@ def resolve_precision_plan(options: CompileOptions, tune: TuneOptions | None = N
                           emulate=options.emulated, bf16_kernel=options.bf16_kernel,
                           int8_kernel=options.int8_kernel)
     plan = _attention_plan(plan, options)
-    tag = vm_tag(plan.spec.tag, plan.spec.kind, options.vm)
-    return PrecisionPlan(dataclasses.replace(plan.spec, tag=tag), plan.kernels) if tag != plan.spec.tag else plan
+    spec = dataclasses.replace(plan.spec, tag=vm_tag(plan.spec.tag, plan.spec.kind, options.vm))
+    return PrecisionPlan(spec, plan.kernels)
 
 
 def _attention_plan(plan: PrecisionPlan, options: CompileOptions) -> PrecisionPlan:

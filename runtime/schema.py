@@ -21,7 +21,7 @@ BYTECODE_TAG = "-bytecode"  # ends the tag of a CPU build kept in bytecode (for 
 def vm_tag(tag: str, kind: str, mode: str) -> str:
     """The build tag of a ``mode`` build of ``tag``: a CPU bytecode build's ends in -bytecode
     (before an emulated build's "emu", which the benchmarks look for at the end)."""
-    if kind != "llvm" or mode != "bytecode" or tag.removesuffix("emu").endswith(BYTECODE_TAG):
+    if kind != "llvm" or mode != "bytecode":
         return tag
     emu = "emu" if tag.endswith("emu") else ""
     return tag.removesuffix("emu") + BYTECODE_TAG + emu

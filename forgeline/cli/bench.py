@@ -24,7 +24,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", type=Path, help="write a latency bar chart (PNG) here; needs matplotlib")
     p.add_argument("--profile", type=int, nargs="?", const=15, metavar="N",
                    help="also print the N slowest kernels of the TVM build that the first tvm backend "
-                        "times (default N: 15); the build must be compiled with --vm bytecode")
+                        "times (default N: 15), through the copy of that build compiled with --vm bytecode")
 
 
 @command("bench", "time eager, ONNX Runtime and TVM side by side on one artifact", _bench_args)

@@ -131,12 +131,18 @@ def test_the_bytecode_build_sits_beside_the_compiled_one_and_changes_no_output(b
 
 
 def test_kernel_profile_names_the_packed_matmuls_and_shares_sum_to_one(bytecode_builds):
+    from forgeline.runtime.format import Manifest
+    from forgeline.runtime.model import select_build
+
     kernels = profile_tvm_kernels(bytecode_builds, BenchOptions(batch=1, seq=SEQ, warmup=1, iters=2))
     names = {k.name: k for k in kernels}
     packed = [k for name, k in names.items() if "matmul" in name and name.endswith("_prepacked")]
     assert packed and all(k.calls > 0 for k in packed)  # GEMM schedule on packed weights
     assert sum(k.share for k in kernels) == pytest.approx(1.0)
     assert all(k.ms >= 0 for k in kernels)
+    compiled_lib = select_build(Manifest.load(bytecode_builds), "cpu").lib  # not the profiled build's
+    with pytest.raises(ConfigError, match="is not a library of .*-bytecode"):
+        profile_tvm_kernels(bytecode_builds, BenchOptions(batch=1, seq=SEQ, warmup=1, iters=2), lib=compiled_lib)
 
 
 @pytest.mark.skipif("avx2" not in read_cpu_features(), reason="a native int8 build needs AVX2 on this CPU")
