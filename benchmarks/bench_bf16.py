@@ -1,4 +1,4 @@
-"""bf16 beside fp32 and the peers, in one interleaved run: the numbers of issue 13.
+"""bf16 beside fp32 and the peers, in one interleaved run: latency, the peers' ratios and the bf16 kernel profile.
 
 For each artifact (default: gpt-small and bert-small, exported and compiled here when the work
 dir lacks them) and each batch x seq: ONNX Runtime fp32, forgeline TVM fp32, forgeline TVM bf16

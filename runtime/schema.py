@@ -16,6 +16,7 @@ DTYPES = frozenset({"float32", "float16", "bfloat16", "float64", "int64", "int32
 BUILD_KINDS = frozenset({"llvm", "cuda"})
 VM_MODES = ("compiled", "bytecode")  # BuildRecord.vm (compile/vm_exec.py)
 BYTECODE_TAG = "-bytecode"  # ends the tag of a CPU build kept in bytecode (for profiling)
+SOURCES = ("registry", "module", "onnx")  # format.SOURCE_REFERENCES' keys
 
 
 def vm_tag(tag: str, kind: str, mode: str) -> str:
@@ -25,7 +26,6 @@ def vm_tag(tag: str, kind: str, mode: str) -> str:
         return tag
     emu = "emu" if tag.endswith("emu") else ""
     return tag.removesuffix("emu") + BYTECODE_TAG + emu
-SOURCES = ("registry", "module", "onnx")  # format.SOURCE_REFERENCES' keys
 
 
 def _fail(where: str, what: str) -> ArtifactError:

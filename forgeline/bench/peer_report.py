@@ -211,7 +211,8 @@ def peer_versions() -> dict[str, str]:
     return found
 
 
-# (forgeline backend, the peer it is held against): issue 23's aims compare these
+# (forgeline backend, the peer it is held against): the reduced-precision targets of
+# docs/benchmarks.md compare these
 AIM_PAIRS = (("tvm-bf16", "openvino"), ("tvm-int8", "ort-int8"))
 
 

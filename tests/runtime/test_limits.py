@@ -74,7 +74,7 @@ def test_a_batch_limit_past_the_ceiling_is_refused(artifact_copy):
 
 
 def test_an_npz_that_declares_gigabytes_is_refused_unread(tiny_artifact, tmp_path):
-    # input_ids.npy declares (5e7, 8) int64, 3.0 GiB (the 17 MB archive inflated to 3.2 GB);
+    # input_ids.npy declares (5e7, 8) int64, 3.0 GiB (a 17 MB archive inflated to 3.2 GB);
     # 64 MiB of it is really there: the refusal must come from the header, before any of it is read.
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(header, {"descr": "<i8", "fortran_order": False,
